@@ -1,0 +1,334 @@
+"""Typed configuration: one dataclass per objective, loaded from a flat YAML recipe plus CLI overrides.
+
+A recipe is a YAML mapping whose keys are the fields below; `--key value` on the command line
+overrides any of them. Every value is converted to its field's type and checked before any work
+starts, and unknown keys fail loudly with the closest valid name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe or command-line value is wrong; the message says which key and what to do."""
+
+
+def _help(text: str, default: Any = dataclasses.MISSING, **kw) -> Any:
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": text}, **kw)
+    return field(default=default, metadata={"help": text}, **kw)
+
+
+TEXT_FILE_EXTENSIONS = (".txt", ".csv", ".json", ".jsonl", ".parquet")
+SCHEDULERS = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+    "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay",
+)
+
+
+@dataclass
+class TrainingArguments:
+    """Settings of the one training loop, shared by every objective and by fine-tuning."""
+
+    output_dir: str = _help("Where checkpoints, logs and the final model are written.", "outputs/run")
+    overwrite_output_dir: bool = _help("Allow writing into an output_dir that holds an earlier run.", False)
+    seed: int = _help("Seed for initialization, data order, masks and dropout.", 42)
+    max_steps: int = _help("Number of optimizer updates; -1 means num_train_epochs decides.", -1)
+    num_train_epochs: float = _help("Epochs over the training set when max_steps is -1.", 1.0)
+    per_device_train_batch_size: int = _help("Examples per process per micro-batch.", 8)
+    per_device_eval_batch_size: int = _help("Examples per process per eval batch.", 8)
+    gradient_accumulation_steps: int = _help("Micro-batches per optimizer update.", 1)
+    learning_rate: float = _help("Peak learning rate of AdamW.", 5e-5)
+    weight_decay: float = _help("AdamW weight decay (not applied to biases and norms).", 0.0)
+    adam_beta1: float = _help("AdamW beta1.", 0.9)
+    adam_beta2: float = _help("AdamW beta2.", 0.999)
+    adam_epsilon: float = _help("AdamW epsilon.", 1e-8)
+    lr_scheduler_type: str = _help("A transformers scheduler name: " + ", ".join(SCHEDULERS), "linear")
+    warmup_steps: int = _help("Linear warmup updates.", 0)
+    max_grad_norm: float = _help("Gradient clipping norm; 0 disables clipping.", 1.0)
+    mixed_precision: Literal["no", "fp16", "bf16"] = _help("Autocast precision.", "no")
+    torch_compile: bool = _help("Compile the model with torch.compile.", False)
+    gradient_checkpointing: bool = _help("Trade compute for memory in the encoder.", False)
+    logging_steps: int = _help("Send averaged metrics to the progress bar and trackers every N updates.", 10)
+    eval_steps: int = _help("Evaluate every N updates; 0 evaluates only at the end.", 0)
+    max_eval_batches: int = _help("Cap on eval batches per evaluation; 0 means the whole set.", 0)
+    save_steps: int = _help("Write a resumable checkpoint every N updates; 0 disables.", 500)
+    save_total_limit: Optional[int] = _help("Keep at most this many checkpoints (oldest removed).", None)
+    resume_from_checkpoint: Optional[str] = _help("A checkpoint folder, or 'latest' for the newest complete one in output_dir.", None)
+    max_bad_steps: int = _help("Stop after this many updates in a row with a non-finite loss or gradient.", 3)
+    dataloader_num_workers: int = _help("DataLoader worker processes.", 0)
+    report_to: str = _help("Comma-separated Accelerate trackers (tensorboard, wandb, ...) or 'none'.", "none")
+    push_to_hub: bool = _help("Upload output_dir to the Hub at the end.", False)
+    hub_model_id: Optional[str] = _help("Repository id for push_to_hub (defaults to output_dir's name).", None)
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        positive = ["per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "logging_steps"]
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}.")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}.")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ConfigError(f"max_steps must be -1 (use num_train_epochs) or >= 1, got {self.max_steps}.")
+        if self.max_steps == -1 and self.num_train_epochs <= 0:
+            raise ConfigError("num_train_epochs must be > 0 when max_steps is -1.")
+        if self.lr_scheduler_type not in SCHEDULERS:
+            raise ConfigError(f"lr_scheduler_type '{self.lr_scheduler_type}' is unknown; choose one of: {', '.join(SCHEDULERS)}.")
+        for key in ("eval_steps", "save_steps", "warmup_steps", "max_eval_batches", "dataloader_num_workers"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}.")
+        if self.save_total_limit is not None and self.save_total_limit < 1:
+            raise ConfigError("save_total_limit must be >= 1 or unset.")
+
+    @property
+    def trackers(self) -> list[str]:
+        names = [n.strip() for n in self.report_to.split(",") if n.strip()]
+        return [] if names in ([], ["none"]) else names
+
+
+@dataclass
+class MLMConfig(TrainingArguments):
+    """Masked-language-model pretraining of any AutoModelForMaskedLM."""
+
+    objective: Literal["mlm"] = _help("Pretraining objective.", "mlm")
+    # --- model
+    model_name_or_path: Optional[str] = _help("Continue pretraining from this checkpoint (local folder or Hub id).", None)
+    config_name: Optional[str] = _help("Build a fresh model from this config (local folder, config.json or Hub id).", None)
+    model_type: str = _help("Architecture for a fresh model when neither model_name_or_path nor config_name is set.", "bert")
+    config_overrides: dict = _help("Config fields for a fresh model, e.g. {hidden_size: 256} or 'hidden_size=256,num_hidden_layers=4' on the CLI.", {})
+    # --- tokenizer
+    tokenizer_name: Optional[str] = _help("Tokenizer to use; default: the model's, or one trained on the corpus.", None)
+    tokenizer_type: Literal["auto", "wordpiece", "bpe"] = _help("Kind of tokenizer to train: WordPiece (BERT), byte-level BPE (RoBERTa); auto picks by model_type.", "auto")
+    vocab_size: int = _help("Vocabulary size of a tokenizer trained on the corpus.", 30522)
+    tokenizer_train_samples: int = _help("Documents used to train a tokenizer (0 = all).", 200000)
+    # --- data
+    dataset_name: Optional[str] = _help("A `datasets` dataset (Hub id or local path).", None)
+    dataset_config_name: Optional[str] = _help("Its configuration name.", None)
+    train_file: Optional[str] = _help("Training text: .txt (one document per line), .csv, .json, .jsonl or .parquet.", None)
+    validation_file: Optional[str] = _help("Validation text in the same formats.", None)
+    validation_split_percentage: float = _help("Percent of train held out when no validation set is given.", 5.0)
+    text_column_name: Optional[str] = _help("Column holding the text (default 'text', or the only string column).", None)
+    max_seq_length: int = _help("Tokens per example (block size when packing).", 128)
+    line_by_line: bool = _help("One example per document (truncated, padded) instead of packed blocks.", False)
+    streaming: bool = _help("Stream the corpus instead of loading it (needs max_steps).", False)
+    preprocessing_num_workers: Optional[int] = _help("Processes for tokenization.", None)
+    max_train_samples: Optional[int] = _help("Keep only the first N documents (debugging, quick runs).", None)
+    # --- masking
+    mlm_probability: float = _help("Fraction of tokens to predict.", 0.15)
+    mlm_probability_final: Optional[float] = _help("If set, the masking rate moves linearly from mlm_probability to this over training.", None)
+    mask_replace_prob: float = _help("Of the selected tokens, fraction replaced by [MASK].", 0.8)
+    random_replace_prob: float = _help("Of the selected tokens, fraction replaced by a random token.", 0.1)
+    mask_strategy: Literal["token", "whole_word", "span"] = _help("Mask single tokens, whole words, or SpanBERT word spans.", "token")
+    span_geometric_p: float = _help("SpanBERT: span length in words ~ Geometric(p), clipped to span_max_length.", 0.2)
+    span_max_length: int = _help("SpanBERT: longest span in words.", 10)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.model_name_or_path and self.config_name:
+            raise ConfigError("Can't provide both model_name_or_path and config_name: the first continues a checkpoint, the second builds a fresh model. Choose one.")
+        if self.dataset_name and (self.train_file or self.validation_file):
+            raise ConfigError("Can't provide both dataset_name and train_file/validation_file. Choose one.")
+        for key in ("train_file", "validation_file"):
+            _check_file(key, getattr(self, key), TEXT_FILE_EXTENSIONS)
+        if self.train_file and self.validation_file and Path(self.train_file).suffix != Path(self.validation_file).suffix:
+            raise ConfigError("train_file and validation_file must have the same format (extension).")
+        if not 0 < self.mlm_probability < 1:
+            raise ConfigError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}.")
+        if self.mlm_probability_final is not None and not 0 < self.mlm_probability_final < 1:
+            raise ConfigError(f"mlm_probability_final must be in (0, 1), got {self.mlm_probability_final}.")
+        if min(self.mask_replace_prob, self.random_replace_prob) < 0 or self.mask_replace_prob + self.random_replace_prob > 1:
+            raise ConfigError("mask_replace_prob and random_replace_prob must be >= 0 and sum to at most 1.")
+        if not 0 < self.span_geometric_p <= 1 or self.span_max_length < 1:
+            raise ConfigError("span_geometric_p must be in (0, 1] and span_max_length >= 1.")
+        if self.max_seq_length < 8:
+            raise ConfigError(f"max_seq_length must be >= 8, got {self.max_seq_length}.")
+        if not 0 <= self.validation_split_percentage < 100:
+            raise ConfigError("validation_split_percentage must be in [0, 100).")
+        if self.streaming and self.max_steps < 1:
+            raise ConfigError("streaming needs max_steps: a stream has no known length. Set --max_steps.")
+        if self.vocab_size < 100:
+            raise ConfigError(f"vocab_size must be >= 100, got {self.vocab_size}.")
+
+
+# Objective name -> config class. Speech objectives register here too.
+CONFIGS: dict[str, type[TrainingArguments]] = {"mlm": MLMConfig}
+
+
+# ----------------------------------------------------------------------------------- type checks
+
+def _check_file(key: str, path: Optional[str], extensions: tuple[str, ...]) -> None:
+    if path is None:
+        return
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{key}: file '{path}' does not exist. Check the path (relative paths start at {os.getcwd()}).")
+    if p.stat().st_size == 0:
+        raise ConfigError(f"{key}: file '{path}' is empty.")
+    if p.suffix.lower() not in extensions:
+        raise ConfigError(f"{key}: '{path}' has extension '{p.suffix}'; supported: {', '.join(extensions)}.")
+
+
+def _check_types(cfg: Any) -> None:
+    """Convert each field to its annotated type; raise ConfigError naming the key on failure."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        setattr(cfg, f.name, convert_value(f.name, getattr(cfg, f.name), hints[f.name]))
+
+
+def convert_value(key: str, value: Any, tp: Any) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Union:  # Optional[X]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        inner = [a for a in args if a is not type(None)][0]
+        return convert_value(key, value, inner)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: '{value}' is not allowed; choose one of: {', '.join(map(str, args))}.")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"{key}: expected true or false, got '{value}'.")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value}.")
+        try:
+            number = float(value) if tp is float else int(float(value)) if _is_integral(value) else None
+        except (TypeError, ValueError):
+            number = None
+        if number is None:
+            raise ConfigError(f"{key}: expected {'an integer' if tp is int else 'a number'}, got '{value}'.")
+        return number
+    if tp is dict:
+        if isinstance(value, dict):
+            return value
+        if isinstance(value, str):  # CLI form: "a=1,b=x"
+            out = {}
+            for item in filter(None, (s.strip() for s in value.split(","))):
+                if "=" not in item:
+                    raise ConfigError(f"{key}: expected 'name=value,...', got '{item}'.")
+                k, v = item.split("=", 1)
+                out[k.strip()] = yaml.safe_load(v)
+            return out
+        raise ConfigError(f"{key}: expected a mapping, got '{value}'.")
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}.")
+        return str(value)
+    return value
+
+
+def _is_integral(value: Any) -> bool:
+    f = float(value)
+    return f == int(f)
+
+
+# ----------------------------------------------------------------------------------- loading
+
+def load_config(argv: list[str], default_objective: str = "mlm", configs: dict[str, type] | None = None) -> TrainingArguments:
+    """Build a config from `[RECIPE.yaml] [--key value ...]`.
+
+    The recipe's `objective` key (or `--objective`) picks the config class; CLI values override
+    the recipe. Raises ConfigError on unknown keys or bad values, before any work.
+    """
+    configs = configs or CONFIGS
+    argv = list(argv)
+    recipe: dict[str, Any] = {}
+    source = "the command line"
+    if argv and not argv[0].startswith("--"):
+        path = argv.pop(0)
+        recipe, source = read_recipe(path), path
+    overrides = parse_cli(argv)
+    objective = overrides.get("objective", recipe.get("objective", default_objective))
+    if objective not in configs:
+        raise ConfigError(f"objective '{objective}' is unknown; choose one of: {', '.join(configs)}.")
+    cls = configs[objective]
+    names = [f.name for f in dataclasses.fields(cls)]
+    for where, values in ((source, recipe), ("the command line", overrides)):
+        for key in values:
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                raise ConfigError(f"Unknown key '{key}' in {where} for objective '{objective}'.{hint} Run with --help for the list.")
+    return cls(**{**recipe, **overrides})
+
+
+def read_recipe(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"Recipe '{path}' does not exist.")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Recipe '{path}' is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"Recipe '{path}' must be a mapping of key: value, got {type(data).__name__}.")
+    return data
+
+
+def parse_cli(argv: list[str]) -> dict[str, Any]:
+    """`--key value`, `--key=value`, and bare `--flag` (true) into a dict of strings."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"Unexpected argument '{arg}': options look like --key value.")
+        key = arg[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            value = argv[i + 1]
+            i += 1
+        else:
+            value = "true"
+        out[key] = value
+        i += 1
+    return out
+
+
+def config_help(cls: type) -> str:
+    hints = typing.get_type_hints(cls)
+    lines = [f"{cls.__name__}: {cls.__doc__.strip()}", ""]
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        tp = getattr(hints[f.name], "__name__", str(hints[f.name]).replace("typing.", ""))
+        lines.append(f"  --{f.name} ({tp}, default {default!r})\n      {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def parse_or_exit(argv: list[str], **kw) -> TrainingArguments:
+    """Entry-script helper: --help prints every field; errors print one clear line and exit 2."""
+    if "--help" in argv or "-h" in argv:
+        for cls in (kw.get("configs") or CONFIGS).values():
+            print(config_help(cls) + "\n")
+        sys.exit(0)
+    try:
+        return load_config(argv, **kw)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, path: str | os.PathLike) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,72 @@
+"""Model cards and Hub uploads for hfssl outputs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+# Never uploaded: resumable checkpoints and the training log are for the run, not the model.
+UPLOAD_IGNORE = ("checkpoint-*", ".tmp-checkpoint-*", "*.tmp", "runs", "runs/*")
+
+
+def write_model_card(output_dir: str, objective: str, pipeline_tag: str, summary: dict, details: dict[str, str],
+                     datasets: Optional[list[str]] = None, config: Any = None, model_index: Optional[list] = None,
+                     tags: Optional[list[str]] = None) -> Path:
+    """README.md with Hub metadata (library, pipeline tag, datasets, model-index) and a plain summary."""
+    meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": pipeline_tag, "tags": ["hfssl", *(tags or [])]}
+    if datasets:
+        meta["datasets"] = datasets
+    if model_index:
+        meta["model-index"] = model_index
+    lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "", f"# {Path(output_dir).resolve().name}", "",
+             f"Trained with [hfssl](https://github.com/) — objective: **{objective}**.", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in details.items()]
+    metrics = {k: v for k, v in summary.items() if k.startswith("eval_")}
+    if metrics:
+        lines += ["", "## Final evaluation", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+    lines += ["", f"Updates: {summary.get('steps', 0)}."]
+    if config is not None:
+        lines += ["", "## Recipe", "", "```yaml", yaml.safe_dump(_plain(config), sort_keys=False).strip(), "```"]
+    path = Path(output_dir) / "README.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def files_to_upload(output_dir: str) -> list[str]:
+    """Relative paths push_to_hub uploads: everything in output_dir except checkpoints and temp files."""
+    import fnmatch
+
+    root = Path(output_dir)
+    out = []
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_file() and not any(fnmatch.fnmatch(rel, pat) or fnmatch.fnmatch(rel.split("/")[0], pat) for pat in UPLOAD_IGNORE):
+            out.append(rel)
+    return out
+
+
+def push_to_hub(output_dir: str, repo_id: Optional[str] = None, private: bool = False, token: Optional[str] = None) -> str:
+    """Create (or reuse) the Hub repo and upload the model folder in one commit. Returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    repo_id = repo_id or Path(output_dir).resolve().name
+    url = api.create_repo(repo_id, private=private, exist_ok=True)
+    files = files_to_upload(output_dir)
+    logger.info("Uploading %d files to %s", len(files), url)
+    commit = api.upload_folder(folder_path=output_dir, repo_id=repo_id, allow_patterns=files,
+                               commit_message="Upload model trained with hfssl")
+    return str(commit)
+
+
+def _plain(config: Any) -> dict:
+    import dataclasses
+
+    return json.loads(json.dumps(dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config), default=str))

@@ -1,0 +1,10 @@
+"""Pure, seeded, vectorized masking functions (no model objects): tokens for MLM, time spans for speech."""
+
+from hfssl.masking.tokens import (
+    apply_replacements,
+    select_spans,
+    select_tokens,
+    select_whole_words,
+    span_start_probability,
+    word_starts,
+)

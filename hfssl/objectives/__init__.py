@@ -1,0 +1,15 @@
+"""Objectives: each builds its model, data and collator and tells the loop how to score a batch.
+
+A plain dict maps recipe names to them; modules are imported on use so text users never load audio code.
+"""
+
+import importlib
+
+OBJECTIVES = {
+    "mlm": "hfssl.objectives.mlm:MLMObjective",
+}
+
+
+def build_objective(cfg, accelerator=None):
+    module, name = OBJECTIVES[cfg.objective].split(":")
+    return getattr(importlib.import_module(module), name)(cfg, accelerator)

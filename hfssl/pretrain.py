@@ -1,0 +1,59 @@
+"""`run_pretrain.py`'s body: parse the recipe, build the objective, run the loop, report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from hfssl.config import ConfigError, parse_or_exit
+
+logger = logging.getLogger("hfssl")
+
+# `python run_pretrain.py` with no recipe runs this one (built-in corpus, tiny model, CPU minutes).
+DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "mlm" / "tiny-cpu.yaml"
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0].startswith("--") and "--help" not in argv and "-h" not in argv:
+        if DEFAULT_RECIPE.is_file():
+            argv = [str(DEFAULT_RECIPE), *argv]
+    cfg = parse_or_exit(argv)
+    return run(cfg)
+
+
+def run(cfg) -> int:
+    from hfssl.checkpointing import CheckpointError
+    from hfssl.data.text import DataError
+    from hfssl.objectives import build_objective
+    from hfssl.trainer import TrainingStopped, check_output_dir, make_accelerator, train
+
+    setup_logging()
+    try:
+        check_output_dir(cfg)
+        accelerator = make_accelerator(cfg)
+        if not accelerator.is_main_process:
+            logging.getLogger("hfssl").setLevel(logging.WARNING)
+        objective = build_objective(cfg, accelerator)
+        summary = train(cfg, objective, accelerator)
+    except (ConfigError, DataError, CheckpointError, FileExistsError, TrainingStopped) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if accelerator.is_main_process:
+        shown = {k: v for k, v in summary.items() if k.startswith("eval_") or k in ("steps",)}
+        print("\n" + json.dumps(shown, indent=1))
+        if "eval_perplexity" in summary:
+            print(f"eval perplexity: {summary['eval_perplexity']:.2f}")
+        print(f"model saved to: {Path(cfg.output_dir).resolve()}")
+        if cfg.push_to_hub:
+            from hfssl.hub import push_to_hub
+
+            print(f"pushed: {push_to_hub(cfg.output_dir, cfg.hub_model_id)}")
+    return 0
+
+
+def setup_logging() -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
+    for noisy in ("datasets", "transformers", "accelerate", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
