@@ -216,7 +216,7 @@ def list_audio_dir(root: str | os.PathLike) -> list[dict]:
     files = find_audio_files(root)
     rel_dirs = [os.path.relpath(os.path.dirname(f), root) for f in files]
     one_level = bool(files) and all(d != "." and os.sep not in d for d in rel_dirs)
-    if False:
+    if one_level and len(set(rel_dirs)) >= 2:
         return [{"path": f, "label": d} for f, d in zip(files, rel_dirs)]
     return [{"path": f} for f in files]
 
