@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import sys
 import typing
@@ -194,6 +195,8 @@ def convert_value(key: str, value: Any, tp: Any) -> Any:
         inner = [a for a in args if a is not type(None)][0]
         return convert_value(key, value, inner)
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads unquoted no/yes/off/on as booleans
+            value = next((a for a in args if isinstance(a, str) and a.lower() in _BOOL_WORDS[value]), value)
         if value not in args:
             raise ConfigError(f"{key}: '{value}' is not allowed; choose one of: {', '.join(map(str, args))}.")
         return value
@@ -210,7 +213,9 @@ def convert_value(key: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{key}: expected a number, got {value}.")
         try:
             number = float(value) if tp is float else int(float(value)) if _is_integral(value) else None
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: int('inf')
+            number = None
+        if number is not None and math.isnan(number):
             number = None
         if number is None:
             raise ConfigError(f"{key}: expected {'an integer' if tp is int else 'a number'}, got '{value}'.")
@@ -232,6 +237,9 @@ def convert_value(key: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{key}: expected a string, got {value!r}.")
         return str(value)
     return value
+
+
+_BOOL_WORDS = {True: ("yes", "true", "on"), False: ("no", "false", "off")}
 
 
 def _is_integral(value: Any) -> bool:

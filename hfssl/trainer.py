@@ -434,7 +434,17 @@ def _trim_log(path: Path, step: int) -> None:
 
 
 def make_accelerator(cfg: TrainingArguments) -> Accelerator:
-    return Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.trackers or None, project_dir=cfg.output_dir)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    # Accelerate only sets up multi-process CPU training (gloo) when asked for the CPU explicitly;
+    # otherwise every process of `torchrun` on a GPU-less machine would silently train alone.
+    cpu = launched > 1 and not torch.cuda.is_available()
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.trackers or None,
+                              project_dir=cfg.output_dir, cpu=cpu)
+    if accelerator.num_processes != launched:
+        raise TrainingStopped(
+            f"{launched} processes were launched but Accelerate set up {accelerator.num_processes}: each would train "
+            f"alone. Run `accelerate config` or launch with `accelerate launch --num_processes {launched}`.")
+    return accelerator
 
 
 def _param_groups(model, weight_decay: float):

@@ -110,23 +110,34 @@ def load_text_datasets(cfg) -> datasets.DatasetDict | datasets.IterableDatasetDi
 
 
 def pick_text_column(ds, requested: Optional[str], source: str) -> str:
-    names = list(ds.column_names or ds.features.keys())
+    names, strings = _columns(ds)
     if requested is not None:
         if requested not in names:
             raise DataError(f"text_column_name '{requested}' is not a column of {source}; available: {', '.join(names)}.")
         return requested
     if "text" in names:
         return "text"
-    strings = [n for n, f in ds.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
     if len(strings) == 1:
         return strings[0]
     raise DataError(f"{source} has no 'text' column; set text_column_name to one of: {', '.join(names)}.")
 
 
+def _columns(ds) -> tuple[list[str], list[str]]:
+    """All column names and the string ones. A streamed CSV/text file has no features until it is
+    read, so those come from its first example."""
+    if ds.features is not None:
+        strings = [n for n, f in ds.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
+        return list(ds.features), strings
+    first = next(iter(ds), None) or {}
+    return list(first), [n for n, v in first.items() if isinstance(v, str)]
+
+
 def _only_text(ds, column: str):
     if column != "text":
         ds = ds.rename_column(column, "text")
-    extra = [c for c in (ds.column_names or []) if c != "text"]
+    if ds.column_names is None:  # stream with unknown features: keep just the text when read
+        return ds.select_columns(["text"])
+    extra = [c for c in ds.column_names if c != "text"]
     return ds.remove_columns(extra) if extra else ds
 
 
@@ -204,7 +215,10 @@ def pack_blocks(tokenized: datasets.Dataset, block_size: int, cls_id: int, sep_i
 
     Word ids are offset per document so that they stay unique inside a block; separators get -1.
     """
-    ids = tokenized.data.column("input_ids").combine_chunks()  # ListArray, one row per document
+    # `.data` is the underlying Arrow table, which ignores a select/shuffle/filter indices mapping;
+    # slicing through the Dataset gives the rows it shows (zero-copy when there is no mapping).
+    table = tokenized.with_format("arrow")[:]
+    ids = table.column("input_ids").combine_chunks()  # ListArray, one row per document
     offsets = ids.offsets.to_numpy()
     lengths = np.diff(offsets)
     flat = ids.flatten().to_numpy(zero_copy_only=False).astype(np.int32)
@@ -218,7 +232,7 @@ def pack_blocks(tokenized: datasets.Dataset, block_size: int, cls_id: int, sep_i
     stream[sep_pos] = sep_id
     columns = {"input_ids": _blocks(stream, block_size, cls_id, sep_id)}
     if with_word_ids:
-        wids = tokenized.data.column("word_ids").combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+        wids = table.column("word_ids").combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.int64)
         words_per_doc = np.zeros(n_docs, dtype=np.int64)
         has = lengths > 0
         if has.any():

@@ -69,7 +69,7 @@ class MLMObjective:
         self.cfg = cfg
         main = accelerator is None or accelerator.is_main_process
         self.raw = textdata.load_text_datasets(cfg)
-        self.tokenizer = self._tokenizer()
+        self.tokenizer = self._tokenizer(accelerator)
         mlm = self._model()
         if mlm.config.vocab_size < len(self.tokenizer):
             raise ConfigError(
@@ -87,7 +87,7 @@ class MLMObjective:
             logger.info("Training data: %d blocks, %d tokens", stats["rows"], stats["tokens"])
 
     # ------------------------------------------------------------------ build
-    def _tokenizer(self):
+    def _tokenizer(self, accelerator):
         cfg = self.cfg
         source = cfg.tokenizer_name or cfg.model_name_or_path or (cfg.config_name if cfg.config_name and Path(cfg.config_name).is_dir() else None)
         if source:
@@ -95,6 +95,15 @@ class MLMObjective:
             if not tok.is_fast and cfg.mask_strategy != "token":
                 raise ConfigError(f"mask_strategy={cfg.mask_strategy} needs a fast tokenizer (word ids); '{source}' is not one.")
             return tok
+        # A trained tokenizer is saved at once and reused on resume and by the other processes:
+        # `tokenizers` training breaks frequency ties in hash order, so two trainings can differ.
+        saved = Path(cfg.output_dir) / "tokenizer"
+        if (saved / "tokenizer.json").is_file() and cfg.resume_from_checkpoint:
+            logger.info("Reusing the tokenizer trained at the start of this run: %s", saved)
+            return AutoTokenizer.from_pretrained(saved)
+        if accelerator is not None and not accelerator.is_main_process:
+            accelerator.wait_for_everyone()
+            return AutoTokenizer.from_pretrained(saved)
         kind = cfg.tokenizer_type
         if kind == "auto":
             kind = "bpe" if cfg.model_type in ("roberta", "xlm-roberta", "camembert", "data2vec-text", "modernbert") else "wordpiece"
@@ -102,7 +111,11 @@ class MLMObjective:
         n = len(train) if cfg.tokenizer_train_samples == 0 else min(cfg.tokenizer_train_samples, len(train))
         logger.info("Training a %s tokenizer (vocab %d) on %d documents", kind, cfg.vocab_size, n)
         texts = (train[i : i + 1000]["text"] for i in range(0, n, 1000))
-        return textdata.train_tokenizer((t for chunk in texts for t in chunk), kind, cfg.vocab_size)
+        tok = textdata.train_tokenizer((t for chunk in texts for t in chunk), kind, cfg.vocab_size)
+        tok.save_pretrained(saved)
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
+        return tok
 
     def _model(self):
         cfg = self.cfg

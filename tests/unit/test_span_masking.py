@@ -131,6 +131,18 @@ def test_span_counts_rounding_and_min_masks():
     assert (masked == 2 * SPAN).any() and (masked < 2 * SPAN).any()  # overlaps happen
 
 
+def test_span_count_caps_match_transformers():
+    # min_masks=8 spans of 2 frames on a 10-frame axis: transformers caps the count at T // span = 5
+    # (spans would not fit side by side), not only at the 9 possible starts.
+    np.random.seed(0)
+    ref = _compute_mask_indices((4000, 10), 0.0, 2, min_masks=8).mean()
+    lengths = torch.full((4000,), 10)
+    ours = compute_span_mask(lengths, 10, 0.0, 2, min_masks=8, generator=_gen(9)).double().mean().item()
+    assert ours == pytest.approx(ref, abs=0.01)
+    assert ours == pytest.approx(expected_masked_fraction(0.0, 2, 10, min_masks=8), abs=0.01)
+    assert expected_masked_fraction(0.0, 2, 10, min_masks=8) < 0.95  # 8 of 9 starts would give > 0.97
+
+
 def test_mask_is_seeded_and_leaves_global_rng_alone():
     lengths = torch.tensor([780, 400, 123])
     state = torch.random.get_rng_state()

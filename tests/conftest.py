@@ -1,0 +1,52 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+CORPUS = FIXTURES / "text" / "corpus.txt"
+
+# Tests never touch the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# A BERT small enough for CPU tests; dropout stays ON so exact-resume tests cover its RNG.
+TINY_MLM = [
+    str(ROOT / "recipes" / "mlm" / "tiny-cpu.yaml"),
+    "--train_file", str(CORPUS),
+    "--config_overrides", "hidden_size=64,num_hidden_layers=2,num_attention_heads=2,intermediate_size=128,max_position_embeddings=64",
+    "--vocab_size", "1000", "--max_seq_length", "64",
+    "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16",
+    "--learning_rate", "2e-3", "--warmup_steps", "5", "--logging_steps", "5",
+    "--validation_split_percentage", "10",
+]
+
+
+def run_cli(script: str, args: list[str], env: dict | None = None, timeout: int = 600, check: bool = True, launcher: list[str] | None = None):
+    cmd = (launcher or [sys.executable]) + [str(ROOT / script), *map(str, args)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def read_log(output_dir) -> list[dict]:
+    path = Path(output_dir) / "training_log.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def train_losses(output_dir) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_log(output_dir) if "loss" in r}
+
+
+@pytest.fixture(scope="session")
+def tiny_mlm(tmp_path_factory):
+    """One tiny MLM pretraining run through the CLI, shared by the tests that need a pretrained model."""
+    out = tmp_path_factory.mktemp("mlm") / "out"
+    run_cli("run_pretrain.py", [*TINY_MLM, "--output_dir", out, "--max_steps", "60", "--eval_steps", "30", "--save_steps", "30"])
+    return out

@@ -1,0 +1,75 @@
+"""End-to-end MLM pretraining through the real CLI on a user's text file."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
+
+from conftest import CORPUS, TINY_MLM, read_log, run_cli, train_losses
+
+
+def test_tiny_recipe_on_own_text_file(tiny_mlm):
+    losses = list(train_losses(tiny_mlm).values())
+    assert len(losses) == 60
+    assert sum(losses[-10:]) / 10 < sum(losses[:5]) / 5 - 0.5, losses  # loss falls clearly
+    results = json.loads((tiny_mlm / "train_results.json").read_text())
+    assert results["steps"] == 60
+    assert 1.0 < results["eval_perplexity"] < 1000  # vocab is 1000: better than uniform
+    evals = [r for r in read_log(tiny_mlm) if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [30, 60]
+    assert evals[1]["eval_loss"] < evals[0]["eval_loss"]
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md", "hfssl_config.yaml", "training_curves.png"):
+        assert (tiny_mlm / name).is_file(), name
+
+
+def test_output_loads_in_plain_transformers(tiny_mlm):
+    model = AutoModelForMaskedLM.from_pretrained(tiny_mlm)
+    tok = AutoTokenizer.from_pretrained(tiny_mlm)
+    assert model.config.vocab_size == len(tok)  # model sized to the tokenizer trained on the corpus
+    fill = pipeline("fill-mask", model=str(tiny_mlm))
+    preds = fill(f"Return the {tok.mask_token} of the file.", top_k=3)
+    assert len(preds) == 3 and all(p["token_str"] for p in preds)
+    assert abs(sum(p["score"] for p in fill(f"the {tok.mask_token}", top_k=len(tok))) - 1) < 1e-3
+    card = (tiny_mlm / "README.md").read_text()
+    assert "pipeline_tag: fill-mask" in card and "Tokens seen" in card and "eval_perplexity" in card
+
+
+def test_continued_pretraining_from_local_checkpoint(tiny_mlm, tmp_path):
+    out = tmp_path / "continued"
+    run_cli("run_pretrain.py", [*TINY_MLM, "--model_name_or_path", tiny_mlm, "--config_overrides", "", "--output_dir", out,
+                                "--max_steps", "10", "--save_steps", "0", "--eval_steps", "0"])
+    first = train_losses(out)[1]
+    scratch_first = train_losses(tiny_mlm)[1]
+    assert first < scratch_first - 0.5  # starts from the pretrained weights, not from scratch
+    assert AutoTokenizer.from_pretrained(out).get_vocab() == AutoTokenizer.from_pretrained(tiny_mlm).get_vocab()
+
+
+def test_refuses_to_overwrite_an_earlier_run(tiny_mlm):
+    before = (tiny_mlm / "model.safetensors").read_bytes()
+    proc = run_cli("run_pretrain.py", [*TINY_MLM, "--output_dir", tiny_mlm, "--max_steps", "2"], check=False)
+    assert proc.returncode == 2
+    assert "already holds files" in proc.stderr and "--overwrite_output_dir" in proc.stderr
+    assert (tiny_mlm / "model.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--train_file", "missing.txt"], "train_file: file 'missing.txt' does not exist"),
+    (["--mlm_probabilty", "0.2"], "Did you mean 'mlm_probability'"),
+    (["--mixed_precision", "fp8"], "choose one of: no, fp16, bf16"),
+    (["--model_type", "nosuchmodel"], "model_type 'nosuchmodel' is unknown"),
+    (["--text_column_name", "body"], "text_column_name 'body' is not a column"),
+])
+def test_bad_input_fails_before_training(tmp_path, args, message):
+    proc = run_cli("run_pretrain.py", [*TINY_MLM, "--output_dir", tmp_path / "o", "--max_steps", "2", *args], check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr
+    assert not (tmp_path / "o" / "training_log.jsonl").exists()
+
+
+def test_empty_corpus_is_rejected(tmp_path):
+    empty = tmp_path / "blank.txt"
+    empty.write_text("\n   \n\n")
+    proc = run_cli("run_pretrain.py", [*TINY_MLM, "--train_file", empty, "--output_dir", tmp_path / "o", "--max_steps", "2"], check=False)
+    assert proc.returncode == 2
+    assert "no non-blank text" in proc.stderr

@@ -1,0 +1,224 @@
+"""Tests for hfssl.config: YAML recipes + CLI overrides, type conversion, errors, round trip, recipes."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hfssl.config import CONFIGS, ConfigError, MLMConfig, load_config, parse_cli, save_config, to_dict
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _recipe(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text("one document\nanother document\n")
+    return path
+
+
+def test_recipe_plus_overrides_with_type_conversion(tmp_path):
+    recipe = _recipe(tmp_path, """
+objective: mlm
+learning_rate: 1e-4          # YAML 1.1 reads this as a string
+max_steps: 300
+per_device_train_batch_size: 32
+save_total_limit: 2
+push_to_hub: false
+mask_strategy: whole_word
+config_overrides:
+  hidden_size: 256
+""")
+    cfg = load_config([recipe, "--max_steps", "50", "--push_to_hub", "true", "--save_total_limit", "none",
+                       "--config_overrides", "hidden_size=64,num_hidden_layers=2", "--weight_decay=0.01",
+                       "--gradient_checkpointing"])
+    assert isinstance(cfg, MLMConfig)
+    assert cfg.learning_rate == 1e-4 and isinstance(cfg.learning_rate, float)
+    assert cfg.max_steps == 50 and isinstance(cfg.max_steps, int)  # override wins
+    assert cfg.per_device_train_batch_size == 32  # from the recipe
+    assert cfg.push_to_hub is True
+    assert cfg.save_total_limit is None
+    assert cfg.config_overrides == {"hidden_size": 64, "num_hidden_layers": 2}
+    assert all(type(v) is int for v in cfg.config_overrides.values())
+    assert cfg.weight_decay == 0.01
+    assert cfg.gradient_checkpointing is True  # bare flag
+    assert cfg.mask_strategy == "whole_word"
+    assert cfg.mlm_probability == 0.15  # default untouched
+
+
+@pytest.mark.parametrize("text, expected", [("true", True), ("True", True), ("1", True), ("yes", True),
+                                            ("false", False), ("0", False), ("no", False)])
+def test_bool_strings(text, expected):
+    assert load_config(["--push_to_hub", text]).push_to_hub is expected
+
+
+def test_string_numbers_convert():
+    cfg = load_config(["--learning_rate", "3e-4", "--max_steps", "1e3", "--num_train_epochs", "2",
+                       "--max_train_samples", "100"])
+    assert cfg.learning_rate == pytest.approx(3e-4) and type(cfg.learning_rate) is float
+    assert cfg.max_steps == 1000 and type(cfg.max_steps) is int
+    assert cfg.num_train_epochs == 2.0 and type(cfg.num_train_epochs) is float
+    assert cfg.max_train_samples == 100 and type(cfg.max_train_samples) is int
+
+
+def test_yaml_no_for_mixed_precision(tmp_path):
+    # YAML 1.1 reads an unquoted `no` as false; the Literal field must still accept it.
+    cfg = load_config([_recipe(tmp_path, "mixed_precision: no\n")])
+    assert cfg.mixed_precision == "no"
+    assert load_config(["--mixed_precision", "bf16"]).mixed_precision == "bf16"
+
+
+def test_unknown_key_in_recipe_names_it_and_suggests_close_match(tmp_path):
+    recipe = _recipe(tmp_path, "objective: mlm\nleraning_rate: 0.001\n")
+    with pytest.raises(ConfigError) as err:
+        load_config([recipe])
+    msg = str(err.value)
+    assert "'leraning_rate'" in msg and "'learning_rate'" in msg and "recipe.yaml" in msg
+
+
+def test_unknown_key_on_command_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"'mlm_probabilty'.*'mlm_probability'"):
+        load_config(["--mlm_probabilty", "0.2"])
+    with pytest.raises(ConfigError, match="'zzzzqqqq'") as err:
+        load_config(["--zzzzqqqq", "1"])
+    assert "Did you mean" not in str(err.value)  # nothing close: no made-up suggestion
+
+
+def test_invalid_literal_lists_allowed_values():
+    with pytest.raises(ConfigError) as err:
+        load_config(["--mask_strategy", "words"])
+    msg = str(err.value)
+    assert "mask_strategy" in msg and "'words'" in msg
+    for allowed in ("token", "whole_word", "span"):
+        assert allowed in msg
+    with pytest.raises(ConfigError, match="no, fp16, bf16"):
+        load_config(["--mixed_precision", "fp8"])
+
+
+@pytest.mark.parametrize("key, value", [("max_steps", "1.5"), ("per_device_train_batch_size", "eight"),
+                                        ("max_steps", "inf"), ("max_steps", "nan"), ("save_total_limit", "2.5")])
+def test_int_field_rejects_non_integers(key, value):
+    with pytest.raises(ConfigError, match=key):
+        load_config([f"--{key}", value])
+
+
+@pytest.mark.parametrize("key, value", [("learning_rate", "fast"), ("learning_rate", "nan"), ("push_to_hub", "maybe")])
+def test_bad_values_fail_naming_the_key(key, value):
+    with pytest.raises(ConfigError, match=key):
+        load_config([f"--{key}", value])
+
+
+def test_model_name_and_config_name_together_fail():
+    with pytest.raises(ConfigError, match="model_name_or_path and config_name"):
+        load_config(["--model_name_or_path", "bert-base-uncased", "--config_name", "bert-base-uncased"])
+
+
+def test_missing_or_empty_train_file_fails_naming_it(tmp_path):
+    missing = tmp_path / "nope.txt"
+    with pytest.raises(ConfigError) as err:
+        load_config(["--train_file", str(missing)])
+    assert "train_file" in str(err.value) and str(missing) in str(err.value)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(ConfigError) as err:
+        load_config(["--train_file", str(empty)])
+    assert "train_file" in str(err.value) and str(empty) in str(err.value) and "empty" in str(err.value)
+    with pytest.raises(ConfigError, match="validation_file"):
+        load_config(["--validation_file", str(missing)])
+    wrong = tmp_path / "corpus.docx"
+    wrong.write_text("x")
+    with pytest.raises(ConfigError, match=r"train_file.*\.docx"):
+        load_config(["--train_file", str(wrong)])
+
+
+def test_value_checks():
+    with pytest.raises(ConfigError, match="mlm_probability"):
+        load_config(["--mlm_probability", "1.5"])
+    with pytest.raises(ConfigError, match="mask_replace_prob"):
+        load_config(["--mask_replace_prob", "0.8", "--random_replace_prob", "0.3"])
+    with pytest.raises(ConfigError, match="lr_scheduler_type"):
+        load_config(["--lr_scheduler_type", "cosine_annealing"])
+    with pytest.raises(ConfigError, match="objective 'bogus'"):
+        load_config(["--objective", "bogus"])
+    with pytest.raises(ConfigError, match="Unexpected argument"):
+        load_config(["--max_steps", "5", "stray"])
+
+
+def test_recipe_must_exist_and_be_a_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config([str(tmp_path / "missing.yaml")])
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config([_recipe(tmp_path, "- a\n- b\n")])
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config([_recipe(tmp_path, "a: [1, 2\n")])
+
+
+def test_parse_cli_forms():
+    assert parse_cli(["--a", "1", "--b=x=y", "--flag", "--c", "-5"]) == {"a": "1", "b": "x=y", "flag": "true", "c": "-5"}
+
+
+def test_save_config_round_trips(tmp_path, corpus):
+    cfg = load_config(["--train_file", str(corpus), "--learning_rate", "2e-4", "--mask_strategy", "span",
+                       "--config_overrides", "hidden_size=64,num_hidden_layers=2", "--save_total_limit", "3",
+                       "--mlm_probability_final", "0.3", "--mixed_precision", "no", "--report_to", "tensorboard"])
+    path = tmp_path / "saved.yaml"
+    save_config(cfg, path)
+    assert yaml.safe_load(path.read_text())["objective"] == "mlm"
+    again = load_config([str(path)])
+    assert type(again) is type(cfg)
+    assert to_dict(again) == to_dict(cfg)
+    assert again.mixed_precision == "no" and again.save_total_limit == 3 and again.tokenizer_name is None
+
+
+def test_every_field_has_help_and_a_default():
+    for cls in CONFIGS.values():
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
+            assert f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    a, b = MLMConfig(), MLMConfig()
+    a.config_overrides["x"] = 1
+    assert b.config_overrides == {}  # no shared mutable default
+
+
+# ------------------------------------------------------------------------------- recipes
+
+def _recipes() -> list[Path]:
+    return sorted(p for p in (REPO / "recipes").glob("**/*.yaml")
+                  if "accelerate" not in p.relative_to(REPO / "recipes").parts[:1])
+
+
+def test_recipes_exist():
+    assert _recipes(), "no YAML recipes found under recipes/"
+
+
+@pytest.mark.parametrize("recipe", _recipes(), ids=lambda p: str(p.relative_to(REPO / "recipes")))
+def test_every_recipe_loads(recipe, monkeypatch):
+    monkeypatch.chdir(REPO)  # recipes name files relative to the repository root
+    raw = yaml.safe_load(recipe.read_text())
+    assert isinstance(raw, dict), f"{recipe} is not a mapping"
+    objective = raw.get("objective", "mlm")
+    # Not a skip: a recipe for an objective that hfssl.config does not know yet is a bug to fix.
+    assert objective in CONFIGS, (f"{recipe}: objective '{objective}' is not registered in hfssl.config.CONFIGS "
+                                  f"(known: {', '.join(CONFIGS)})")
+    cfg = load_config([str(recipe.relative_to(REPO))])
+    assert type(cfg) is CONFIGS[objective]
+    for key, value in raw.items():  # every recipe value made it into the config
+        got = getattr(cfg, key)
+        if isinstance(value, float) or isinstance(got, float):
+            assert math.isclose(float(got), float(value)), key
+        elif isinstance(value, bool):  # `no` in YAML is false: allowed for a yes/no Literal
+            assert got == value or got == ("yes" if value else "no"), key
+        elif isinstance(value, dict) or value is None:
+            assert got == value, key
+        else:
+            assert str(got) == str(value) or got == value, key

@@ -1,0 +1,118 @@
+"""Tests for hfssl.hub: model card metadata, the upload file list, push_to_hub with HfApi mocked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import yaml
+
+from hfssl.config import MLMConfig
+from hfssl.hub import files_to_upload, push_to_hub, write_model_card
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Pack my box with five dozen liquor jugs.",
+    "How vexingly quick daft zebras jump.",
+] * 10
+
+MODEL_FILES = ["README.md", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A real output folder: tiny BertForMaskedLM + trained tokenizer + model card, plus the run's
+    leftovers (checkpoints, a half-written checkpoint, temp files, tensorboard logs)."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from hfssl.data.text import train_tokenizer
+
+    out = tmp_path_factory.mktemp("run")
+    tok = train_tokenizer(SENTENCES, "wordpiece", 200)
+    config = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64, pad_token_id=tok.pad_token_id)
+    BertForMaskedLM(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    write_model_card(str(out), objective="Masked language modeling", pipeline_tag="fill-mask",
+                     summary={"steps": 12, "eval_loss": 3.14159, "eval_accuracy": 0.25, "train_loss": 4.0},
+                     details={"Corpus": "tiny"}, datasets=["wikitext"], config=MLMConfig(max_steps=12),
+                     tags=["bert"])
+    for rel in ("checkpoint-10/model.safetensors", "checkpoint-10/hfssl_checkpoint.json",
+                "checkpoint-20/optimizer.bin", ".tmp-checkpoint-30/model.safetensors",
+                "config.json.tmp", "runs/events.out.tfevents.1", "runs/sub/events.out.tfevents.2"):
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text("x")
+    return out
+
+
+def _expected(model_dir: Path) -> list[str]:
+    extra = [n for n in ("special_tokens_map.json",) if (model_dir / n).is_file()]
+    return sorted(MODEL_FILES + extra)
+
+
+def _front_matter(text: str) -> dict:
+    assert text.startswith("---\n")
+    head, _, _ = text[4:].partition("\n---\n")
+    return yaml.safe_load(head)
+
+
+def test_model_card_has_parsable_metadata(model_dir):
+    text = (model_dir / "README.md").read_text()
+    meta = _front_matter(text)
+    assert meta["pipeline_tag"] == "fill-mask"
+    assert meta["library_name"] == "transformers"
+    assert meta["datasets"] == ["wikitext"]
+    assert meta["tags"] == ["hfssl", "bert"]
+    assert "| eval_loss | 3.1416 |" in text and "| eval_accuracy | 0.2500 |" in text
+    assert "train_loss" not in text  # only eval metrics are reported
+    assert "Updates: 12." in text and "| Corpus | tiny |" in text
+    recipe = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert yaml.safe_load(recipe)["max_steps"] == 12
+
+
+def test_model_card_minimal(tmp_path):
+    path = write_model_card(str(tmp_path), objective="wav2vec 2.0", pipeline_tag="feature-extraction",
+                            summary={}, details={})
+    assert path == tmp_path / "README.md"
+    meta = _front_matter(path.read_text())
+    assert meta == {"library_name": "transformers", "pipeline_tag": "feature-extraction", "tags": ["hfssl"]}
+    assert "Final evaluation" not in path.read_text()
+
+
+def test_files_to_upload_excludes_checkpoints_and_temp_files(model_dir):
+    files = files_to_upload(str(model_dir))
+    assert files == _expected(model_dir)
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md"):
+        assert name in files
+    assert not any(f.startswith(("checkpoint-", ".tmp-checkpoint-", "runs")) or f.endswith(".tmp") for f in files)
+
+
+def test_uploaded_files_load_back(model_dir):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    model = AutoModelForMaskedLM.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    assert model.config.vocab_size == len(tok) and tok.mask_token == "[MASK]"
+
+
+def test_push_to_hub_uploads_exactly_the_model_files(model_dir):
+    with mock.patch("huggingface_hub.HfApi.create_repo", return_value="https://hf.co/me/tiny") as create, \
+         mock.patch("huggingface_hub.HfApi.upload_folder", return_value="https://hf.co/me/tiny/commit/abc") as upload:
+        result = push_to_hub(str(model_dir), repo_id="me/tiny", private=True)
+    assert result == "https://hf.co/me/tiny/commit/abc"
+    create.assert_called_once()
+    assert create.call_args.args[0] == "me/tiny"
+    assert create.call_args.kwargs["private"] is True and create.call_args.kwargs["exist_ok"] is True
+    upload.assert_called_once()
+    kwargs = upload.call_args.kwargs
+    assert kwargs["repo_id"] == "me/tiny"
+    assert Path(kwargs["folder_path"]) == model_dir
+    assert sorted(kwargs["allow_patterns"]) == _expected(model_dir)
+
+
+def test_push_to_hub_defaults_repo_to_folder_name(model_dir):
+    with mock.patch("huggingface_hub.HfApi.create_repo") as create, mock.patch("huggingface_hub.HfApi.upload_folder") as upload:
+        push_to_hub(str(model_dir))
+    assert create.call_args.args[0] == model_dir.name
+    assert upload.call_args.kwargs["repo_id"] == model_dir.name
