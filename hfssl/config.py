@@ -162,8 +162,143 @@ class MLMConfig(TrainingArguments):
             raise ConfigError(f"vocab_size must be >= 100, got {self.vocab_size}.")
 
 
-# Objective name -> config class. Speech objectives register here too.
-CONFIGS: dict[str, type[TrainingArguments]] = {"mlm": MLMConfig}
+AUDIO_FILE_EXTENSIONS = (".csv", ".tsv", ".json", ".jsonl")
+
+
+@dataclass
+class AudioDataArguments:
+    """Where audio comes from and how it is cut into batches (speech pretraining and fine-tuning)."""
+
+    train_dir: Optional[str] = _help("Folder of audio files (searched recursively) or an audiofolder with metadata.csv.", None)
+    train_file: Optional[str] = _help("CSV/TSV/JSONL manifest with a column of audio paths (relative to the manifest).", None)
+    validation_dir: Optional[str] = _help("Validation audio folder.", None)
+    validation_file: Optional[str] = _help("Validation manifest.", None)
+    validation_split_percentage: float = _help("Percent of train held out when no validation set is given.", 5.0)
+    dataset_name: Optional[str] = _help("A `datasets` audio dataset (Hub id or local path).", None)
+    dataset_config_name: Optional[str] = _help("Its configuration name.", None)
+    audio_column_name: str = _help("Column with audio paths (manifests) or audio (datasets).", "audio")
+    streaming: bool = _help("Stream a Hub dataset instead of downloading it (needs max_steps).", False)
+    sampling_rate: int = _help("Rate the model expects; audio at other rates is resampled.", 16000)
+    min_duration_in_seconds: float = _help("Shorter files are bad input (see on_bad_audio).", 0.0)
+    max_duration_in_seconds: float = _help("Longer files are randomly cropped to this length at batch time, not dropped.", 15.6)
+    max_batch_seconds: Optional[float] = _help("Duration-bucketed batches of at most this many padded seconds per process (overrides per_device_train_batch_size).", None)
+    on_bad_audio: Literal["error", "skip"] = _help("Unreadable/empty/NaN/too-short files: stop before training naming them, or skip and list them in output_dir/skipped_audio.tsv.", "error")
+    preprocessing_num_workers: Optional[int] = _help("Threads for scanning audio.", None)
+
+    def _check_audio_sources(self) -> None:
+        if self.dataset_name and (self.train_dir or self.train_file):
+            raise ConfigError("Can't provide both dataset_name and train_dir/train_file. Choose one.")
+        if self.train_dir and self.train_file:
+            raise ConfigError("Can't provide both train_dir and train_file. Choose one.")
+        if not (self.dataset_name or self.train_dir or self.train_file):
+            raise ConfigError("No audio given: set train_dir (a folder of audio files), train_file (a manifest) or dataset_name.")
+        for key in ("train_dir", "validation_dir"):
+            path = getattr(self, key)
+            if path is not None and not Path(path).is_dir():
+                raise ConfigError(f"{key}: folder '{path}' does not exist.")
+        for key in ("train_file", "validation_file"):
+            _check_file(key, getattr(self, key), AUDIO_FILE_EXTENSIONS)
+        if self.sampling_rate < 1000:
+            raise ConfigError(f"sampling_rate must be >= 1000, got {self.sampling_rate}.")
+        if self.max_duration_in_seconds <= self.min_duration_in_seconds:
+            raise ConfigError("max_duration_in_seconds must be larger than min_duration_in_seconds.")
+        if self.max_batch_seconds is not None and self.max_batch_seconds < self.max_duration_in_seconds:
+            raise ConfigError(f"max_batch_seconds ({self.max_batch_seconds}) must hold at least one cropped file "
+                              f"(max_duration_in_seconds={self.max_duration_in_seconds}).")
+        if self.streaming and getattr(self, "max_steps", 1) < 1:
+            raise ConfigError("streaming needs max_steps: a stream has no known length. Set --max_steps.")
+
+
+@dataclass
+class SpeechModelArguments:
+    model_name_or_path: Optional[str] = _help("Continue pretraining from this checkpoint folder or Hub id.", None)
+    config_name: Optional[str] = _help("Build a fresh model from this config (folder, config.json or Hub id).", None)
+    config_overrides: dict = _help("Config fields for the model, e.g. {num_hidden_layers: 4, feat_extract_norm: layer}.", {})
+    mask_time_prob: float = _help("Chance per frame of starting a masked span (wav2vec 2.0 semantics; not the 0.05 fine-tuning default).", 0.65)
+    mask_time_length: int = _help("Frames per masked span.", 10)
+    mask_time_min_masks: int = _help("At least this many spans per utterance.", 2)
+
+    def _check_speech_model(self) -> None:
+        if self.model_name_or_path and self.config_name:
+            raise ConfigError("Can't provide both model_name_or_path and config_name. Choose one.")
+        if not 0 < self.mask_time_prob < 1:
+            raise ConfigError(f"mask_time_prob must be in (0, 1), got {self.mask_time_prob}.")
+        if self.mask_time_length < 1 or self.mask_time_min_masks < 0:
+            raise ConfigError("mask_time_length must be >= 1 and mask_time_min_masks >= 0.")
+
+
+@dataclass
+class Wav2Vec2PretrainConfig(TrainingArguments, AudioDataArguments, SpeechModelArguments):
+    """wav2vec 2.0 masked contrastive pretraining (paper defaults, GUIDE.md section 7)."""
+
+    objective: Literal["wav2vec2"] = _help("Pretraining objective.", "wav2vec2")
+    num_negatives: int = _help("Distractors per masked frame, drawn from other masked frames of the same utterance.", 100)
+    contrastive_logits_temperature: float = _help("Temperature of the cosine-similarity logits.", 0.1)
+    diversity_loss_weight: float = _help("Weight of the codebook diversity loss.", 0.1)
+    feature_penalty_weight: float = _help("Weight of the L2 penalty on feature-encoder outputs (10 for base).", 10.0)
+    feature_grad_scale: float = _help("Gradient scale into the feature encoder (0.1 for base, 1.0 for large).", 0.1)
+    gumbel_temperature_start: float = _help("Gumbel-softmax temperature at the start.", 2.0)
+    gumbel_temperature_end: float = _help("Lowest Gumbel temperature.", 0.5)
+    gumbel_temperature_decay: float = _help("Temperature multiplied by this after every update.", 0.999995)
+    on_collapse: Literal["warn", "stop", "rollback"] = _help("When codebook perplexity stays near its minimum: warn, stop, or roll back to the last good checkpoint.", "warn")
+    collapse_patience: int = _help("Updates in a row with near-minimal perplexity that count as collapse.", 200)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_audio_sources()
+        self._check_speech_model()
+        if self.num_negatives < 1:
+            raise ConfigError("num_negatives must be >= 1.")
+        if self.contrastive_logits_temperature <= 0:
+            raise ConfigError("contrastive_logits_temperature must be > 0.")
+        if not 0 < self.gumbel_temperature_end <= self.gumbel_temperature_start:
+            raise ConfigError("Need 0 < gumbel_temperature_end <= gumbel_temperature_start.")
+        if not 0 < self.gumbel_temperature_decay <= 1:
+            raise ConfigError("gumbel_temperature_decay must be in (0, 1].")
+        if not 0 < self.feature_grad_scale <= 1:
+            raise ConfigError("feature_grad_scale must be in (0, 1].")
+
+
+@dataclass
+class HubertPretrainConfig(TrainingArguments, AudioDataArguments, SpeechModelArguments):
+    """HuBERT masked prediction of k-means cluster targets (iteration 1: MFCC; iteration 2: model features)."""
+
+    objective: Literal["hubert"] = _help("Pretraining objective.", "hubert")
+    iteration: int = _help("1: targets from MFCC k-means; 2+: targets from k-means on features of label_model.", 1)
+    label_model: Optional[str] = _help("Iteration >= 2: the previous iteration's model folder to take features from.", None)
+    label_layer: int = _help("Iteration >= 2: which hidden layer's features to cluster (HuBERT base: 6 then 9).", 6)
+    num_clusters: int = _help("k-means clusters (100 for iteration 1, 500 for iteration 2 in the paper).", 100)
+    kmeans_fraction: float = _help("Fraction of the training audio the k-means is fit on.", 0.1)
+    kmeans_model: Optional[str] = _help("Reuse a saved k-means model (kmeans.pt) instead of fitting one.", None)
+    kmeans_batch_size: int = _help("Frames per mini-batch k-means update.", 10000)
+    kmeans_iterations: int = _help("Mini-batch k-means passes.", 100)
+    masked_loss_weight: float = _help("Weight of the loss on masked frames.", 1.0)
+    unmasked_loss_weight: float = _help("Weight of the loss on unmasked frames (0 in the paper).", 0.0)
+    logit_temperature: float = _help("Temperature of the cosine logits against cluster embeddings.", 0.1)
+    final_dim: int = _help("Dimension of the projection and cluster embeddings.", 256)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_audio_sources()
+        self._check_speech_model()
+        if self.iteration < 1:
+            raise ConfigError("iteration must be >= 1.")
+        if self.iteration >= 2 and not (self.label_model or self.kmeans_model):
+            raise ConfigError("iteration >= 2 needs label_model (the previous iteration's output folder).")
+        if self.num_clusters < 2:
+            raise ConfigError("num_clusters must be >= 2.")
+        if not 0 < self.kmeans_fraction <= 1:
+            raise ConfigError("kmeans_fraction must be in (0, 1].")
+        if self.masked_loss_weight < 0 or self.unmasked_loss_weight < 0 or self.masked_loss_weight + self.unmasked_loss_weight == 0:
+            raise ConfigError("masked_loss_weight and unmasked_loss_weight must be >= 0 and not both 0.")
+
+
+# Objective name -> config class.
+CONFIGS: dict[str, type[TrainingArguments]] = {
+    "mlm": MLMConfig,
+    "wav2vec2": Wav2Vec2PretrainConfig,
+    "hubert": HubertPretrainConfig,
+}
 
 
 # ----------------------------------------------------------------------------------- type checks

@@ -11,8 +11,9 @@ import yaml
 
 logger = logging.getLogger(__name__)
 
-# Never uploaded: resumable checkpoints and the training log are for the run, not the model.
-UPLOAD_IGNORE = ("checkpoint-*", ".tmp-checkpoint-*", "*.tmp", "runs", "runs/*")
+# Never uploaded: resumable checkpoints (optimizer state, RNG) and the run's working copy of the
+# tokenizer (the same files sit at the top level) are for resuming the run, not for using the model.
+UPLOAD_IGNORE = ("checkpoint-*", ".tmp-checkpoint-*", "*.tmp", "runs", "runs/*", "tokenizer", "tokenizer/*")
 
 
 def write_model_card(output_dir: str, objective: str, pipeline_tag: str, summary: dict, details: dict[str, str],

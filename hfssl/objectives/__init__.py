@@ -7,6 +7,8 @@ import importlib
 
 OBJECTIVES = {
     "mlm": "hfssl.objectives.mlm:MLMObjective",
+    "wav2vec2": "hfssl.objectives.wav2vec2:Wav2Vec2Objective",
+    "hubert": "hfssl.objectives.hubert:HubertObjective",
 }
 
 

@@ -1,6 +1,7 @@
 """End-to-end MLM pretraining through the real CLI on a user's text file."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -73,3 +74,37 @@ def test_empty_corpus_is_rejected(tmp_path):
     proc = run_cli("run_pretrain.py", [*TINY_MLM, "--train_file", empty, "--output_dir", tmp_path / "o", "--max_steps", "2"], check=False)
     assert proc.returncode == 2
     assert "no non-blank text" in proc.stderr
+
+
+def test_push_to_hub_uploads_the_model_folder(tiny_mlm):
+    from unittest import mock
+
+    from hfssl.hub import push_to_hub
+
+    with mock.patch("huggingface_hub.HfApi.create_repo", return_value="https://huggingface.co/me/tiny") as create, \
+         mock.patch("huggingface_hub.HfApi.upload_folder", return_value="commit-url") as upload:
+        assert push_to_hub(str(tiny_mlm), "me/tiny") == "commit-url"
+    create.assert_called_once()
+    files = upload.call_args.kwargs["allow_patterns"]
+    for needed in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md"):
+        assert needed in files
+    assert not any(f.startswith(("checkpoint-", "tokenizer/", ".tmp")) for f in files), files
+    assert upload.call_args.kwargs["repo_id"] == "me/tiny"
+
+
+def test_streaming_corpus(tmp_path):
+    out = tmp_path / "stream"
+    run_cli("run_pretrain.py", [*TINY_MLM, "--tokenizer_name", CORPUS.parent / "tokenizer", "--streaming", "true",
+                                "--validation_file", CORPUS, "--max_steps", "12", "--save_steps", "6", "--eval_steps", "0",
+                                "--output_dir", out])
+    losses = train_losses(out)
+    assert sorted(losses) == list(range(1, 13))
+    assert json.loads((out / "train_results.json").read_text())["eval_loss"] > 0
+    # Resuming a stream from step 6 re-reads it to the saved position and continues exactly.
+    again = tmp_path / "again"
+    again.mkdir()
+    shutil.copytree(out / "checkpoint-6", again / "checkpoint-6")
+    run_cli("run_pretrain.py", [*TINY_MLM, "--tokenizer_name", CORPUS.parent / "tokenizer", "--streaming", "true",
+                                "--validation_file", CORPUS, "--max_steps", "12", "--save_steps", "6", "--eval_steps", "0",
+                                "--output_dir", again, "--resume_from_checkpoint", "latest"])
+    assert train_losses(again) == {k: v for k, v in losses.items() if k > 6}

@@ -1,0 +1,70 @@
+"""The masked-positions-only head equals the full head, and the loop normalizes by the global target count."""
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModelForMaskedLM
+
+from conftest import CORPUS, ROOT
+from hfssl.config import load_config
+from hfssl.objectives.mlm import HEADS, SparseMaskedLM
+from hfssl.objectives.mlm import MLMObjective
+from hfssl.trainer import batch_seed, train
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "distilbert", "modernbert"])
+def test_sparse_head_matches_full_forward(model_type):
+    sizes = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=101)
+    if model_type == "distilbert":
+        sizes = dict(dim=32, n_layers=2, n_heads=2, hidden_dim=64, vocab_size=101)
+    if model_type == "modernbert":
+        sizes.update(global_attn_every_n_layers=1, local_attention=16, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                     cls_token_id=1, sep_token_id=2)
+    config = AutoConfig.for_model(model_type, **sizes)
+    torch.manual_seed(0)
+    mlm = AutoModelForMaskedLM.from_config(config).eval()
+    assert model_type in HEADS
+    ids = torch.randint(5, 101, (3, 12))
+    attention = torch.ones_like(ids)
+    attention[2, 9:] = 0
+    labels = torch.full_like(ids, -100)
+    labels[0, [1, 4]] = ids[0, [1, 4]]
+    labels[2, 3] = ids[2, 3]
+    out = SparseMaskedLM(mlm)(input_ids=ids, attention_mask=attention, labels=labels)
+    with torch.no_grad():
+        full = mlm(input_ids=ids, attention_mask=attention).logits
+    sel = labels != -100
+    expected = F.cross_entropy(full[sel], labels[sel], reduction="sum")
+    assert out["loss_sum"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_update_loss_is_sum_over_global_masked_count(tmp_path):
+    """Step 1's logged loss = (sum of both micro-batches' token losses) / (their total masked tokens),
+    not the mean of two per-micro-batch means (which differ when masked counts differ)."""
+    cfg = load_config([
+        str(ROOT / "recipes/mlm/tiny-cpu.yaml"), "--train_file", str(CORPUS), "--output_dir", str(tmp_path / "o"),
+        "--tokenizer_name", str(ROOT / "tests/fixtures/text/tokenizer"), "--max_seq_length", "64",
+        "--config_overrides", "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64,max_position_embeddings=64",
+        "--per_device_train_batch_size", "3", "--gradient_accumulation_steps", "2", "--max_steps", "1",
+        "--eval_steps", "0", "--save_steps", "0", "--validation_split_percentage", "5"])
+    torch.manual_seed(0)
+    objective = MLMObjective(cfg)
+    initial = copy.deepcopy(objective.model)
+    plan = objective.batch_plan(0, cfg.seed)
+    sums, counts = [], []
+    for g in range(2):
+        batch = objective.collator([objective.train_dataset[i] for i in plan[g]], seed=batch_seed(cfg.seed, 0, g), progress=0.0)
+        torch.manual_seed(batch_seed(cfg.seed, 0, g))
+        initial.train()
+        out = initial(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        sums.append(out["loss_sum"].item())
+        counts.append(batch["num_targets"])
+    assert counts[0] != counts[1]  # the case where a mean of means would be wrong
+    train(cfg, objective)
+    logged = json.loads((tmp_path / "o" / "training_log.jsonl").read_text().splitlines()[0])
+    assert logged["num_targets"] == sum(counts)
+    assert logged["loss"] == pytest.approx(sum(sums) / sum(counts), rel=1e-6)
+    assert logged["loss"] != pytest.approx((sums[0] / counts[0] + sums[1] / counts[1]) / 2, rel=1e-6)
