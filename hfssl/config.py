@@ -142,7 +142,7 @@ class MLMConfig(TrainingArguments):
             raise ConfigError("Can't provide both dataset_name and train_file/validation_file. Choose one.")
         for key in ("train_file", "validation_file"):
             _check_file(key, getattr(self, key), TEXT_FILE_EXTENSIONS)
-        if self.train_file and self.validation_file and Path(self.train_file).suffix != Path(self.validation_file).suffix:
+        if self.train_file and self.validation_file and data_format(self.train_file) != data_format(self.validation_file):
             raise ConfigError("train_file and validation_file must have the same format (extension).")
         if not 0 < self.mlm_probability < 1:
             raise ConfigError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}.")
@@ -242,6 +242,7 @@ class Wav2Vec2PretrainConfig(TrainingArguments, AudioDataArguments, SpeechModelA
     gumbel_temperature_decay: float = _help("Temperature multiplied by this after every update.", 0.999995)
     on_collapse: Literal["warn", "stop", "rollback"] = _help("When codebook perplexity stays near its minimum: warn, stop, or roll back to the last good checkpoint.", "warn")
     collapse_patience: int = _help("Updates in a row with near-minimal perplexity that count as collapse.", 200)
+    do_normalize: bool = _help("Normalize each (cropped) utterance to zero mean, unit variance; saved in preprocessor_config.json (fairseq: false for base, true for large).", True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -257,6 +258,10 @@ class Wav2Vec2PretrainConfig(TrainingArguments, AudioDataArguments, SpeechModelA
             raise ConfigError("gumbel_temperature_decay must be in (0, 1].")
         if not 0 < self.feature_grad_scale <= 1:
             raise ConfigError("feature_grad_scale must be in (0, 1].")
+        if self.feature_penalty_weight < 0 or self.diversity_loss_weight < 0:
+            raise ConfigError("feature_penalty_weight and diversity_loss_weight must be >= 0.")
+        if self.collapse_patience < 1:
+            raise ConfigError("collapse_patience must be >= 1.")
 
 
 @dataclass
@@ -264,6 +269,7 @@ class HubertPretrainConfig(TrainingArguments, AudioDataArguments, SpeechModelArg
     """HuBERT masked prediction of k-means cluster targets (iteration 1: MFCC; iteration 2: model features)."""
 
     objective: Literal["hubert"] = _help("Pretraining objective.", "hubert")
+    mask_time_prob: float = _help("Chance per frame of starting a masked span (HuBERT: 0.8; not the 0.05 fine-tuning default).", 0.8)
     iteration: int = _help("1: targets from MFCC k-means; 2+: targets from k-means on features of label_model.", 1)
     label_model: Optional[str] = _help("Iteration >= 2: the previous iteration's model folder to take features from.", None)
     label_layer: int = _help("Iteration >= 2: which hidden layer's features to cluster (HuBERT base: 6 then 9).", 6)
@@ -271,11 +277,12 @@ class HubertPretrainConfig(TrainingArguments, AudioDataArguments, SpeechModelArg
     kmeans_fraction: float = _help("Fraction of the training audio the k-means is fit on.", 0.1)
     kmeans_model: Optional[str] = _help("Reuse a saved k-means model (kmeans.pt) instead of fitting one.", None)
     kmeans_batch_size: int = _help("Frames per mini-batch k-means update.", 10000)
-    kmeans_iterations: int = _help("Mini-batch k-means passes.", 100)
+    kmeans_iterations: int = _help("Most mini-batch k-means passes over the fit frames (stops earlier once the batch inertia stops improving).", 100)
     masked_loss_weight: float = _help("Weight of the loss on masked frames.", 1.0)
     unmasked_loss_weight: float = _help("Weight of the loss on unmasked frames (0 in the paper).", 0.0)
     logit_temperature: float = _help("Temperature of the cosine logits against cluster embeddings.", 0.1)
     final_dim: int = _help("Dimension of the projection and cluster embeddings.", 256)
+    feature_grad_scale: float = _help("Gradient scale into the conv feature encoder (fairseq HuBERT base: 0.1).", 0.1)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -291,6 +298,18 @@ class HubertPretrainConfig(TrainingArguments, AudioDataArguments, SpeechModelArg
             raise ConfigError("kmeans_fraction must be in (0, 1].")
         if self.masked_loss_weight < 0 or self.unmasked_loss_weight < 0 or self.masked_loss_weight + self.unmasked_loss_weight == 0:
             raise ConfigError("masked_loss_weight and unmasked_loss_weight must be >= 0 and not both 0.")
+        if self.logit_temperature <= 0 or self.final_dim < 1:
+            raise ConfigError("logit_temperature must be > 0 and final_dim >= 1.")
+        if not 0 < self.feature_grad_scale <= 1:
+            raise ConfigError("feature_grad_scale must be in (0, 1].")
+        if self.kmeans_batch_size < 1 or self.kmeans_iterations < 1:
+            raise ConfigError("kmeans_batch_size and kmeans_iterations must be >= 1.")
+        if self.label_layer < 0:
+            raise ConfigError("label_layer must be >= 0.")
+        if self.iteration == 1 and self.label_model:
+            raise ConfigError("iteration 1 clusters MFCCs; label_model is for iteration >= 2 (set --iteration 2).")
+        if self.streaming:
+            raise ConfigError("HuBERT needs a pass over the audio to build its k-means targets before training; streaming is not supported.")
 
 
 # Objective name -> config class.
@@ -311,8 +330,20 @@ def _check_file(key: str, path: Optional[str], extensions: tuple[str, ...]) -> N
         raise ConfigError(f"{key}: file '{path}' does not exist. Check the path (relative paths start at {os.getcwd()}).")
     if p.stat().st_size == 0:
         raise ConfigError(f"{key}: file '{path}' is empty.")
-    if p.suffix.lower() not in extensions:
-        raise ConfigError(f"{key}: '{path}' has extension '{p.suffix}'; supported: {', '.join(extensions)}.")
+    if data_format(path) not in extensions:
+        raise ConfigError(f"{key}: '{path}' has extension '{p.suffix}'; supported: {', '.join(extensions)} "
+                          f"(optionally compressed: {', '.join(COMPRESSIONS)}).")
+
+
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
+
+
+def data_format(path: str) -> str:
+    """'.txt' for corpus.txt and corpus.txt.gz: the format under an optional compression suffix."""
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    if suffixes and suffixes[-1] in COMPRESSIONS:
+        suffixes = suffixes[:-1]
+    return suffixes[-1] if suffixes else ""
 
 
 def _check_types(cfg: Any) -> None:

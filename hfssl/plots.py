@@ -19,7 +19,7 @@ def plot_training_curves(log_path: str | Path, png_path: str | Path, title: str 
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     train = [r for r in rows if "loss" in r]
     evals = [r for r in rows if any(k.startswith("eval_") for k in r)]
-    skip = {"step", "epoch", "num_targets", "grad_norm"}
+    skip = {"step", "epoch", "num_targets", "grad_norm", "time"} | {k for r in train for k in r if k.endswith("_per_second")}
     keys = sorted({k for r in train for k, v in r.items() if isinstance(v, (int, float)) and k not in skip})
     eval_keys = sorted({k for r in evals for k, v in r.items() if isinstance(v, (int, float)) and k not in ("step", "eval_targets")})
     panels = keys + [k for k in eval_keys if k.removeprefix("eval_") not in keys]

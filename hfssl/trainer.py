@@ -191,16 +191,16 @@ def train(cfg: TrainingArguments, objective: Objective, accelerator: Optional[Ac
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "hfssl_config.yaml")
         _trim_log(out / LOG_FILE, state.step)
-    accelerator.init_trackers(objective.name, config=_flat(cfg)) if cfg.trackers else None
+    if cfg.trackers:
+        accelerator.init_trackers(objective.name, config=_flat(cfg))
 
     stop_requested = {"flag": False}
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.update(flag=True)) if _main_thread() else None
 
-    bar = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_local_main_process, desc=f"{objective.name} pretraining" if objective.name in ("mlm", "wav2vec2", "hubert") else objective.name, dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_local_main_process, desc=objective.name, dynamic_ncols=True)
     window: list[dict] = []
-    t_window = time.perf_counter()
+    t_last = time.perf_counter()
     data_iter = None
-    eval_history: list[dict] = []
     log_path = out / LOG_FILE
 
     while state.step < total_steps:
@@ -266,9 +266,11 @@ def train(cfg: TrainingArguments, objective: Objective, accelerator: Optional[Ac
         extra = objective.on_update(state.step, total_steps) or {}
 
         metrics = {k: (accelerator.reduce(v, "sum") / max(n_targets, 1.0)).item() for k, v in sorted(metric_sums.items())}
+        now = time.perf_counter()
         row = {"step": state.step, "epoch": state.epoch, "loss": loss, "lr": scheduler.get_last_lr()[0],
-               "grad_norm": grad_norm, "num_targets": int(n_targets), **metrics, **extra}
-        window.append({**row, "_inputs": n_inputs})
+               "grad_norm": grad_norm, "num_targets": int(n_targets), **metrics, **extra,
+               f"{objective.input_unit}_per_second": n_inputs / (now - t_last), "time": round(time.time(), 3)}
+        window.append(row)
         if accelerator.is_main_process:
             with open(log_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -284,17 +286,14 @@ def train(cfg: TrainingArguments, objective: Objective, accelerator: Optional[Ac
             raise TrainingStopped(problem)
 
         if state.step % cfg.logging_steps == 0 or state.step == total_steps:
-            elapsed = time.perf_counter() - t_window
             avg = _average(window)
-            avg[f"{objective.input_unit}_per_second"] = sum(r.get("_inputs", 0) for r in window) / elapsed if elapsed else 0.0
             window.clear()
-            t_window = time.perf_counter()
             bar.set_postfix({k: f"{v:.4g}" for k, v in avg.items() if k in ("loss", "accuracy", "lr")})
             if cfg.trackers:
                 accelerator.log({f"train/{k}": v for k, v in avg.items()}, step=state.step)
 
         if cfg.eval_steps and state.step % cfg.eval_steps == 0 and state.step < total_steps and objective.eval_dataset is not None:
-            eval_history.append(_evaluate_and_log(accelerator, model, objective, cfg, state.step, log_path))
+            _evaluate_and_log(accelerator, model, objective, cfg, state.step, log_path)
         if (cfg.save_steps and state.step % cfg.save_steps == 0) or stop_requested["flag"]:
             save_checkpoint(accelerator, out, state.step, _trainer_state(state, cfg, W), cfg.save_total_limit)
         if stop_requested["flag"]:
@@ -302,6 +301,7 @@ def train(cfg: TrainingArguments, objective: Objective, accelerator: Optional[Ac
             logger.warning("SIGTERM: checkpoint-%d written; exiting with 143. Resume with --resume_from_checkpoint latest.", state.step)
             accelerator.end_training()
             raise SystemExit(143)
+        t_last = time.perf_counter()  # throughput excludes evaluation and checkpointing
     bar.close()
     if previous_handler is not None:
         signal.signal(signal.SIGTERM, previous_handler)
@@ -457,7 +457,7 @@ def _param_groups(model, weight_decay: float):
 
 
 def _average(rows: list[dict]) -> dict[str, float]:
-    keys = {k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and not k.startswith("_")}
+    keys = {k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and k != "time"}
     out = {}
     for k in sorted(keys):
         vals = [r[k] for r in rows if isinstance(r.get(k), (int, float))]

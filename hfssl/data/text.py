@@ -17,6 +17,8 @@ from typing import Iterable, Iterator, Optional
 
 import datasets
 import numpy as np
+
+from hfssl.config import data_format
 import pyarrow as pa
 
 logger = logging.getLogger(__name__)
@@ -78,7 +80,7 @@ def load_text_datasets(cfg) -> datasets.DatasetDict | datasets.IterableDatasetDi
         files = {"train": cfg.train_file}
         if cfg.validation_file:
             files["validation"] = cfg.validation_file
-        ext = Path(cfg.train_file).suffix.lower().lstrip(".")
+        ext = data_format(cfg.train_file).lstrip(".")  # datasets decompresses .gz/.bz2/.xz/.zst itself
         builder = {"txt": "text", "jsonl": "json"}.get(ext, ext)
         try:
             raw = datasets.load_dataset(builder, data_files=files, streaming=cfg.streaming)

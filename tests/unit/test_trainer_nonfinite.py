@@ -1,0 +1,82 @@
+"""The loop never trains on a non-finite loss: the update is skipped, weights unchanged, samples named;
+K bad updates in a row stop the run with a clear error."""
+
+import json
+
+import pytest
+import torch
+
+from hfssl.config import TrainingArguments
+from hfssl.trainer import TrainingStopped, shuffled_batches, train
+
+
+class Regression(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Linear(1, 1)
+
+    def forward(self, x, y):
+        return {"loss_sum": ((self.w(x) - y) ** 2).sum()}
+
+
+class ToyObjective:
+    """y = 2x on 16 points; samples listed in `poison` carry x = inf."""
+
+    name, input_unit = "toy", "examples"
+
+    def __init__(self, poison=()):
+        torch.manual_seed(0)
+        self.model = Regression()
+        self.train_dataset = [{"x": float("inf") if i in poison else i / 16, "y": 2 * i / 16} for i in range(16)]
+        self.eval_dataset = None
+        self.snapshots = []
+
+    def collator(self, rows, seed, progress):
+        x = torch.tensor([[r["x"]] for r in rows])
+        return {"x": x, "y": torch.tensor([[r["y"]] for r in rows]), "num_targets": len(rows), "num_inputs": len(rows)}
+
+    def batch_plan(self, epoch, seed):
+        return shuffled_batches(16, 4, seed, epoch, shuffle=False)
+
+    def eval_plan(self):
+        return []
+
+    def on_update(self, step, total):
+        self.snapshots.append([p.detach().clone() for p in self.model.parameters()])
+        return {}
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+    def eval_summary(self, metrics):
+        return metrics
+
+    def save_pretrained(self, output_dir, summary):
+        pass
+
+
+def _cfg(tmp_path, **kw):
+    return TrainingArguments(output_dir=str(tmp_path / "o"), max_steps=4, per_device_train_batch_size=4,
+                             learning_rate=0.1, save_steps=0, logging_steps=1, **kw)
+
+
+def test_non_finite_batch_changes_no_weights_and_is_reported(tmp_path, caplog):
+    objective = ToyObjective(poison={5})  # sample 5 sits in the second batch (indices 4..7)
+    summary = train(_cfg(tmp_path), objective)
+    before, after = objective.snapshots[0], objective.snapshots[1]
+    assert all(torch.equal(a, b) for a, b in zip(before, after))  # update 2 was skipped
+    assert not all(torch.equal(a, b) for a, b in zip(objective.snapshots[1], objective.snapshots[2]))  # 3 trained
+    assert all(torch.isfinite(p).all() for p in objective.model.parameters())
+    assert summary["skipped_updates"] == 1
+    assert "Update 2 skipped" in caplog.text and "[4, 5, 6, 7]" in caplog.text
+    rows = [json.loads(l) for l in (tmp_path / "o" / "training_log.jsonl").read_text().splitlines()]
+    assert rows[1]["step"] == 2 and not rows[1]["loss"] < float("inf")
+
+
+def test_k_bad_updates_in_a_row_stop_the_run(tmp_path):
+    objective = ToyObjective(poison={1, 5, 9})
+    with pytest.raises(TrainingStopped, match=r"3 updates in a row had a non-finite loss.*samples \[8, 9, 10, 11\]"):
+        train(_cfg(tmp_path, max_bad_steps=3), objective)
