@@ -24,5 +24,5 @@ setup(
         "tqdm",
         "numpy",
     ],
-    extras_require={"test": ["pytest>=8"], "tensorboard": ["tensorboard"]},
+    extras_require={"test": ["pytest>=8", "tensorboard"], "tensorboard": ["tensorboard"]},
 )

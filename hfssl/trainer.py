@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional, Protocol
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object
+from accelerate.utils import ProjectConfiguration, gather_object
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -438,8 +438,9 @@ def make_accelerator(cfg: TrainingArguments) -> Accelerator:
     # Accelerate only sets up multi-process CPU training (gloo) when asked for the CPU explicitly;
     # otherwise every process of `torchrun` on a GPU-less machine would silently train alone.
     cpu = launched > 1 and not torch.cuda.is_available()
+    project = ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "runs"))
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.trackers or None,
-                              project_dir=cfg.output_dir, cpu=cpu)
+                              project_config=project, cpu=cpu)
     if accelerator.num_processes != launched:
         raise TrainingStopped(
             f"{launched} processes were launched but Accelerate set up {accelerator.num_processes}: each would train "
