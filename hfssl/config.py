@@ -130,7 +130,7 @@ class MLMConfig(TrainingArguments):
     mlm_probability_final: Optional[float] = _help("If set, the masking rate moves linearly from mlm_probability to this over training.", None)
     mask_replace_prob: float = _help("Of the selected tokens, fraction replaced by [MASK].", 0.8)
     random_replace_prob: float = _help("Of the selected tokens, fraction replaced by a random token.", 0.1)
-    mask_strategy: Literal["token", "whole_word", "span"] = _help("Mask single tokens, whole words, or SpanBERT word spans.", "token")
+    mask_strategy: Literal["token", "whole_word", "span"] = _help("Mask single tokens, whole words, or SpanBERT word spans. A word is what the tokenizer's pre-tokenizer calls one (word_ids()); BERT's splits off punctuation.", "token")
     span_geometric_p: float = _help("SpanBERT: span length in words ~ Geometric(p), clipped to span_max_length.", 0.2)
     span_max_length: int = _help("SpanBERT: longest span in words.", 10)
 
@@ -184,6 +184,8 @@ class AudioDataArguments:
     max_batch_seconds: Optional[float] = _help("Duration-bucketed batches of at most this many padded seconds per process (overrides per_device_train_batch_size).", None)
     on_bad_audio: Literal["error", "skip"] = _help("Unreadable/empty/NaN/too-short files: stop before training naming them, or skip and list them in output_dir/skipped_audio.tsv.", "error")
     preprocessing_num_workers: Optional[int] = _help("Threads for scanning audio.", None)
+    dataset_train_split: str = _help("dataset_name: split(s) to train on; '+' joins several, e.g. 'train.clean.100+train.clean.360'.", "train")
+    dataset_validation_split: Optional[str] = _help("dataset_name: validation split(s) ('+' joins); default 'validation' when the dataset has one, else a held-out percentage of train.", None)
 
     def _check_audio_sources(self) -> None:
         if self.dataset_name and (self.train_dir or self.train_file):
@@ -283,6 +285,7 @@ class HubertPretrainConfig(TrainingArguments, AudioDataArguments, SpeechModelArg
     logit_temperature: float = _help("Temperature of the cosine logits against cluster embeddings.", 0.1)
     final_dim: int = _help("Dimension of the projection and cluster embeddings.", 256)
     feature_grad_scale: float = _help("Gradient scale into the conv feature encoder (fairseq HuBERT base: 0.1).", 0.1)
+    do_normalize: bool = _help("Normalize each (cropped) utterance to zero mean, unit variance; saved in preprocessor_config.json (fairseq: false for base, true for large).", True)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -27,8 +27,6 @@ def run(cfg) -> int:
     from hfssl.checkpointing import CheckpointError
     from hfssl.data.text import DataError
     from hfssl.objectives import build_objective
-    from accelerate.utils import set_seed
-
     from hfssl.trainer import TrainingStopped, check_output_dir, make_accelerator, train
 
     setup_logging()
@@ -37,7 +35,6 @@ def run(cfg) -> int:
         accelerator = make_accelerator(cfg)
         if not accelerator.is_main_process:
             logging.getLogger("hfssl").setLevel(logging.WARNING)
-        set_seed(cfg.seed)  # model initialization
         objective = build_objective(cfg, accelerator)
         summary = train(cfg, objective, accelerator)
     except (ConfigError, DataError, CheckpointError, FileExistsError, TrainingStopped) as e:

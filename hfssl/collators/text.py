@@ -26,6 +26,8 @@ def pad_int_sequences(sequences: list[Any], pad_value: int, multiple_of: int = 1
     lengths = [len(s) for s in sequences]
     T = max(lengths)
     T = -(-T // multiple_of) * multiple_of
+    if min(lengths) == T:  # packed blocks: one copy instead of one per row
+        return torch.as_tensor(np.stack([np.asarray(s) for s in sequences]), dtype=torch.long)
     out = torch.full((len(sequences), T), pad_value, dtype=torch.long)
     for i, s in enumerate(sequences):
         out[i, : lengths[i]] = torch.as_tensor(np.asarray(s), dtype=torch.long)

@@ -36,7 +36,7 @@ def builtin_corpus() -> list[str]:
     """Real English text available offline on every machine: the docstrings of the running
     Python's standard library (modules, classes, functions), one paragraph per document.
 
-    Deterministic for a given Python version; about 3-4 MB of text on CPython 3.11.
+    Deterministic for a given Python version; about 1.3 MB of text (10k paragraphs) on CPython 3.11.
     """
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     docs: list[str] = []

@@ -13,5 +13,8 @@ OBJECTIVES = {
 
 
 def build_objective(cfg, accelerator=None):
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.seed)  # model initialization is part of the run's reproducibility
     module, name = OBJECTIVES[cfg.objective].split(":")
     return getattr(importlib.import_module(module), name)(cfg, accelerator)
