@@ -4,13 +4,14 @@ Vectorized torch re-implementations of the masking recipe of wav2vec 2.0 (Baevsk
 implemented by transformers' ``_compute_mask_indices`` / ``_sample_negative_indices`` (numpy, Python
 loop over the batch). Everything here is a pure function of its inputs and the (optional)
 ``torch.Generator``: no global RNG state is read or written when a generator is given, there is no
-Python loop over the batch or over frames, and nothing forces a host/device synchronisation except
-the argument checks on ``lengths`` in :func:`compute_span_mask`.
+Python loop over the batch or over frames, and the only host/device synchronisations are the range
+check on ``lengths`` in :func:`compute_span_mask` and the masked-frame count in
+:func:`sample_negatives`.
 
 Device rule: outputs live on the device of the input tensor (``lengths`` / ``mask``). Random numbers
 are drawn on ``generator.device`` when a generator is given (torch requires the generator and the
 sampled tensor to share a device) and otherwise on the input's device with the global RNG; they are
-then moved to the input's device. So a CPU generator gives the same masks whatever device the
+then moved to the input's device, so a CPU generator gives the same draws whatever device the
 inputs are on.
 
 Shapes: ``B`` batch size, ``T`` frames (after the feature encoder), ``K`` negatives per frame.
@@ -31,7 +32,9 @@ __all__ = [
 ]
 
 
-def _rand(shape: tuple[int, ...], *, dtype: torch.dtype, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+def _rand(
+    shape: tuple[int, ...], *, dtype: torch.dtype, device: torch.device, generator: torch.Generator | None
+) -> torch.Tensor:
     """Uniform [0, 1) draws of ``shape`` returned on ``device`` (see the module's device rule)."""
     draw_device = generator.device if generator is not None else device
     return torch.rand(shape, dtype=dtype, device=draw_device, generator=generator).to(device)
@@ -47,15 +50,14 @@ def _num_spans(
 ) -> torch.Tensor:
     """(B,) long: number of span starts per utterance, with transformers' rounding and caps.
 
-    float64 so that ``mask_prob * length / mask_length + eps`` rounds exactly like the Python
-    floats of the reference implementation.
+    float64 and the reference's operation order, so that ``mask_prob * length / mask_length + eps``
+    rounds exactly like the Python floats of the reference implementation.
     """
-    num = torch.floor(mask_prob * lengths.to(torch.float64) / mask_length + eps).long()
-    num = num.clamp_min(min_masks)
-    # Same two caps as transformers: spans must fit into the padded axis if they did not overlap
-    # (num * mask_length <= T), and starts are drawn without replacement from the
-    # length - mask_length + 1 positions at which a whole span fits inside the real frames.
-    num = num.clamp_max(num_frames // mask_length)
+    num = torch.floor(lengths.to(torch.float64) * mask_prob / mask_length + eps).long()
+    # max(num, min_masks) first, then the same two caps as transformers: spans must fit into the
+    # padded axis if they did not overlap (num * mask_length <= T), and starts are drawn without
+    # replacement from the length - mask_length + 1 positions where a span fits in the real frames.
+    num = num.clamp(min_masks, num_frames // mask_length)
     return torch.minimum(num, (lengths - (mask_length - 1)).clamp_min(0))
 
 
@@ -86,7 +88,8 @@ def compute_span_mask(
         lengths: (B,) integer tensor, number of real (unpadded) frames per utterance, each in
             ``[0, num_frames]``. Frames at or beyond ``lengths[b]`` are never masked.
         num_frames: T, the padded number of frames.
-        mask_prob: expected fraction of frames chosen as span starts, times ``mask_length``.
+        mask_prob: expected number of spans per real frame times ``mask_length``, i.e. the masked
+            fraction if spans never overlapped (an upper bound on the actual one).
         mask_length: span length in frames (>= 1).
         min_masks: minimum number of spans per utterance (still subject to the caps above, so
             utterances shorter than ``mask_length`` get none).
@@ -102,42 +105,38 @@ def compute_span_mask(
     lengths = torch.as_tensor(lengths)
     if lengths.dim() != 1:
         raise ValueError(f"lengths must have shape (B,), got {tuple(lengths.shape)}")
-    if lengths.numel() and (bool((lengths < 0).any()) or bool((lengths > num_frames).any())):
-        raise ValueError(f"lengths must lie in [0, num_frames={num_frames}]")
+    if lengths.numel():
+        shortest, longest = (int(x) for x in lengths.aminmax())
+        if shortest < 0 or longest > num_frames:
+            raise ValueError(f"lengths must lie in [0, num_frames={num_frames}], got {lengths.tolist()}")
     device = lengths.device
     lengths = lengths.long()
     batch = lengths.shape[0]
-    mask = torch.zeros(batch, num_frames, dtype=torch.bool, device=device)
     # Static upper bound on n_b (the two caps evaluated at L_b = T): keeps topk's k a Python int
-    # without reading lengths back from the device.
+    # without reading the per-utterance counts back from the device.
     max_spans = min(num_frames // mask_length, max(num_frames - mask_length + 1, 0))
     if batch == 0 or max_spans == 0:
-        return mask
+        return torch.zeros(batch, num_frames, dtype=torch.bool, device=device)
 
     eps = _rand((batch,), dtype=torch.float64, device=device, generator=generator)
     num_spans = _num_spans(lengths, num_frames, mask_prob, mask_length, min_masks, eps)
 
     # Sampling n_b starts without replacement == taking the n_b largest of i.i.d. uniform scores
     # over the valid starts. Invalid starts get score -1 so they are never among the first n_b
-    # (n_b <= number of valid starts by the cap above).
+    # (n_b <= number of valid starts by the cap above). float64 scores make ties, which topk would
+    # break by position rather than at random, ~2**-53 events.
     frames = torch.arange(num_frames, device=device)
-    scores = _rand((batch, num_frames), dtype=torch.float32, device=device, generator=generator)
-    valid_start = frames[None, :] <= (lengths - mask_length)[:, None]
-    scores = scores.masked_fill(~valid_start, -1.0)
+    scores = _rand((batch, num_frames), dtype=torch.float64, device=device, generator=generator)
+    scores = torch.where(frames[None, :] <= (lengths - mask_length)[:, None], scores, -1.0)
     top_starts = scores.topk(max_spans, dim=1, sorted=True).indices  # (B, max_spans), best first
-    keep = torch.arange(max_spans, device=device)[None, :] < num_spans[:, None]
-    starts = torch.zeros(batch, num_frames + 1, dtype=torch.int32, device=device)
-    # Rejected slots are sent to the extra column T, which is dropped.
-    starts.scatter_(1, torch.where(keep, top_starts, num_frames), 1)
-    starts = starts[:, :num_frames]
+    keep = torch.arange(max_spans, device=device)[None, :] < num_spans[:, None]  # (B, max_spans)
 
-    # Frame t is masked iff some start lies in (t - mask_length, t]: a windowed count of starts,
-    # computed as a difference of prefix sums (O(B*T), no (B, n, mask_length) expansion).
-    csum = starts.cumsum(dim=1)
-    shifted = torch.zeros_like(csum)
-    if mask_length < num_frames:
-        shifted[:, mask_length:] = csum[:, :-mask_length]
-    return (csum - shifted) > 0
+    # Expand each kept start into its mask_length frames; rejected slots are sent to the extra
+    # column T, which is dropped. max_spans * mask_length <= T, so this is O(B * T).
+    span_frames = top_starts[:, :, None] + torch.arange(mask_length, device=device)
+    span_frames = torch.where(keep[:, :, None], span_frames, num_frames).view(batch, -1)
+    mask = torch.zeros(batch, num_frames + 1, dtype=torch.bool, device=device)
+    return mask.scatter_(1, span_frames, True)[:, :num_frames].contiguous()
 
 
 def span_mask_stats(mask: torch.Tensor, lengths: torch.Tensor) -> dict[str, float | int]:
@@ -172,7 +171,9 @@ def span_mask_stats(mask: torch.Tensor, lengths: torch.Tensor) -> dict[str, floa
     }
 
 
-def sample_negatives(mask: torch.Tensor, num_negatives: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_negatives(
+    mask: torch.Tensor, num_negatives: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Sample contrastive distractors among the masked frames of the same utterance.
 
     For a masked frame t of utterance b with ``M_b`` masked frames, each of the K negatives is
@@ -232,7 +233,8 @@ def sample_negatives(mask: torch.Tensor, num_negatives: int, generator: torch.Ge
     base = (batch_idx * (2 * num_frames) + csum[batch_idx, time_idx]).to(torch.int32)  # (N,)
     num_others = (num_masked - 1)[batch_idx].to(torch.float32)  # (N,)
     u = _rand((base.numel(), num_negatives), dtype=torch.float32, device=device, generator=generator)
-    # floor(u * n) <= n - 1 in float32 for u < 1 and n < 2**24 (largest u is 1 - 2**-24), so the
+    # In float32, u * n rounds to below n for every u < 1 (largest: 1 - 2**-24) and integer
+    # n <= 2**22 (checked exhaustively; n < M_b <= T), so floor(u * n) <= M_b - 2 and the
     # positive's own slot (own + M_b) is never read when M_b >= 2.
     slot = (u * num_others[:, None]).to(torch.int32).add_(base[:, None])  # (N, K)
     picked = table.view(-1).index_select(0, slot.view(-1))

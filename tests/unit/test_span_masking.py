@@ -245,3 +245,11 @@ def test_flatten_negative_indices_matches_transformers_layout():
     by_flat = features.view(-1, 5)[flat.view(-1)].view(3, 40, 7, 5)
     by_utterance = torch.stack([features[i][negatives[i]] for i in range(3)])
     assert torch.equal(by_flat, by_utterance)
+
+
+def test_float32_rank_draw_stays_below_its_bound():
+    # sample_negatives draws ranks as floor(u * n) in float32; this must stay <= n - 1 for the
+    # largest u below 1 and every candidate count n a realistic T can produce.
+    largest_u = torch.tensor(1.0).nextafter(torch.tensor(0.0))
+    n = torch.arange(1, 2**20 + 1, dtype=torch.float32)
+    assert ((largest_u * n).to(torch.int32) <= n.to(torch.int32) - 1).all()
