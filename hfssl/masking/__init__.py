@@ -8,3 +8,10 @@ from hfssl.masking.tokens import (
     span_start_probability,
     word_starts,
 )
+from hfssl.masking.spans import (
+    compute_span_mask,
+    expected_masked_fraction,
+    flatten_negative_indices,
+    sample_negatives,
+    span_mask_stats,
+)
