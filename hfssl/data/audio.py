@@ -13,6 +13,10 @@ Typical flow::
     plan = duration_batches([n for _, n in result.good], max_batch_samples=..., max_length=...,
                             seed=seed, epoch=epoch)
     wave = random_crop(normalize(load_audio(path, 16_000)), max_length, generator)
+
+For training, ``build_audio_splits(cfg, output_dir, min_samples)`` does all of this from a config and
+returns ``AudioDataset``s (map-style, ``.lengths`` for bucketing) whose items are decoded waveforms plus
+the metadata columns (label, transcription, ...).
 """
 
 from __future__ import annotations
@@ -567,3 +571,342 @@ def duration_batches(
     if rng is not None:
         batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches
+
+
+# ----------------------------------------------------------------------------- datasets for the loop
+
+
+def _decode_bytes(data: bytes, name: str, sampling_rate: int) -> np.ndarray:
+    """``load_audio`` for encoded bytes held in a ``datasets`` column (``name`` is used in errors)."""
+    import io
+
+    if not data:
+        raise BadAudioError(name, "empty file (0 bytes)")
+    try:
+        decoded, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)  # (N, C)
+    except _DECODE_ERRORS as e:
+        raise BadAudioError(name, f"cannot decode audio ({e})") from None
+    if decoded.shape[0] == 0:
+        raise BadAudioError(name, "empty (0 samples)")
+    wave = decoded.mean(axis=1, dtype=np.float32) if decoded.shape[1] > 1 else decoded[:, 0]
+    finite = np.isfinite(wave)
+    if not finite.all():
+        raise BadAudioError(name, f"contains NaN/inf samples ({int((~finite).sum())} of {wave.shape[0]})")
+    if sr != sampling_rate:
+        wave = AF.resample(torch.from_numpy(np.ascontiguousarray(wave)), sr, sampling_rate).numpy()
+    return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def _check_length(name: str, n: int, seconds: float, sampling_rate: int, min_samples: int,
+                  min_duration: float | None, max_duration: float | None) -> bool:
+    """The length rules of ``_scan_one`` for an already decoded waveform; returns is_long."""
+    if n < min_samples:
+        raise BadAudioError(
+            name, f"too short: {n} samples at {sampling_rate} Hz ({seconds:.3f} s) < min_samples={min_samples} "
+            "(the feature encoder's receptive field)"
+        )
+    if min_duration is not None and seconds < min_duration:
+        raise BadAudioError(name, f"too short: {seconds:.3f} s < min_duration_in_seconds={min_duration}")
+    return max_duration is not None and seconds > max_duration
+
+
+class AudioDataset(torch.utils.data.Dataset):
+    """Map-style dataset of validated audio files for the training loop.
+
+    Args:
+        rows: one dict per file with ``"path"`` and ``"num_samples"`` (full length at
+            ``sampling_rate``, as recorded by ``scan_audio``) plus any metadata columns
+            (``label``, ``transcription``, ...), which are passed through unchanged.
+        sampling_rate: rate the waveforms are returned at.
+        source: optional ``datasets.Dataset`` (audio column cast to ``Audio(decode=False)``) for rows
+            whose audio is embedded bytes; such rows carry the private key ``"_index"`` into it and
+            ``audio_column`` names the column.
+
+    ``dataset[i]`` is ``{"input_values": (N,) float32, **metadata, "id": i}``: the decoded (mono,
+    resampled, NOT normalized, NOT cropped) waveform; normalization and cropping are the
+    collator's job because they depend on the batch seed and the feature extractor.
+    ``lengths`` is the (len,) int64 array of ``num_samples`` for duration bucketing.
+    """
+
+    _PRIVATE = ("path", "num_samples", "_index")
+
+    def __init__(self, rows: list[dict], sampling_rate: int, source=None, audio_column: str = "audio"):
+        self.rows = list(rows)
+        self.sampling_rate = int(sampling_rate)
+        self.source = source
+        self.audio_column = audio_column
+        self.lengths = np.asarray([int(r["num_samples"]) for r in self.rows], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def hours(self) -> float:
+        return float(self.lengths.sum()) / self.sampling_rate / 3600
+
+    def decode(self, idx: int) -> np.ndarray:
+        """(N,) float32 waveform of row ``idx`` at ``sampling_rate``."""
+        row = self.rows[idx]
+        if "_index" in row:
+            return _decode_bytes(self.source[int(row["_index"])][self.audio_column]["bytes"], row["path"], self.sampling_rate)
+        return load_audio(row["path"], self.sampling_rate)
+
+    def __getitem__(self, idx: int) -> dict:
+        idx = int(idx)
+        if not -len(self.rows) <= idx < len(self.rows):
+            raise IndexError(f"index {idx} out of range for {len(self.rows)} audio files")
+        idx %= len(self.rows)
+        meta = {k: v for k, v in self.rows[idx].items() if k not in self._PRIVATE}
+        return {"input_values": self.decode(idx), **meta, "id": idx}
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        return [self[i] for i in indices]
+
+    def select(self, indices) -> "AudioDataset":
+        """A new dataset over ``rows[i] for i in indices`` (same source)."""
+        return AudioDataset([self.rows[int(i)] for i in indices], self.sampling_rate, self.source, self.audio_column)
+
+
+class AudioStream(torch.utils.data.IterableDataset):
+    """Streaming ``datasets`` audio: examples decoded on the fly, in stream order.
+
+    A stream cannot be scanned before training, so bad examples are found when they arrive:
+    ``on_bad_audio="error"`` raises ``BadAudioError`` naming the example, ``"skip"`` drops it with a
+    warning and counts it in ``skipped`` (per iterator). Yields the same dicts as ``AudioDataset``
+    (``"id"`` is the position in this process's stream).
+    """
+
+    def __init__(self, stream, audio_column: str, sampling_rate: int, min_samples: int,
+                 min_duration: float | None, on_bad_audio: str, name: str):
+        self.stream, self.audio_column, self.sampling_rate = stream, audio_column, int(sampling_rate)
+        self.min_samples, self.min_duration, self.on_bad_audio, self.name = min_samples, min_duration, on_bad_audio, name
+        self.skipped: list[tuple[str, str]] = []
+
+    def __iter__(self):
+        import logging
+
+        log = logging.getLogger(__name__)
+        for i, ex in enumerate(self.stream):
+            audio = ex[self.audio_column]
+            label = f"{self.name}[{i}]" + (f" ({audio.get('path')})" if audio.get("path") else "")
+            try:
+                if audio.get("bytes"):
+                    wave = _decode_bytes(audio["bytes"], label, self.sampling_rate)
+                else:
+                    wave = load_audio(audio["path"], self.sampling_rate)
+                _check_length(label, wave.shape[0], wave.shape[0] / self.sampling_rate, self.sampling_rate,
+                              self.min_samples, self.min_duration, None)
+            except BadAudioError as e:
+                if self.on_bad_audio == "error":
+                    raise
+                self.skipped.append((e.path, e.reason))
+                log.warning("Skipping bad streamed audio %s: %s", e.path, e.reason)
+                continue
+            meta = {k: v for k, v in ex.items() if k != self.audio_column}
+            yield {"input_values": wave, **meta, "id": i}
+
+
+def _scan_rows(rows: list[dict], cfg, min_samples: int, source=None) -> tuple[list[dict], list[tuple[str, str]], int]:
+    """Validate rows (files or embedded bytes); returns (good rows with num_samples, bad, num_long)."""
+    min_d = cfg.min_duration_in_seconds if cfg.min_duration_in_seconds > 0 else None
+    max_d = cfg.max_duration_in_seconds
+    sr = cfg.sampling_rate
+    on_files = [r for r in rows if "_index" not in r]
+    result = scan_audio([r["path"] for r in on_files], sr, min_samples=min_samples, min_duration_in_seconds=min_d,
+                        max_duration_in_seconds=max_d, on_bad_audio="skip", num_workers=cfg.preprocessing_num_workers)
+    lengths = dict(result.good)
+    bad = list(result.bad)
+    num_long = result.num_long
+    good = []
+    for r in rows:
+        if "_index" in r:  # embedded bytes: decode in full, same rules as scan_audio
+            try:
+                wave = _decode_bytes(source[int(r["_index"])][cfg.audio_column_name]["bytes"], r["path"], sr)
+                num_long += _check_length(r["path"], wave.shape[0], wave.shape[0] / sr, sr, min_samples, min_d, max_d)
+            except BadAudioError as e:
+                bad.append((e.path, e.reason))
+                continue
+            good.append({**r, "num_samples": int(wave.shape[0])})
+        elif r["path"] in lengths:
+            good.append({**r, "num_samples": lengths[r["path"]]})
+    return good, bad, num_long
+
+
+def _rows_from_hf(ds, column: str, name: str) -> list[dict]:
+    """Rows for a ``datasets.Dataset`` whose audio column is cast to ``Audio(decode=False)``.
+
+    Audio stored as a local file keeps its path; embedded bytes are referenced by ``"_index"``
+    (read again at batch time, never held in memory).
+    """
+    meta_cols = [c for c in ds.column_names if c != column]
+    rows = []
+    for start in range(0, len(ds), 1000):
+        chunk = ds[start : start + 1000]
+        for j, audio in enumerate(chunk[column]):
+            i = start + j
+            meta = {c: chunk[c][j] for c in meta_cols}
+            path = (audio or {}).get("path")
+            if audio is not None and audio.get("bytes") is None and path and os.path.isfile(path):
+                rows.append({"path": path, **meta})
+            else:
+                rows.append({"path": f"{name}[{i}]" + (f" ({path})" if path else ""), "_index": i, **meta})
+    return rows
+
+
+def build_audio_splits(cfg, output_dir: str | os.PathLike | None, min_samples: int):
+    """Training and validation audio from ``cfg`` (``AudioDataArguments``), validated before training.
+
+    Sources: ``train_dir`` (``list_audio_dir``: plain folders, ``<label>/`` folders, or an audiofolder
+    with metadata.csv), ``train_file`` (a manifest whose ``audio_column_name`` holds paths), or
+    ``dataset_name`` (``datasets.load_dataset`` with audio decoding turned off; bytes or paths are
+    decoded with soundfile). Validation: ``validation_dir`` / ``validation_file`` / the dataset's
+    ``validation`` split, else a seeded ``validation_split_percentage`` of the training files
+    (``cfg.seed``), else none.
+
+    Every file is decoded in full (``scan_audio``) before training: too short for ``min_samples``
+    (the feature encoder's receptive field) or ``min_duration_in_seconds``, empty, undecodable or
+    NaN/inf. ``on_bad_audio="error"``: raises ``hfssl.data.text.DataError`` (caught by the CLI,
+    exit code 2) naming every bad file and its reason, whose ``__cause__`` is the ``AudioScanError``.
+    ``"skip"``: writes ``output_dir/skipped_audio.tsv`` (train and validation) and logs the counts.
+    Pass ``output_dir=None`` on non-main processes so only one process writes the report.
+
+    Streaming (``cfg.streaming`` with ``dataset_name``): the train split is an ``AudioStream``
+    (IterableDataset, no length, sharded by the loop's caller), checked as examples arrive.
+
+    Returns:
+        (train, validation, report): ``AudioDataset`` (or ``AudioStream``), ``AudioDataset`` or None,
+        and ``{"train": {"total", "kept", "skipped", "long", "hours"}, "validation": {...} or None,
+        "skipped_report": path or None}`` with kept + skipped = total per split.
+    """
+    import logging
+
+    from hfssl.data.text import DataError
+
+    log = logging.getLogger(__name__)
+    sr = cfg.sampling_rate
+    source = train_source = val_source = None
+    val_rows = None
+    name = cfg.dataset_name
+    try:
+        if cfg.dataset_name:
+            import datasets
+
+            kw = {"streaming": bool(cfg.streaming)}
+            if cfg.dataset_config_name:
+                kw["name"] = cfg.dataset_config_name
+            if os.path.isdir(cfg.dataset_name) and find_audio_files(cfg.dataset_name):
+                # datasets' audiofolder builder re-encodes audio with torchcodec (+FFmpeg); a folder
+                # is read directly with soundfile instead, with the same metadata columns.
+                raise DataError(f"dataset_name '{name}' is a local folder of audio files: use --train_dir {name} "
+                                "(read with soundfile, same audiofolder metadata) instead of dataset_name.")
+            try:
+                raw = datasets.load_dataset(cfg.dataset_name, **kw)
+            except (ImportError, OSError, ValueError, datasets.exceptions.DatasetGenerationError) as e:
+                cause = e.__cause__ or e
+                raise DataError(f"Could not load dataset '{name}': {type(cause).__name__}: {cause}") from e
+
+            def pick(expr: str, required: bool):
+                names = [x.strip() for x in expr.split("+") if x.strip()]
+                missing = [x for x in names if x not in raw]
+                if missing:
+                    if not required:
+                        return None
+                    raise DataError(f"dataset '{name}' has no split {', '.join(repr(x) for x in missing)} "
+                                    f"(splits: {', '.join(raw)}); set dataset_train_split / dataset_validation_split.")
+                parts = [raw[x] for x in names]
+                for x, part in zip(names, parts):
+                    if cfg.audio_column_name not in part.column_names:
+                        raise DataError(f"dataset '{name}' split '{x}' has no column '{cfg.audio_column_name}'; "
+                                        f"columns: {', '.join(part.column_names)}. Set audio_column_name.")
+                joined = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+                return joined.cast_column(cfg.audio_column_name, datasets.Audio(decode=False))
+
+            train_raw = pick(cfg.dataset_train_split, True)
+            val_raw = (pick(cfg.dataset_validation_split, True) if cfg.dataset_validation_split
+                       else pick("validation", False))
+            if cfg.streaming:
+                log.warning("Streaming: audio cannot be validated before training; bad examples are %s as they arrive.",
+                            "an error" if cfg.on_bad_audio == "error" else "skipped")
+                min_d = cfg.min_duration_in_seconds if cfg.min_duration_in_seconds > 0 else None
+                train = AudioStream(train_raw, cfg.audio_column_name, sr, min_samples, min_d, cfg.on_bad_audio, f"{name}[train]")
+                validation = None
+                if val_raw is not None:  # a bounded, scanned validation set: its first 2000 examples
+                    subset = datasets.Dataset.from_list(list(val_raw.take(2000)), features=val_raw.features)
+                    val_source = subset
+                    val_rows = _rows_from_hf(subset, cfg.audio_column_name, f"{name}[validation]")
+                report = {"train": None, "validation": None, "skipped_report": None}
+                if val_rows is not None:
+                    good, bad, num_long = _scan_rows(val_rows, cfg, min_samples, val_source)
+                    validation = AudioDataset(good, sr, val_source, cfg.audio_column_name) if good else None
+                    report["validation"] = _split_report(len(val_rows), good, bad, num_long, sr)
+                    _handle_bad(bad, len(val_rows), cfg, output_dir, report, log, DataError)
+                return train, validation, report
+            train_source = train_raw
+            train_rows = _rows_from_hf(train_source, cfg.audio_column_name, f"{name}[{cfg.dataset_train_split}]")
+            if val_raw is not None:
+                val_source = val_raw
+                val_rows = _rows_from_hf(val_source, cfg.audio_column_name, f"{name}[{cfg.dataset_validation_split or 'validation'}]")
+        else:
+            train_rows = list_audio_dir(cfg.train_dir) if cfg.train_dir else read_manifest(cfg.train_file, cfg.audio_column_name)
+            if cfg.validation_dir:
+                val_rows = list_audio_dir(cfg.validation_dir)
+            elif cfg.validation_file:
+                val_rows = read_manifest(cfg.validation_file, cfg.audio_column_name)
+    except (NotADirectoryError, ValueError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(str(e)) from e
+    where = cfg.train_dir or cfg.train_file or name
+    if not train_rows:
+        raise DataError(f"No audio files found in '{where}' (extensions: {', '.join(AUDIO_EXTENSIONS)}).")
+
+    good, bad, num_long = _scan_rows(train_rows, cfg, min_samples, train_source)
+    report: dict = {"train": _split_report(len(train_rows), good, bad, num_long, sr), "validation": None, "skipped_report": None}
+    all_bad, total = list(bad), len(train_rows)
+    if val_rows is not None:
+        vgood, vbad, vlong = _scan_rows(val_rows, cfg, min_samples, val_source)
+        report["validation"] = _split_report(len(val_rows), vgood, vbad, vlong, sr)
+        all_bad += vbad
+        total += len(val_rows)
+    _handle_bad(all_bad, total, cfg, output_dir, report, log, DataError)
+    if not good:
+        raise DataError(f"All {len(train_rows)} training audio files in '{where}' are bad; see {report['skipped_report']}.")
+
+    train = AudioDataset(good, sr, train_source, cfg.audio_column_name)
+    validation = None
+    if val_rows is not None:
+        validation = AudioDataset(vgood, sr, val_source, cfg.audio_column_name) if vgood else None
+    elif cfg.validation_split_percentage > 0 and len(train) >= 2:
+        # Seeded hold-out of the good files, so the split is the same on every process and on resume.
+        n_val = min(len(train) - 1, max(1, round(len(train) * cfg.validation_split_percentage / 100)))
+        order = np.random.default_rng([int(getattr(cfg, "seed", 0)), 7]).permutation(len(train))
+        val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+        validation, train = train.select(val_idx), train.select(train_idx)
+        report["validation"] = {"total": n_val, "kept": n_val, "skipped": 0, "long": int((validation.lengths > cfg.max_duration_in_seconds * sr).sum()),
+                                "hours": validation.hours, "held_out_from_train": True}
+        report["train"]["held_out"] = n_val
+    log.info("Training audio: %d files (%.2f h), %d of them longer than %.1f s (randomly cropped)%s; validation: %s.",
+             len(train), train.hours, report["train"]["long"], cfg.max_duration_in_seconds,
+             f", {report['train']['held_out']} held out for validation" if "held_out" in report["train"] else "",
+             f"{len(validation)} files ({validation.hours * 60:.1f} min)" if validation is not None else "none")
+    return train, validation, report
+
+
+def _split_report(total: int, good: list[dict], bad: list, num_long: int, sr: int) -> dict:
+    return {"total": total, "kept": len(good), "skipped": len(bad), "long": num_long,
+            "hours": float(sum(r["num_samples"] for r in good)) / sr / 3600}
+
+
+def _handle_bad(bad, total, cfg, output_dir, report, log, error_cls) -> None:
+    if bad and cfg.on_bad_audio == "error":
+        raise error_cls(str(AudioScanError(bad, total))) from AudioScanError(bad, total)
+    if cfg.on_bad_audio == "skip":
+        if output_dir is not None:
+            report["skipped_report"] = write_skipped_report(bad, output_dir)
+        for split in ("train", "validation"):
+            r = report.get(split)
+            if r:
+                log.info("%s audio: %d kept + %d skipped = %d files%s", split, r["kept"], r["skipped"], r["total"],
+                         f" (skipped files listed in {report['skipped_report']})" if r["skipped"] and report["skipped_report"] else "")
+        if bad:
+            log.warning("Skipped %d bad audio file(s), e.g. %s: %s", len(bad), bad[0][0], bad[0][1])
