@@ -67,6 +67,7 @@ class TrainingArguments:
     save_total_limit: Optional[int] = _help("Keep at most this many checkpoints (oldest removed).", None)
     resume_from_checkpoint: Optional[str] = _help("A checkpoint folder, or 'latest' for the newest complete one in output_dir.", None)
     max_bad_steps: int = _help("Stop after this many updates in a row with a non-finite loss or gradient.", 3)
+    max_rollbacks: int = _help("Most rollbacks to an earlier checkpoint an objective may ask for (e.g. wav2vec2 on_collapse=rollback).", 3)
     dataloader_num_workers: int = _help("DataLoader worker processes.", 0)
     report_to: str = _help("Comma-separated Accelerate trackers (tensorboard, wandb, ...) or 'none'.", "none")
     push_to_hub: bool = _help("Upload output_dir to the Hub at the end.", False)

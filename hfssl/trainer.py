@@ -68,9 +68,21 @@ class TrainingStopped(RuntimeError):
     """Training cannot go on (repeated non-finite losses, collapse, ...); the message says why."""
 
 
-def batch_seed(seed: int, epoch: int, index: int) -> int:
-    """A well-mixed 63-bit seed for micro-batch `index` of `epoch` (epoch -1: evaluation)."""
-    return int(np.random.SeedSequence([seed, epoch + 1, index]).generate_state(1, np.uint64)[0] >> 1)
+class RollbackRequested(RuntimeError):
+    """Raised by an objective's check_health: reload `checkpoint` and go on with fresh randomness."""
+
+    def __init__(self, checkpoint: str, reason: str):
+        super().__init__(reason)
+        self.checkpoint = checkpoint
+
+
+def batch_seed(seed: int, epoch: int, index: int, salt: int = 0) -> int:
+    """A well-mixed 63-bit seed for micro-batch `index` of `epoch` (epoch -1: evaluation).
+
+    `salt` (the number of rollbacks so far) gives a rolled-back run new masks and noise instead of
+    replaying the ones that led to the problem."""
+    entropy = [seed, epoch + 1, index] + ([salt] if salt else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)
 
 
 def shuffled_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True) -> list[list[int]]:
@@ -130,6 +142,7 @@ class _State:
     inputs_seen: float = 0.0  # tokens / audio seconds / examples
     targets_seen: int = 0
     bad_in_a_row: int = 0
+    rollbacks: int = 0
     skipped_updates: list = field(default_factory=list)
 
 
@@ -245,8 +258,8 @@ def train(cfg: TrainingArguments, objective: Objective, accelerator: Optional[Ac
         loss = (accelerator.reduce(loss_sum, "sum") / max(n_targets, 1.0)).item()
         grad_norm = None
         finite = math.isfinite(loss) and n_targets > 0
-        if finite and cfg.max_grad_norm > 0:
-            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+        if finite:  # max_grad_norm 0: measure the norm (logged, checked) without clipping
+            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf")))
             finite = math.isfinite(grad_norm)
         if finite:
             optimizer.step()
@@ -281,7 +294,21 @@ def train(cfg: TrainingArguments, objective: Objective, accelerator: Optional[Ac
                 f"{state.bad_in_a_row} updates in a row had a non-finite loss or gradient (last at step {state.step}; "
                 f"samples {state.skipped_updates[-1]['sample_ids']}). Lower the learning rate, use bf16 instead of fp16, "
                 f"or check the data; the last checkpoint is in {out}.")
-        problem = objective.check_health(window) if hasattr(objective, "check_health") else None
+        try:
+            problem = objective.check_health(window) if hasattr(objective, "check_health") else None
+        except RollbackRequested as request:
+            if state.rollbacks >= cfg.max_rollbacks:
+                raise TrainingStopped(f"{request} Already rolled back {state.rollbacks} times (max_rollbacks); stopping.") from None
+            logger.warning("%s Rolling back to %s with fresh masks and noise.", request, request.checkpoint)
+            rollbacks = state.rollbacks + 1
+            state = _resume(accelerator, Path(request.checkpoint), state, cfg, W)
+            state.rollbacks = rollbacks
+            if accelerator.is_main_process:
+                _trim_log(log_path, state.step)
+            bar.reset(total=total_steps)
+            bar.update(state.step)
+            data_iter, window = None, []
+            continue
         if problem:
             raise TrainingStopped(problem)
 
@@ -377,7 +404,7 @@ def _epoch_iterator(objective, cfg, state: _State, W, A, rank, total_steps, step
     usable = (len(plan) // (W * A)) * (W * A)
     start = state.step_in_epoch * W * A
     mine = [g for g in range(start + rank, usable, W)]
-    keys = [_Key(batch_seed(cfg.seed, state.epoch, g), progress(g), g) for g in mine]
+    keys = [_Key(batch_seed(cfg.seed, state.epoch, g, state.rollbacks), progress(g), g) for g in mine]
     return iter(_loader(objective.train_dataset, [plan[g] for g in mine], keys, objective.collator, cfg.dataloader_num_workers))
 
 
@@ -392,9 +419,10 @@ def _stream_iterator(objective, cfg, state, W, A, rank, progress):
     for ex in itertools.islice(ds, state.step * A * bs, None):
         rows.append(ex)
         if len(rows) == bs:
-            batch = objective.collator(rows, seed=batch_seed(cfg.seed, 0, g), progress=progress(g))
+            seed = batch_seed(cfg.seed, 0, g, state.rollbacks)
+            batch = objective.collator(rows, seed=seed, progress=progress(g))
             batch["sample_ids"] = list(range(g * bs, (g + 1) * bs))
-            batch["seed"] = batch_seed(cfg.seed, 0, g)
+            batch["seed"] = seed
             rows = []
             g += W
             yield batch

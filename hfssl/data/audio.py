@@ -35,6 +35,8 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from hfssl.data.text import DataError
+
 AUDIO_EXTENSIONS: tuple[str, ...] = (".flac", ".mp3", ".ogg", ".wav")
 """Lower-case file extensions that libsndfile (via soundfile) decodes; matched case-insensitively."""
 
@@ -49,7 +51,7 @@ _DECODE_ERRORS = (RuntimeError, ValueError, OSError, EOFError, TypeError)
 _MAX_LISTED_BAD = 50
 
 
-class BadAudioError(ValueError):
+class BadAudioError(DataError):
     """An audio file that cannot be used for training.
 
     Attributes:
@@ -63,7 +65,7 @@ class BadAudioError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
-class AudioScanError(ValueError):
+class AudioScanError(DataError):
     """Raised by ``scan_audio(on_bad_audio="error")``; lists every bad file.
 
     Attributes:

@@ -397,8 +397,9 @@ class Wav2Vec2Objective:
         if good is None:
             return (f"{what} on_collapse=rollback: no checkpoint was saved before step {self._last_healthy_step + 1} "
                     f"(the last healthy update); restart with a lower learning rate. {advice}")
-        return (f"{what} on_collapse=rollback: resume from the last checkpoint before the collapse, {good}, e.g. "
-                f"--resume_from_checkpoint {good} --learning_rate <lower>. {advice}")
+        from hfssl.trainer import RollbackRequested
+
+        raise RollbackRequested(good, f"{what} on_collapse=rollback.")
 
     def _last_good_checkpoint(self) -> Optional[str]:
         from hfssl.checkpointing import list_checkpoints

@@ -59,8 +59,9 @@ class ToyObjective:
 
 
 def _cfg(tmp_path, **kw):
-    return TrainingArguments(output_dir=str(tmp_path / "o"), max_steps=4, per_device_train_batch_size=4,
-                             learning_rate=0.1, save_steps=0, logging_steps=1, **kw)
+    settings = dict(output_dir=str(tmp_path / "o"), max_steps=4, per_device_train_batch_size=4,
+                    learning_rate=0.1, save_steps=0, logging_steps=1)
+    return TrainingArguments(**{**settings, **kw})
 
 
 def test_non_finite_batch_changes_no_weights_and_is_reported(tmp_path, caplog):
@@ -80,3 +81,40 @@ def test_k_bad_updates_in_a_row_stop_the_run(tmp_path):
     objective = ToyObjective(poison={1, 5, 9})
     with pytest.raises(TrainingStopped, match=r"3 updates in a row had a non-finite loss.*samples \[8, 9, 10, 11\]"):
         train(_cfg(tmp_path, max_bad_steps=3), objective)
+
+
+class CollapsingObjective(ToyObjective):
+    """Asks for one rollback to checkpoint-4 at step 6, as wav2vec2's on_collapse=rollback does."""
+
+    def __init__(self, output_dir):
+        super().__init__()
+        self.output_dir = output_dir
+        self.seeds = []
+        self.asked = 0
+
+    def collator(self, rows, seed, progress):
+        self.seeds.append(seed)
+        return super().collator(rows, seed, progress)
+
+    def check_health(self, window):
+        from hfssl.trainer import RollbackRequested
+
+        if window and window[-1]["step"] == 6 and not self.asked:
+            self.asked += 1
+            raise RollbackRequested(f"{self.output_dir}/checkpoint-4", "Codebook collapse (test).")
+        return None
+
+
+def test_rollback_reloads_the_checkpoint_and_continues_with_fresh_randomness(tmp_path, caplog):
+    out = tmp_path / "o"
+    objective = CollapsingObjective(out)
+    summary = train(_cfg(tmp_path, max_steps=8, save_steps=4), objective)
+    assert summary["steps"] == 8 and objective.asked == 1
+    assert "Rolling back to" in caplog.text
+    rows = [json.loads(l) for l in (out / "training_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 9))  # rows 5-6 of the abandoned branch were dropped
+    state = json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())
+    assert state["rollbacks"] == 1
+    # Updates 5-6 were redone with other seeds (new masks/noise), not replayed.
+    first_try, second_try = objective.seeds[4:6], objective.seeds[6:8]
+    assert len(objective.seeds) == 10 and set(first_try).isdisjoint(second_try)
