@@ -47,7 +47,7 @@ class TextClassificationCollator:
 class AudioCollator:
     """Pads waveforms for audio classification (`labels`: class id) or CTC (`labels`: token ids).
 
-    Examples: {"wave": (N,) float32 at the model's rate, "labels": ..., "train": bool}. Training
+    Examples: {"input_values": (N,) float32 at the model's rate, "labels": ..., "train": bool}. Training
     examples are randomly cropped to `max_samples` (None: keep whole) and get SpecAugment masks
     when the mask probabilities are > 0; evaluation examples are used whole and unmasked.
     CTC labels are padded with -100.
@@ -76,7 +76,7 @@ class AudioCollator:
         training = bool(examples[0].get("train", False))
         waves = []
         for e in examples:
-            w = e["wave"]
+            w = e["input_values"]
             if training and self.max_samples is not None:
                 w = random_crop(w, self.max_samples, gen)
             waves.append(normalize(w) if self.do_normalize else np.asarray(w, dtype=np.float32))

@@ -1,0 +1,139 @@
+"""Fine-tuning settings: one dataclass for text classification, audio classification and CTC ASR.
+
+Parsed like every hfssl recipe (flat YAML + `--key value` overrides) by
+`hfssl.config.parse_or_exit(argv, configs={"finetune": FinetuneConfig}, default_objective="finetune")`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+from hfssl.config import AudioDataArguments, ConfigError, TrainingArguments, _help
+
+TASKS = ("text-classification", "audio-classification", "speech-recognition-ctc")
+TABLE_EXTENSIONS = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+
+
+@dataclass
+class FinetuneConfig(TrainingArguments, AudioDataArguments):
+    """Fine-tune a pretrained (or randomly initialized) model on a labeled downstream task."""
+
+    objective: Literal["finetune"] = _help("Always 'finetune' for run_finetune.py.", "finetune")
+    task: Literal["text-classification", "audio-classification", "speech-recognition-ctc"] = _help(
+        "Downstream task.", "text-classification")
+    # --- model
+    model_name_or_path: Optional[str] = _help("Start from this model: an hfssl output folder, a local checkpoint or a Hub id.", None)
+    config_name: Optional[str] = _help("From-scratch baseline: a fresh model of this config's architecture (e.g. the pretrained output folder itself), random init.", None)
+    tokenizer_name: Optional[str] = _help("Tokenizer (text) or feature extractor (audio) source; default: the model's folder.", None)
+    config_overrides: dict = _help("Extra config fields for the fine-tuned model, e.g. {hidden_dropout_prob: 0.2}.", {})
+    do_train: bool = _help("Train; false evaluates an existing model (model_name_or_path) only.", True)
+    probe: bool = _help("SUPERB-style probe: freeze the upstream, learn a softmax-weighted sum of all hidden layers plus a small head.", False)
+    probe_hidden_size: int = _help("Probe head width (0: linear head).", 0)
+    # --- data (text tables; audio folders/manifests come from the audio fields)
+    train_file: Optional[str] = _help("Training table (.csv/.tsv/.json/.jsonl/.parquet); for audio tasks a manifest with an audio path column.", None)
+    validation_file: Optional[str] = _help("Validation table in the same format.", None)
+    test_file: Optional[str] = _help("Test table in the same format.", None)
+    test_dir: Optional[str] = _help("Test audio folder (class subfolders or metadata.csv).", None)
+    validation_split_percentage: float = _help("Percent of train held out (stratified for classification) when no validation set is given.", 10.0)
+    dataset_name: Optional[str] = _help("A `datasets` dataset (Hub id or local path): a labeled text table or audio with labels/transcriptions.", None)
+    dataset_split_names: str = _help("Hub dataset split names for train,validation,test (missing ones are skipped).", "train,validation,test")
+    text_column_name: Optional[str] = _help("Text column (default 'text', 'sentence', or the first string column).", None)
+    text_pair_column_name: Optional[str] = _help("Second text column for sentence-pair tasks.", None)
+    label_column_name: str = _help("Label column (a name, an integer id, or a list of names for multi-label).", "label")
+    transcription_column_name: str = _help("Transcript column for speech recognition.", "transcription")
+    multi_label: Optional[bool] = _help("Several labels per example; default: true when label values are lists. Strings are split on label_separator.", None)
+    label_separator: str = _help("Multi-label values stored as one string are split on this.", ";")
+    max_seq_length: int = _help("Tokens per text example (longer ones are truncated).", 128)
+    max_train_samples: Optional[int] = _help("Keep at most N training examples (stratified for classification).", None)
+    label_fraction: float = _help("Keep this fraction of the training examples (stratified): the label budget.", 1.0)
+    # --- audio
+    max_length_seconds: float = _help("Audio classification: random crop of training clips to this length (evaluation uses whole clips).", 1.0)
+    freeze_feature_encoder: bool = _help("Keep the convolutional feature encoder frozen.", True)
+    # --- CTC
+    chars_to_ignore: str = _help("Characters removed from transcripts before building the vocabulary (regex character class contents).", r",?.!\-;:\"“%‘”'")
+    lowercase: bool = _help("Lowercase transcripts.", True)
+    word_delimiter_token: str = _help("Token standing for the space between words.", "|")
+    ctc_zero_infinity: bool = _help("Zero infinite CTC losses (a transcript too long for its audio) instead of NaN.", True)
+    mask_time_prob: float = _help("SpecAugment: time-mask span start probability during fine-tuning (wav2vec 2.0 fine-tuning: 0.05).", 0.05)
+    mask_time_length: int = _help("SpecAugment: frames per time-mask span.", 10)
+    mask_feature_prob: float = _help("SpecAugment: feature-channel span start probability.", 0.0)
+    mask_feature_length: int = _help("SpecAugment: channels per feature-mask span.", 10)
+    # --- the payoff report
+    compare_with_scratch: bool = _help("Also fine-tune the same architecture from random init under identical settings and write the comparison report.", False)
+    label_fractions: str = _help("Comma-separated label budgets (fractions of train) for compare_with_scratch, e.g. 0.1,1.0.", "1.0")
+    scratch_learning_rate: Optional[float] = _help("Learning rate for the random-init model in the comparison (default: learning_rate).", None)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.model_name_or_path and self.config_name:
+            raise ConfigError("Can't provide both model_name_or_path and config_name: the first fine-tunes a trained model, "
+                              "the second trains the same architecture from random init. Choose one.")
+        if not (self.model_name_or_path or self.config_name):
+            raise ConfigError("No model given: set model_name_or_path (a pretrained model) or config_name (same architecture, random init).")
+        if not self.do_train and not self.model_name_or_path:
+            raise ConfigError("do_train false evaluates an existing model: set model_name_or_path.")
+        if self.compare_with_scratch and not self.model_name_or_path:
+            raise ConfigError("compare_with_scratch needs model_name_or_path (the pretrained model to compare with random init).")
+        audio = self.task != "text-classification"
+        for key in ("train_file", "validation_file", "test_file"):
+            path = getattr(self, key)
+            if path is not None:
+                exts = (".csv", ".tsv", ".json", ".jsonl") if audio else TABLE_EXTENSIONS
+                if not Path(path).is_file():
+                    raise ConfigError(f"{key}: file '{path}' does not exist.")
+                if Path(path).suffix.lower() not in exts:
+                    raise ConfigError(f"{key}: '{path}' has extension '{Path(path).suffix}'; supported: {', '.join(exts)}.")
+        for key in ("train_dir", "validation_dir", "test_dir"):
+            path = getattr(self, key)
+            if path is not None:
+                if not audio:
+                    raise ConfigError(f"{key} is for audio tasks; text classification reads train_file/validation_file/test_file or dataset_name.")
+                if not Path(path).is_dir():
+                    raise ConfigError(f"{key}: folder '{path}' does not exist.")
+        sources = [k for k in ("dataset_name", "train_file", "train_dir") if getattr(self, k)]
+        if len(sources) > 1:
+            raise ConfigError(f"Can't provide both {sources[0]} and {sources[1]}. Choose one.")
+        if self.streaming:
+            raise ConfigError("streaming is for pretraining; fine-tuning loads its (labeled) data. Set streaming false.")
+        if not 0 <= self.validation_split_percentage < 100:
+            raise ConfigError("validation_split_percentage must be in [0, 100).")
+        if not 0 < self.label_fraction <= 1:
+            raise ConfigError(f"label_fraction must be in (0, 1], got {self.label_fraction}.")
+        for f in self.fractions:
+            if not 0 < f <= 1:
+                raise ConfigError(f"label_fractions: each budget must be in (0, 1], got {f}.")
+        if self.max_seq_length < 4:
+            raise ConfigError("max_seq_length must be >= 4.")
+        if self.max_length_seconds <= 0:
+            raise ConfigError("max_length_seconds must be > 0.")
+        for key in ("mask_time_prob", "mask_feature_prob"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be in [0, 1), got {getattr(self, key)}.")
+        if self.mask_time_length < 1 or self.mask_feature_length < 1:
+            raise ConfigError("mask_time_length and mask_feature_length must be >= 1.")
+        if len(self.word_delimiter_token) != 1:
+            raise ConfigError(f"word_delimiter_token must be one character, got '{self.word_delimiter_token}'.")
+        if self.probe and self.probe_hidden_size < 0:
+            raise ConfigError("probe_hidden_size must be >= 0.")
+
+    def check_data_sources(self) -> None:
+        """Data is required to run, not to load a recipe (GPU recipes are templates without data)."""
+        audio = self.is_audio
+        if self.do_train and not any(getattr(self, k) for k in ("dataset_name", "train_file", "train_dir")):
+            raise ConfigError("No training data: set train_file" + (" or train_dir" if audio else "") + " or dataset_name.")
+        if not self.do_train and not any(getattr(self, k) for k in ("dataset_name", "validation_file", "validation_dir", "test_file", "test_dir")):
+            raise ConfigError("do_train false needs evaluation data: validation_file/test_file"
+                              + (" or validation_dir/test_dir" if audio else "") + " or dataset_name.")
+
+    @property
+    def fractions(self) -> list[float]:
+        try:
+            return [float(x) for x in str(self.label_fractions).split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"label_fractions: expected comma-separated numbers, got '{self.label_fractions}'.") from None
+
+    @property
+    def is_audio(self) -> bool:
+        return self.task != "text-classification"

@@ -1,0 +1,35 @@
+"""F1 (macro by default) as a local `evaluate` module: works offline.
+
+average='macro' is the unweighted mean over labels of 2PR/(P+R), with F1 = 0 for a label that is
+neither predicted nor present (scikit-learn's zero_division=0). Multi-label (config 'multilabel')
+treats each label column as its own binary problem.
+"""
+
+import datasets
+import evaluate
+import numpy as np
+
+
+class F1(evaluate.Metric):
+    def _info(self):
+        value = datasets.Sequence(datasets.Value("int32")) if self.config_name == "multilabel" else datasets.Value("int32")
+        return evaluate.MetricInfo(
+            description="F1 score averaged over labels.", citation="",
+            inputs_description="predictions, references: class ids (or 0/1 lists); num_labels: label count (default: max id + 1); average: macro or micro.",
+            features=datasets.Features({"predictions": value, "references": value}))
+
+    def _compute(self, predictions, references, num_labels=None, average="macro"):
+        p, r = np.asarray(predictions), np.asarray(references)
+        if p.ndim == 1:
+            k = int(num_labels or (max(p.max(initial=0), r.max(initial=0)) + 1))
+            p = np.eye(k, dtype=bool)[p]
+            r = np.eye(k, dtype=bool)[r]
+        p, r = p.astype(bool), r.astype(bool)
+        tp = (p & r).sum(0).astype(float)
+        fp = (p & ~r).sum(0).astype(float)
+        fn = (~p & r).sum(0).astype(float)
+        if average == "micro":
+            tp, fp, fn = tp.sum(), fp.sum(), fn.sum()
+        denom = 2 * tp + fp + fn
+        f1 = np.divide(2 * tp, denom, out=np.zeros_like(denom, dtype=float), where=denom > 0)
+        return {"f1": float(np.mean(f1))}

@@ -1,0 +1,1 @@
+"""Local evaluate module (loaded by path with evaluate.load)."""

@@ -1,0 +1,395 @@
+"""Speech fine-tuning: audio classification and CTC speech recognition on wav2vec2-family encoders
+(an hfssl wav2vec2/HuBERT pretraining output, a local checkpoint or a Hub id, or the same
+architecture from random init).
+
+Audio comes from `hfssl.data.audio` (folders with class subfolders or metadata.csv, manifests,
+Hub datasets), is validated in full before training and resampled to the feature extractor's rate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from hfssl.collators.finetune import AudioCollator
+from hfssl.config import ConfigError
+from hfssl.data import audio as audiodata
+from hfssl.data.text import DataError
+from hfssl.finetune import data as fdata
+from hfssl.finetune.heads import AudioClassifier, CTCRecognizer, LayerProbe, save_probe
+from hfssl.finetune.tasks import Task, apply_overrides, load_config, load_or_init, model_source, plan_for
+
+logger = logging.getLogger(__name__)
+
+
+class Encoded(torch.utils.data.Dataset):
+    """An `AudioDataset` whose rows also carry encoded `labels` (precomputed from the metadata)
+    and the `train` flag the collator reads (crop + SpecAugment in training only)."""
+
+    def __init__(self, base: audiodata.AudioDataset, labels: Optional[list], train: bool):
+        self.base, self.labels, self.train = base, labels, train
+        self.lengths = base.lengths
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitems__(self, indices):
+        out = []
+        for i in indices:
+            row = {"input_values": self.base.decode(int(i)), "train": self.train}
+            if self.labels is not None:
+                row["labels"] = self.labels[int(i)]
+            out.append(row)
+        return out
+
+    def __getitem__(self, i):
+        return self.__getitems__([i])[0]
+
+
+class SpeechTask(Task):
+    """Shared by both speech tasks: feature extractor, audio splits, batch plans, saving."""
+
+    input_unit = "audio_seconds"
+    label_key: str = "label"
+
+    def __init__(self, cfg, accelerator=None):
+        from transformers import AutoFeatureExtractor, Wav2Vec2FeatureExtractor
+
+        super().__init__(cfg, accelerator)
+        self.source, self.pretrained = model_source(cfg)
+        self.config = load_config(self.source)
+        if not hasattr(self.config, "conv_kernel"):
+            raise ConfigError(f"'{self.source}' is a {self.config.model_type} model, not a wav2vec2-family speech encoder "
+                              "(wav2vec2, hubert, wavlm, data2vec-audio).")
+        fe_source = cfg.tokenizer_name or self.source
+        try:
+            self.feature_extractor = AutoFeatureExtractor.from_pretrained(fe_source)
+        except (OSError, ValueError):
+            logger.warning("No feature extractor in '%s': using Wav2Vec2FeatureExtractor(%d Hz, normalized).", fe_source, cfg.sampling_rate)
+            self.feature_extractor = Wav2Vec2FeatureExtractor(sampling_rate=cfg.sampling_rate, do_normalize=True, return_attention_mask=True)
+        self.sr = int(self.feature_extractor.sampling_rate)
+        if not cfg.do_train and not any(a.endswith(self.head_suffix) for a in (self.config.architectures or [])):
+            raise ConfigError(f"do_train false evaluates a fine-tuned model with a *{self.head_suffix} head; '{self.source}' is a "
+                              f"{', '.join(self.config.architectures or [self.config.model_type])}.")
+        self.min_samples = audiodata.receptive_field(self.config.conv_kernel, self.config.conv_stride)
+        main = accelerator is None or accelerator.is_main_process
+        self.splits = self._load_audio(dataclasses.replace(cfg, sampling_rate=self.sr) if cfg.sampling_rate != self.sr else cfg, main)
+
+    # ------------------------------------------------------------------ data
+    def _load_audio(self, cfg, main: bool) -> dict:
+        splits = {}
+        if cfg.do_train:
+            train, validation, report = audiodata.build_audio_splits(cfg, cfg.output_dir if main else None, self.min_samples)
+            if not isinstance(train, audiodata.AudioDataset):
+                raise ConfigError("Fine-tuning needs a map-style audio set; streaming is for pretraining.")
+            splits["train"] = train
+            if validation is not None:
+                splits["validation"] = validation
+            self.audio_report = report
+        elif cfg.validation_dir or cfg.validation_file:
+            splits["validation"] = self._scan(cfg, cfg.validation_dir, cfg.validation_file, "validation")
+        if cfg.test_dir or cfg.test_file:
+            splits["test"] = self._scan(cfg, cfg.test_dir, cfg.test_file, "test")
+        return splits
+
+    def _scan(self, cfg, folder, manifest, split) -> audiodata.AudioDataset:
+        try:
+            rows = audiodata.list_audio_dir(folder) if folder else audiodata.read_manifest(manifest, cfg.audio_column_name)
+        except (NotADirectoryError, ValueError) as e:
+            raise DataError(str(e)) from e
+        if not rows:
+            raise DataError(f"No audio files found for the {split} split in '{folder or manifest}'.")
+        try:
+            result = audiodata.scan_audio([r["path"] for r in rows], self.sr, self.min_samples, on_bad_audio=cfg.on_bad_audio,
+                                          num_workers=cfg.preprocessing_num_workers)
+        except audiodata.AudioScanError as e:
+            raise DataError(str(e)) from e
+        lengths = dict(result.good)
+        if result.bad:
+            logger.warning("%s: skipped %d bad audio file(s), e.g. %s: %s", split, len(result.bad), *result.bad[0])
+        return audiodata.AudioDataset([{**r, "num_samples": lengths[r["path"]]} for r in rows if r["path"] in lengths], self.sr)
+
+    def _column(self, ds: audiodata.AudioDataset, column: str, key: str, split: str) -> list:
+        available = sorted({k for r in ds.rows for k in r} - {"path", "num_samples", "_index"})
+        if column not in available:
+            where = (self.cfg.train_dir or self.cfg.train_file or self.cfg.dataset_name) if split == "train" else split
+            raise DataError(f"{key} '{column}' is not a column of the {split} audio ({where}); available columns: "
+                            f"{', '.join(available) if available else '(none: give class subfolders or a metadata.csv)'}.")
+        return [r[column] for r in ds.rows]
+
+    def _datasets(self, encode: Callable[[list, str], list]):
+        has = {s: (s != "test" or self.label_key in {k for r in ds.rows for k in r}) for s, ds in self.splits.items()}
+        enc = {s: (encode(self._column(ds, self.label_key, self._key_name, s), s) if has[s] else None) for s, ds in self.splits.items()}
+        self.train_dataset = Encoded(self.splits["train"], enc["train"], True) if "train" in self.splits else None
+        self.eval_dataset = Encoded(self.splits["validation"], enc["validation"], False) if "validation" in self.splits else None
+        self.test_dataset = Encoded(self.splits["test"], enc["test"], False) if "test" in self.splits else None
+
+    def _collator(self, ctc: bool, max_samples: Optional[int]) -> AudioCollator:
+        cfg, fe = self.cfg, self.feature_extractor
+        return AudioCollator(
+            do_normalize=bool(getattr(fe, "do_normalize", True)), return_attention_mask=bool(getattr(fe, "return_attention_mask", True)),
+            conv_kernel=list(self.config.conv_kernel), conv_stride=list(self.config.conv_stride), hidden_size=self.config.hidden_size,
+            ctc=ctc, max_samples=max_samples, mask_time_prob=0.0 if cfg.probe else cfg.mask_time_prob,
+            mask_time_length=cfg.mask_time_length, mask_time_min_masks=getattr(self.config, "mask_time_min_masks", 2),
+            mask_feature_prob=0.0 if cfg.probe else cfg.mask_feature_prob, mask_feature_length=cfg.mask_feature_length,
+            sampling_rate=self.sr)
+
+    def _finetune_config(self):
+        """The model config with this run's fine-tuning settings (not the pretraining masking)."""
+        cfg, config = self.cfg, self.config
+        config.mask_time_prob = cfg.mask_time_prob
+        config.mask_time_length = cfg.mask_time_length
+        config.mask_feature_prob = cfg.mask_feature_prob
+        config.mask_feature_length = cfg.mask_feature_length
+        apply_overrides(config, cfg.config_overrides)
+        if getattr(config, "add_adapter", False):
+            raise ConfigError("Models with add_adapter=True are not supported (their frame count differs from the feature encoder's).")
+        return config
+
+    def _upstream_probe(self, num_outputs: int, kind: str, blank_id: int = 0):
+        from transformers import AutoModel
+
+        upstream = load_or_init(AutoModel, self.cfg, self.config, self.pretrained, self.source)
+        return LayerProbe(upstream, self.config.num_hidden_layers + 1, self.config.hidden_size, num_outputs,
+                          self.cfg.probe_hidden_size, kind=kind, blank_id=blank_id,
+                          conv=(list(self.config.conv_kernel), list(self.config.conv_stride)))
+
+    # ------------------------------------------------------------------ loop hooks
+    def batch_plan(self, epoch: int, seed: int) -> list[list[int]]:
+        cfg = self.cfg
+        max_len = self.collator.max_samples
+        if cfg.max_batch_seconds:
+            return audiodata.duration_batches(self.train_dataset.lengths, max_batch_samples=int(cfg.max_batch_seconds * self.sr),
+                                              max_length=max_len, seed=seed, epoch=epoch)
+        return audiodata.duration_batches(self.train_dataset.lengths, batch_size=cfg.per_device_train_batch_size,
+                                          max_length=max_len, seed=seed, epoch=epoch)
+
+    def eval_plan(self) -> list[list[int]]:
+        return self.eval_batches(self.eval_dataset)
+
+    def eval_batches(self, dataset) -> list[list[int]]:
+        # Longest first, similar lengths together: less padding, which models without an
+        # attention mask (group-norm wav2vec2) do not ignore.
+        return plan_for(dataset, self.cfg.per_device_eval_batch_size, self.world, order=np.argsort(-dataset.lengths, kind="stable"))
+
+    def _save_model(self, output_dir: str) -> None:
+        if self.is_probe:
+            save_probe(self.model, output_dir, self.cfg.model_name_or_path or self.cfg.config_name)
+            return
+        self.model.restore_config()
+        self.model.model.save_pretrained(output_dir)
+
+    def _files(self, split: str) -> list[str]:
+        return [r["path"] for r in self.splits[split].rows]
+
+
+class AudioClassificationTask(SpeechTask):
+    name = "audio-classification"
+    _key_name = "label_column_name"
+    head_suffix = "ForSequenceClassification"
+
+    def __init__(self, cfg, accelerator=None):
+        from transformers import AutoModelForAudioClassification
+
+        super().__init__(cfg, accelerator)
+        self.label_key = cfg.label_column_name
+        if cfg.do_train:
+            values = self._column(self.splits["train"], self.label_key, "label_column_name", "train")
+            names = sorted({fdata.label_key(v) for v in values})
+            if len(names) < 2:
+                raise DataError(f"The training audio has a single label ({names[0]!r}); classification needs at least 2.")
+            self.labels = fdata.LabelSpace(names)
+        else:
+            id2label = getattr(self.config, "id2label", None) or {}
+            self.labels = fdata.LabelSpace([id2label[i] for i in sorted(id2label, key=int)])
+        for split in ("validation", "test"):
+            if split in self.splits and self.label_key in {k for r in self.splits[split].rows for k in r}:
+                seen = {fdata.label_key(v) for v in self._column(self.splits[split], self.label_key, "label_column_name", split)}
+                unseen = sorted(seen - set(self.labels.names))
+                if unseen:
+                    raise DataError(f"The {split} audio has label(s) never seen in training: {', '.join(map(repr, unseen))}. "
+                                    f"Known labels: {', '.join(self.labels.names)}.")
+        if cfg.do_train:
+            keys = [fdata.label_key(v) for v in self._column(self.splits["train"], self.label_key, "label_column_name", "train")]
+            chosen = _budget(keys, cfg)
+            if chosen is not None:
+                self.splits["train"] = self.splits["train"].select(chosen)
+
+        config = self._finetune_config()
+        config.num_labels = len(self.labels.names)
+        config.id2label = dict(enumerate(self.labels.names))
+        config.label2id = self.labels.label2id
+        if cfg.probe:
+            self.model = self._upstream_probe(len(self.labels.names), "classification")
+        else:
+            clf = load_or_init(AutoModelForAudioClassification, cfg, config, self.pretrained, self.source)
+            if cfg.freeze_feature_encoder:
+                clf.freeze_feature_encoder()
+            self.model = AudioClassifier(clf)
+        self.collator = self._collator(False, int(cfg.max_length_seconds * self.sr))
+        ids = self.labels.label2id
+        self._datasets(lambda values, split: [ids[fdata.label_key(v)] for v in values])
+        if self.train_dataset is not None:
+            logger.info("Audio classification: %d labels; %d train / %d validation / %d test files.", len(self.labels.names),
+                        len(self.train_dataset), len(self.eval_dataset or []), len(self.test_dataset or []))
+
+    def evaluate_outputs(self, split: str, outputs: list) -> tuple[dict, list[dict]]:
+        from hfssl.finetune.metrics import classification_metrics, confusion_matrix
+
+        logits = np.stack(outputs)
+        pred = logits.argmax(-1)
+        names = self.labels.names
+        rows = [{"file": f, "prediction": names[p]} for f, p in zip(self._files(split), pred)]
+        ds = self.eval_dataset if split == "validation" else self.test_dataset
+        if ds.labels is None:
+            return {}, rows
+        refs = np.asarray(ds.labels)
+        for row, ref in zip(rows, refs):
+            row["label"] = names[int(ref)]
+        self.last_confusion = confusion_matrix(pred, refs, len(names))
+        return classification_metrics(pred, refs, len(names)), rows
+
+    def save_pretrained(self, output_dir: str, summary: dict) -> None:
+        self._save_model(output_dir)
+        self.feature_extractor.save_pretrained(output_dir)
+
+
+def _budget(keys: list[str], cfg) -> Optional[list[int]]:
+    """Indices of a stratified label budget of the training rows, or None for all of them."""
+    idx = list(range(len(keys)))
+    if cfg.label_fraction < 1:
+        idx, _ = fdata.stratified_indices(keys, cfg.label_fraction, cfg.seed + 1)
+    if cfg.max_train_samples is not None and cfg.max_train_samples < len(idx):
+        sub, _ = fdata.stratified_indices([keys[i] for i in idx], cfg.max_train_samples / len(idx), cfg.seed + 2)
+        idx = [idx[i] for i in sub[: cfg.max_train_samples]]
+    return idx if len(idx) < len(keys) else None
+
+
+# ----------------------------------------------------------------------------------- CTC
+
+def normalize_transcript(text: str, lowercase: bool, chars_to_ignore: str) -> str:
+    """Lowercase (optionally), drop the ignored characters, collapse whitespace."""
+    if lowercase:
+        text = text.lower()
+    if chars_to_ignore:
+        text = text.translate({ord(c): None for c in chars_to_ignore})
+    return " ".join(text.split())
+
+
+def build_vocab(transcripts: list[str], word_delimiter: str) -> dict[str, int]:
+    """Character vocabulary: [PAD] (the CTC blank) = 0, [UNK] = 1, the delimiter, then the sorted
+    characters of the (normalized) transcripts, space mapped to the delimiter."""
+    chars = sorted({c for t in transcripts for c in t} - {" "})
+    if word_delimiter in chars:
+        raise DataError(f"Transcripts contain the word delimiter '{word_delimiter}'; choose another word_delimiter_token.")
+    tokens = ["[PAD]", "[UNK]", word_delimiter, *chars]
+    return {t: i for i, t in enumerate(tokens)}
+
+
+def ctc_min_frames(ids: list[int]) -> int:
+    """Frames CTC needs for this target: one per token plus a blank between repeated tokens."""
+    return len(ids) + sum(1 for a, b in zip(ids, ids[1:]) if a == b)
+
+
+class CTCTask(SpeechTask):
+    name = "speech-recognition-ctc"
+    _key_name = "transcription_column_name"
+    head_suffix = "ForCTC"
+
+    def __init__(self, cfg, accelerator=None):
+        from transformers import AutoModelForCTC, AutoTokenizer, Wav2Vec2CTCTokenizer
+
+        super().__init__(cfg, accelerator)
+        self.label_key = cfg.transcription_column_name
+        texts = {}
+        for split, ds in self.splits.items():
+            if split == "test" and self.label_key not in {k for r in ds.rows for k in r}:
+                continue
+            raw = self._column(ds, self.label_key, "transcription_column_name", split)
+            norm = [normalize_transcript(t or "", cfg.lowercase, cfg.chars_to_ignore) for t in raw]
+            empty = [r["path"] for r, t in zip(ds.rows, norm) if not t]
+            if empty:
+                shown = ", ".join(empty[:10]) + (" ..." if len(empty) > 10 else "")
+                raise DataError(f"{len(empty)} {split} file(s) have an empty transcript in '{self.label_key}' "
+                                f"(after normalization): {shown}. Fix or remove these rows.")
+            texts[split] = norm
+        if cfg.do_train:
+            vocab = build_vocab(texts["train"], cfg.word_delimiter_token)
+            folder = tempfile.mkdtemp(prefix="hfssl-vocab-")
+            (Path(folder) / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+            self.tokenizer = Wav2Vec2CTCTokenizer(str(Path(folder) / "vocab.json"), unk_token="[UNK]", pad_token="[PAD]",
+                                                  word_delimiter_token=cfg.word_delimiter_token, do_lower_case=False,
+                                                  bos_token=None, eos_token=None)
+        else:
+            self.tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_name or self.source)
+        encode = lambda t: self.tokenizer(t).input_ids  # noqa: E731
+        self.texts = texts
+        for split in ("validation", "test"):
+            if split in texts:
+                unk = sum(i == self.tokenizer.unk_token_id for t in texts[split] for i in encode(t))
+                if unk:
+                    logger.warning("%s transcripts hold %d characters not in the training vocabulary (scored as [UNK]).", split, unk)
+
+        # Transcripts too long for their audio cannot be aligned: drop them from training, counted.
+        self.filtered_too_long = 0
+        if cfg.do_train:
+            ds, kernel, stride = self.splits["train"], self.config.conv_kernel, self.config.conv_stride
+            keep = [i for i, (r, t) in enumerate(zip(ds.rows, texts["train"]))
+                    if audiodata.num_frames(int(r["num_samples"]), kernel, stride) >= ctc_min_frames(encode(t))]
+            self.filtered_too_long = len(ds) - len(keep)
+            if self.filtered_too_long:
+                logger.warning("Dropped %d of %d training files whose transcript is too long for their audio (CTC cannot align them).",
+                               self.filtered_too_long, len(ds))
+                if not keep:
+                    raise DataError("Every training transcript is too long for its audio: CTC cannot align any of them.")
+                self.splits["train"], texts["train"] = ds.select(keep), [texts["train"][i] for i in keep]
+            chosen = _budget(["all"] * len(texts["train"]), cfg)
+            if chosen is not None:
+                self.splits["train"], texts["train"] = self.splits["train"].select(chosen), [texts["train"][i] for i in chosen]
+
+        config = self._finetune_config()
+        config.vocab_size = len(self.tokenizer)
+        config.pad_token_id = self.tokenizer.pad_token_id
+        config.ctc_zero_infinity = cfg.ctc_zero_infinity
+        config.ctc_loss_reduction = "mean"  # for users of the saved model; hfssl sums and normalizes itself
+        blank = self.tokenizer.pad_token_id
+        if cfg.probe:
+            self.model = self._upstream_probe(len(self.tokenizer), "ctc", blank)
+        else:
+            model = load_or_init(AutoModelForCTC, cfg, config, self.pretrained, self.source)
+            if cfg.freeze_feature_encoder:
+                model.freeze_feature_encoder()
+            self.model = CTCRecognizer(model, blank, cfg.ctc_zero_infinity)
+        self.collator = self._collator(True, None)
+        self._datasets(lambda values, split: [encode(t) for t in texts[split]])
+        if self.train_dataset is not None:
+            logger.info("CTC: vocabulary of %d tokens; %d train / %d validation / %d test files.", len(self.tokenizer),
+                        len(self.train_dataset), len(self.eval_dataset or []), len(self.test_dataset or []))
+
+    def evaluate_outputs(self, split: str, outputs: list) -> tuple[dict, list[dict]]:
+        from hfssl.finetune.metrics import asr_metrics
+
+        preds = self.tokenizer.batch_decode([o.tolist() for o in outputs])
+        rows = [{"file": f, "prediction": p} for f, p in zip(self._files(split), preds)]
+        if split not in self.texts:
+            return {}, rows
+        refs = self.texts[split]
+        for row, ref in zip(rows, refs):
+            row["reference"] = ref
+        return asr_metrics(preds, refs), rows
+
+    def extra_results(self) -> dict:
+        return {"train_filtered_too_long": self.filtered_too_long} if self.cfg.do_train else {}
+
+    def save_pretrained(self, output_dir: str, summary: dict) -> None:
+        from transformers import Wav2Vec2Processor
+
+        self._save_model(output_dir)
+        Wav2Vec2Processor(feature_extractor=self.feature_extractor, tokenizer=self.tokenizer).save_pretrained(output_dir)

@@ -1,0 +1,139 @@
+"""What every fine-tuning task shares: the loop hooks of `hfssl.trainer.Objective`, model loading
+(pretrained vs. same architecture from random init), and the probe switch.
+
+A task provides: `model` (a wrapper from `hfssl.finetune.heads`), `collator`, `train_dataset`,
+`eval_dataset`, `test_dataset` (map-style, rows already carrying `labels`), `evaluate_outputs`
+(per-example outputs -> metrics + prediction rows) and `save_outputs`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from hfssl.config import ConfigError
+from hfssl.trainer import shuffled_batches
+
+logger = logging.getLogger(__name__)
+
+
+class Rows(torch.utils.data.Dataset):
+    """A list of example dicts (or a Dataset) plus a fixed `train` flag the collators read."""
+
+    def __init__(self, rows, train: bool):
+        self.rows, self.train = rows, train
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return {**self.rows[int(i)], "train": self.train}
+
+    def __getitems__(self, indices):
+        if hasattr(self.rows, "__getitems__"):
+            return [{**r, "train": self.train} for r in self.rows.__getitems__([int(i) for i in indices])]
+        return [self[i] for i in indices]
+
+
+class Task:
+    """Loop hooks shared by the three tasks (the loop's `Objective` protocol)."""
+
+    name = "finetune"
+    input_unit = "examples"
+    test_dataset: Any = None
+
+    def __init__(self, cfg, accelerator=None):
+        self.cfg = cfg
+        self.world = accelerator.num_processes if accelerator is not None else 1
+
+    # ------------------------------------------------------------------ loop hooks
+    def batch_plan(self, epoch: int, seed: int) -> list[list[int]]:
+        return shuffled_batches(len(self.train_dataset), self.cfg.per_device_train_batch_size, seed, epoch)
+
+    world: int = 1  # processes: evaluation plans give each the same number of batches
+
+    def eval_plan(self) -> list[list[int]]:
+        return plan_for(self.eval_dataset, self.cfg.per_device_eval_batch_size, self.world)
+
+    def on_update(self, step: int, total_steps: int) -> dict:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def eval_summary(self, metrics: dict) -> dict:
+        return metrics
+
+    def enable_gradient_checkpointing(self) -> None:
+        inner = getattr(self.model, "model", None)
+        if inner is not None and hasattr(inner, "gradient_checkpointing_enable"):
+            inner.gradient_checkpointing_enable()
+
+    def extra_results(self) -> dict:
+        """Counts worth reporting next to the metrics (e.g. filtered examples)."""
+        return {}
+
+    # ------------------------------------------------------------------ probe
+    @property
+    def is_probe(self) -> bool:
+        return bool(self.cfg.probe)
+
+    def probe_report(self) -> Optional[dict]:
+        if not self.is_probe:
+            return None
+        weights = self.model.layer_weights()
+        return {"layer_weights": weights, "best_layer": int(np.argmax(weights)), "num_hidden_states": len(weights)}
+
+
+def plan_for(dataset, batch_size: int, world: int = 1, order=None) -> list[list[int]]:
+    """Evaluation batches in `order` (default: dataset order) of at most `batch_size` examples, as many
+    as a multiple of `world` (when there are enough examples): under DDP every process must run
+    the same number of forwards, since each forward may broadcast buffers."""
+    n = len(dataset)
+    order = np.arange(n) if order is None else np.asarray(order)
+    count = -(-n // batch_size)
+    if world > 1 and n >= world:
+        count = -(-count // world) * world
+    return [chunk.tolist() for chunk in np.array_split(order, count) if len(chunk)]
+
+
+def model_source(cfg) -> tuple[str, bool]:
+    """(where the architecture comes from, pretrained?)."""
+    return (cfg.model_name_or_path, True) if cfg.model_name_or_path else (cfg.config_name, False)
+
+
+def load_or_init(auto_class, cfg, config, pretrained: bool, source: str):
+    """`auto_class.from_pretrained(source, config=config)` or `auto_class.from_config(config)` (random init).
+
+    Heads whose shape changed (another label set) are re-initialized; the encoder weights load.
+    """
+    if pretrained:
+        try:
+            return auto_class.from_pretrained(source, config=config, ignore_mismatched_sizes=True)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"Could not load model '{source}': {e}") from None
+    return auto_class.from_config(config)
+
+
+def apply_overrides(config, overrides: dict) -> None:
+    for key, value in overrides.items():
+        if not hasattr(config, key):
+            raise ConfigError(f"config_overrides: '{key}' is not a field of {type(config).__name__}.")
+        setattr(config, key, value)
+
+
+def load_config(source: str):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        where = "model_name_or_path" if Path(source).exists() or "/" in source else "config_name"
+        raise ConfigError(f"{where}: could not read a model config from '{source}': {e}") from None

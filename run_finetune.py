@@ -1,0 +1,15 @@
+#!/usr/bin/env python
+"""Fine-tuning: `python run_finetune.py RECIPE.yaml [--key value ...]`.
+
+Tasks: text-classification, audio-classification, speech-recognition-ctc (`--task`). Start from a
+pretrained model (`--model_name_or_path`) or train the same architecture from random init
+(`--config_name`); `--compare_with_scratch true --label_fractions 0.1,1.0` runs both and writes the
+"did pretraining pay off?" report. Every option: `python run_finetune.py --help`.
+"""
+
+import sys
+
+from hfssl.finetune.run import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

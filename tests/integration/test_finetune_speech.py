@@ -1,0 +1,151 @@
+"""Speech chain: a tiny wav2vec 2.0 "pretraining output" -> CTC speech recognition (real CLI) and
+audio classification / a frozen-upstream probe -> metrics files and transformers pipelines.
+
+The upstream is the architecture of recipes/wav2vec2/tiny-cpu.yaml, saved the way the pretraining
+saves it (Wav2Vec2ForPreTraining + feature extractor) but at random init: running that pretraining
+here would cost ~30 s of the test budget and the fine-tuning code path is the same.
+"""
+
+import csv
+import json
+import shutil
+
+import pytest
+import soundfile as sf
+
+from conftest import FIXTURES, ROOT, run_cli
+
+SPEECH = FIXTURES / "speech"
+KEYWORDS = {"yes", "no", "up", "down", "stop"}
+
+
+@pytest.fixture(scope="module")
+def w2v2(tmp_path_factory):
+    """What a wav2vec 2.0 pretraining output folder looks like (the tiny-cpu recipe's architecture)."""
+    import torch
+    import yaml
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForPreTraining
+
+    out = tmp_path_factory.mktemp("w2v2") / "out"
+    recipe = yaml.safe_load((ROOT / "recipes" / "wav2vec2" / "tiny-cpu.yaml").read_text())
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(**recipe["config_overrides"], mask_time_prob=recipe["mask_time_prob"])
+    Wav2Vec2ForPreTraining(config).save_pretrained(out)
+    Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True, return_attention_mask=False).save_pretrained(out)
+    return out
+
+
+def _wave(path):
+    wave, sr = sf.read(str(path), dtype="float32")
+    return {"raw": wave, "sampling_rate": sr}
+
+
+def test_ctc_from_pretrained_output_end_to_end(w2v2, tmp_path):
+    out = tmp_path / "ctc"
+    run_cli("run_finetune.py", [ROOT / "recipes" / "finetune" / "speech-recognition-ctc-tiny-cpu.yaml", "--model_name_or_path", w2v2,
+                                "--output_dir", out, "--max_steps", "2", "--eval_steps", "0", "--mask_feature_prob", "0.2",
+                                "--mask_feature_length", "8"])
+    ev = json.loads((out / "eval_results.json").read_text())
+    assert set(ev) >= {"eval_loss", "eval_wer", "eval_cer", "eval_samples"}
+    assert ev["eval_samples"] == 9 and ev["eval_wer"] > 0 and ev["eval_cer"] > 0 and ev["eval_loss"] > 0
+    vocab = json.loads((out / "vocab.json").read_text())
+    assert vocab["[PAD]"] == 0 and "|" in vocab and set(vocab) - {"[PAD]", "[UNK]", "|"} <= set("abcdefghijklmnopqrstuvwxyz")
+    config = json.loads((out / "config.json").read_text())
+    assert config["vocab_size"] == len(vocab) and config["mask_time_prob"] == 0.05  # not the pretraining's 0.65
+    assert json.loads((w2v2 / "config.json").read_text())["mask_time_prob"] == 0.65
+    assert config["architectures"] == ["Wav2Vec2ForCTC"]
+    rows = [json.loads(line) for line in (out / "eval_predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 9 and all(set(r["reference"].split()) <= {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"} for r in rows)
+
+    from transformers import pipeline
+
+    asr = pipeline("automatic-speech-recognition", model=str(out))
+    text = asr(_wave(SPEECH / "digits" / "kal_008.flac"))["text"]
+    assert isinstance(text, str) and set(text) <= set(vocab) | {" "}
+
+    # Evaluation only, on the whole folder, one file per batch: the same transcripts as the pipeline.
+    from hfssl.finetune.run import main
+
+    again = tmp_path / "eval-only"
+    assert main([str(ROOT / "recipes" / "finetune" / "speech-recognition-ctc-tiny-cpu.yaml"), "--model_name_or_path", str(out),
+                 "--do_train", "false", "--train_dir", "none", "--validation_dir", str(SPEECH / "digits"),
+                 "--per_device_eval_batch_size", "1", "--output_dir", str(again)]) == 0
+    assert json.loads((again / "eval_results.json").read_text())["eval_samples"] == 60
+    new = {r["file"]: r["prediction"] for r in map(json.loads, (again / "eval_predictions.jsonl").read_text().splitlines())}
+    for name in ("kal_008.flac", "en-gb_f2_001.flac"):
+        assert new[str(SPEECH / "digits" / name)] == asr(_wave(SPEECH / "digits" / name))["text"]
+
+
+def test_audio_classification_and_probe(w2v2, tmp_path, capsys):
+    from transformers import pipeline
+
+    from hfssl.finetune.run import main
+
+    recipe = str(ROOT / "recipes" / "finetune" / "audio-classification-tiny-cpu.yaml")
+    common = ["--model_name_or_path", str(w2v2), "--train_dir", str(SPEECH / "keywords"), "--max_steps", "2",
+              "--per_device_eval_batch_size", "32"]
+    out = tmp_path / "kws"
+    assert main([recipe, *common, "--test_dir", str(SPEECH / "keywords"), "--output_dir", str(out)]) == 0, capsys.readouterr().err[-2000:]
+    ev = json.loads((out / "eval_results.json").read_text())
+    assert set(ev) >= {"eval_loss", "eval_accuracy", "eval_f1"} and ev["eval_samples"] == 12  # 20% of 60 held out
+    test = json.loads((out / "test_results.json").read_text())
+    assert test["test_samples"] == 60 and 0 <= test["test_accuracy"] <= 1
+    assert (out / "test_confusion_matrix.png").stat().st_size > 1000
+    scores = pipeline("audio-classification", model=str(out))(_wave(SPEECH / "keywords" / "yes" / "kal.flac"), top_k=5)
+    assert {s["label"] for s in scores} == KEYWORDS and sum(s["score"] for s in scores) == pytest.approx(1, abs=1e-4)
+
+    probe = tmp_path / "probe"
+    assert main([recipe, *common, "--probe", "true", "--learning_rate", "1e-2", "--output_dir", str(probe)]) == 0
+    result = json.loads((probe / "eval_results.json").read_text())
+    weights = result["probe"]["layer_weights"]
+    layers = json.loads((w2v2 / "config.json").read_text())["num_hidden_layers"]
+    assert len(weights) == layers + 1 and sum(weights) == pytest.approx(1.0, abs=1e-5)
+    assert max(weights) - min(weights) > 1e-4  # the mixing weights trained (they start uniform)
+    assert json.loads((probe / "layer_weights.json").read_text())["layer_weights"] == pytest.approx(weights)
+    assert (probe / "probe.safetensors").is_file() and "layer weights" in (probe / "README.md").read_text()
+
+
+def _digits_folder(tmp_path, rows):
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    with open(folder / "metadata.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("file_name", "transcription"), *rows])
+    return folder
+
+
+def test_long_transcripts_are_filtered_and_other_rates_resampled(w2v2, tmp_path, capsys):
+    from hfssl.finetune.run import main
+
+    rows = [tuple(r) for r in list(csv.reader(open(SPEECH / "digits" / "metadata.csv")))[1:13]]
+    folder = _digits_folder(tmp_path, [])
+    for name, _ in rows:
+        shutil.copy(SPEECH / "digits" / name, folder / name)
+    wave, sr = sf.read(str(folder / rows[0][0]), dtype="float32")
+    sf.write(str(folder / "slow.wav"), wave[::2], sr // 2)  # 8 kHz: resampled to 16 kHz on load
+    short = SPEECH / "keywords" / "up" / "kal.flac"  # ~0.3 s: far fewer frames than the transcript needs
+    shutil.copy(short, folder / "short.flac")
+    rows += [("slow.wav", rows[0][1]), ("short.flac", "one two three four five six seven eight nine zero " * 3)]
+    with open(folder / "metadata.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("file_name", "transcription"), *rows])
+    out = tmp_path / "out"
+    code = main([str(ROOT / "recipes" / "finetune" / "speech-recognition-ctc-tiny-cpu.yaml"), "--model_name_or_path", str(w2v2),
+                 "--train_dir", str(folder), "--validation_split_percentage", "0", "--max_steps", "1", "--output_dir", str(out)])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    printed = json.loads(capsys.readouterr().out.split("results written")[0].strip())
+    assert printed["train_filtered_too_long"] == 1 and printed["train_samples"] == 13
+
+
+def test_empty_transcript_and_unknown_column_are_errors(w2v2, tmp_path, capsys):
+    from hfssl.finetune.run import main
+
+    folder = _digits_folder(tmp_path, [("a.flac", "one two"), ("b.flac", " ,. "), ("c.flac", "three")])
+    for name in ("a.flac", "b.flac", "c.flac"):
+        shutil.copy(SPEECH / "digits" / "kal_008.flac", folder / name)
+    recipe = str(ROOT / "recipes" / "finetune" / "speech-recognition-ctc-tiny-cpu.yaml")
+    base = [recipe, "--model_name_or_path", str(w2v2), "--train_dir", str(folder), "--validation_split_percentage", "0"]
+    assert main([*base, "--output_dir", str(tmp_path / "o1")]) == 2
+    err = capsys.readouterr().err
+    assert "1 train file(s) have an empty transcript" in err and "b.flac" in err
+    assert main([*base, "--transcription_column_name", "text", "--output_dir", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert "transcription_column_name 'text' is not a column" in err and "available columns: transcription" in err

@@ -1,0 +1,232 @@
+"""Fine-tuning data pieces: labels, budgets, transcripts, collators, heads, config checks."""
+
+import datasets
+import numpy as np
+import pytest
+import torch
+
+from hfssl.collators.finetune import AudioCollator, TextClassificationCollator
+from hfssl.config import ConfigError, load_config
+from hfssl.data.text import DataError
+from hfssl.finetune import data as fdata
+from hfssl.finetune.config import FinetuneConfig
+from hfssl.finetune.heads import LayerProbe, classification_loss
+from hfssl.finetune.speech import build_vocab, ctc_min_frames, normalize_transcript
+
+from conftest import FIXTURES
+
+TOPICS = FIXTURES / "text" / "classification"
+
+
+def test_topic_fixture_is_balanced_real_text():
+    train = fdata.read_table(str(TOPICS / "train.csv"))
+    assert train.column_names == ["text", "label"] and len(train) == 160
+    counts = {k: train["label"].count(k) for k in set(train["label"])}
+    assert counts == {"files": 40, "network": 40, "concurrency": 40, "numbers": 40}
+    assert all(len(t.split()) >= 5 for t in train["text"])
+
+
+def test_label_space_strings_ints_and_lists():
+    ds = datasets.Dataset.from_dict({"label": ["b", "a", "b"]})
+    assert fdata.build_label_space(ds, "label", None, ";", "x").names == ["a", "b"]
+    ints = datasets.Dataset.from_dict({"label": [10, 2, 2]})
+    space = fdata.build_label_space(ints, "label", None, ";", "x")
+    assert space.names == ["2", "10"] and space.encode(10) == 1 and space.encode(2.0) == 0
+    multi = datasets.Dataset.from_dict({"label": [["x", "y"], ["y"], []]})
+    space = fdata.build_label_space(multi, "label", None, ";", "x")
+    assert space.multi_label and space.names == ["x", "y"] and space.encode(["y"]) == [0.0, 1.0]
+    joined = datasets.Dataset.from_dict({"label": ["x;z", "z", "y"]})
+    space = fdata.build_label_space(joined, "label", True, ";", "x")
+    assert space.names == ["x", "y", "z"] and space.encode("x;z") == [1.0, 0.0, 1.0]
+
+
+def test_unseen_validation_label_is_listed():
+    space = fdata.LabelSpace(["a", "b"])
+    val = datasets.Dataset.from_dict({"label": ["a", "c", "d", "c"]})
+    with pytest.raises(DataError, match=r"never seen in training: 'c', 'd'.*Known labels: a, b"):
+        fdata.check_labels_known(val, "label", space, ";", "validation", "val.csv")
+
+
+def test_nulls_in_text_column_name_the_rows():
+    ds = datasets.Dataset.from_dict({"text": ["ok", None, "  ", "fine"]})
+    with pytest.raises(DataError, match=r"column 'text' has 2 null/empty value\(s\) \(data rows 2, 3\)"):
+        fdata.check_no_nulls(ds, "text", "train.csv")
+
+
+def test_unknown_column_lists_available():
+    ds = datasets.Dataset.from_dict({"sentence": ["x"], "topic": ["y"]})
+    with pytest.raises(DataError, match="available columns: sentence, topic"):
+        fdata.require_column(ds, "label", "label_column_name", "train.csv")
+
+
+def test_stratified_budget_keeps_every_label_and_is_deterministic():
+    keys = ["a"] * 40 + ["b"] * 40 + ["c"] * 4
+    chosen, rest = fdata.stratified_indices(keys, 0.1, seed=3)
+    assert sorted(chosen + rest) == list(range(84))
+    picked = [keys[i] for i in chosen]
+    assert picked.count("a") == 4 and picked.count("b") == 4 and picked.count("c") == 1
+    assert fdata.stratified_indices(keys, 0.1, seed=3) == (chosen, rest)
+    assert fdata.stratified_indices(keys, 0.1, seed=4)[0] != chosen
+
+
+def test_transcript_normalization_vocab_and_ctc_length():
+    assert normalize_transcript("  Three, ONE-four! ", True, ",!-") == "three onefour"
+    vocab = build_vocab(["ab a", "ba c"], "|")
+    assert vocab == {"[PAD]": 0, "[UNK]": 1, "|": 2, "a": 3, "b": 4, "c": 5}
+    with pytest.raises(DataError, match="word delimiter"):
+        build_vocab(["a|b"], "|")
+    assert ctc_min_frames([3, 3, 4, 4, 4, 5]) == 6 + 3  # blanks between repeats
+
+
+def test_text_collator_pads_and_counts_examples():
+    c = TextClassificationCollator(pad_token_id=0)
+    batch = c([{"input_ids": [5, 6, 7], "labels": 1}, {"input_ids": [5], "labels": 0}])
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [1, 0] and batch["num_targets"] == 2
+    multi = c([{"input_ids": [1], "labels": [1.0, 0.0]}, {"input_ids": [2], "labels": [0.0, 1.0]}])
+    assert multi["labels"].dtype == torch.float32 and multi["labels"].shape == (2, 2)
+
+
+def _audio_collator(**kw):
+    return AudioCollator(do_normalize=True, return_attention_mask=True, conv_kernel=[10, 3, 3], conv_stride=[5, 2, 2],
+                         hidden_size=16, **kw)
+
+
+def test_audio_collator_crops_and_masks_only_in_training():
+    rng = np.random.default_rng(0)
+    rows = [{"input_values": rng.standard_normal(n).astype(np.float32), "labels": i} for i, n in enumerate((3000, 1200))]
+    c = _audio_collator(max_samples=1000, mask_time_prob=0.5, mask_time_length=4, mask_feature_prob=0.3, mask_feature_length=2)
+    train = c([{**r, "train": True} for r in rows], seed=7)
+    assert train["input_values"].shape == (2, 1000)
+    assert train["mask_time_indices"].shape == (2, 49) and train["mask_time_indices"].any()
+    assert train["mask_feature_indices"].shape == (2, 16)
+    again = c([{**r, "train": True} for r in rows], seed=7)
+    assert torch.equal(again["input_values"], train["input_values"])  # crops are a function of the seed
+    assert torch.equal(again["mask_time_indices"], train["mask_time_indices"])
+    evals = c([{**r, "train": False} for r in rows], seed=7)
+    assert evals["input_values"].shape == (2, 3000) and "mask_time_indices" not in evals  # whole clips, unmasked
+    assert evals["attention_mask"].sum(-1).tolist() == [3000, 1200]
+    assert evals["input_values"][1, 1200:].abs().sum() == 0
+    assert evals["input_values"][0].mean().abs() < 1e-4  # normalized per utterance
+    ctc = _audio_collator(ctc=True)([{"input_values": rows[0]["input_values"], "labels": [3, 4, 5]},
+                                     {"input_values": rows[1]["input_values"], "labels": [6]}])
+    assert ctc["labels"].tolist() == [[3, 4, 5], [6, -100, -100]]
+
+
+def test_losses_are_sums_over_examples():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    labels = torch.tensor([0, 1, 0])
+    total = classification_loss(logits, labels, False)
+    assert total.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item() * 3)
+    hot = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, hot).item()
+    assert classification_loss(logits, hot, True).item() == pytest.approx(bce * 3)
+
+
+def test_probe_weights_softmax_and_frozen_upstream():
+    from transformers import BertConfig, BertModel
+
+    upstream = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32))
+    probe = LayerProbe(upstream, 4, 16, 3)
+    weights = probe.layer_weights()
+    assert len(weights) == 4 and sum(weights) == pytest.approx(1.0)
+    out = probe(labels=torch.tensor([0, 2]), input_ids=torch.tensor([[1, 2, 3], [4, 5, 0]]),
+                attention_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]))
+    out["loss_sum"].backward()
+    assert probe.layer_logits.grad is not None and probe.layer_logits.grad.abs().sum() > 0
+    assert all(p.grad is None for p in probe.upstream.parameters())
+    assert not probe.train().upstream.training  # frozen upstream never drops out
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "No model given"),
+    (["--model_name_or_path", "m", "--config_name", "m"], "Can't provide both model_name_or_path and config_name"),
+    (["--config_name", "m", "--train_file", "nope.csv"], "train_file: file 'nope.csv' does not exist"),
+    (["--config_name", "m", "--train_dir", "x"], "train_dir is for audio tasks"),
+    (["--config_name", "m", "--task", "image-classification"], "choose one of: text-classification"),
+    (["--config_name", "m", "--do_train", "false", "--validation_file", str(TOPICS / "validation.csv")], "do_train false evaluates an existing model"),
+    (["--config_name", "m", "--train_file", str(TOPICS / "train.csv"), "--dataset_name", "x"], "Can't provide both dataset_name and train_file"),
+    (["--config_name", "m", "--train_file", str(TOPICS / "train.csv"), "--label_fractions", "0.1,1.5"], "label_fractions"),
+    (["--config_name", "m", "--train_file", str(TOPICS / "train.csv"), "--compare_with_scratch", "true"], "compare_with_scratch needs model_name_or_path"),
+])
+def test_config_errors(args, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(args, default_objective="finetune", configs={"finetune": FinetuneConfig})
+
+
+def test_data_is_required_to_run_not_to_load():
+    cfg = load_config(["--config_name", "m", "--task", "speech-recognition-ctc"], default_objective="finetune", configs={"finetune": FinetuneConfig})
+    with pytest.raises(ConfigError, match="No training data: set train_file or train_dir or dataset_name"):
+        cfg.check_data_sources()
+    cfg = load_config(["--model_name_or_path", "m", "--do_train", "false"], default_objective="finetune", configs={"finetune": FinetuneConfig})
+    with pytest.raises(ConfigError, match="do_train false needs evaluation data"):
+        cfg.check_data_sources()
+
+
+def test_every_finetune_recipe_loads(monkeypatch):
+    from conftest import ROOT
+
+    monkeypatch.chdir(ROOT)  # recipes name files relative to the repository root
+    recipes = sorted((ROOT / "recipes" / "finetune").glob("*.yaml"))
+    assert len(recipes) == 6
+    for recipe in recipes:
+        cfg = load_config([str(recipe)], default_objective="finetune", configs={"finetune": FinetuneConfig})
+        assert cfg.objective == "finetune" and cfg.model_name_or_path
+        assert cfg.task in ("text-classification", "audio-classification", "speech-recognition-ctc")
+        if "tiny-cpu" in recipe.name:
+            cfg.check_data_sources()  # the tiny recipes run as they are, on the fixtures
+
+
+@pytest.mark.parametrize("ext", ["csv", "tsv", "json", "jsonl", "parquet"])
+def test_tables_in_every_format_read_the_same(tmp_path, ext):
+    import pandas as pd
+
+    frame = pd.DataFrame({"text": ["Copy the file.", "Open a socket."], "label": ["files", "network"]})
+    path = tmp_path / f"t.{ext}"
+    if ext in ("csv", "tsv"):
+        frame.to_csv(path, sep="\t" if ext == "tsv" else ",", index=False)
+    elif ext == "json":
+        frame.to_json(path, orient="records")
+    elif ext == "jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    else:
+        frame.to_parquet(path)
+    ds = fdata.read_table(str(path))
+    assert ds["text"] == ["Copy the file.", "Open a socket."] and ds["label"] == ["files", "network"]
+
+
+def test_ctc_wrapper_applies_collator_specaugment_and_sums_over_utterances():
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+    from hfssl.finetune.heads import CTCRecognizer
+
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(conv_dim=(16, 16, 16), conv_kernel=(10, 3, 3), conv_stride=(5, 2, 2), hidden_size=16, num_hidden_layers=1,
+                            num_attention_heads=2, intermediate_size=32, num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2,
+                            vocab_size=6, pad_token_id=0, mask_feature_prob=0.3, hidden_dropout=0.0, activation_dropout=0.0,
+                            attention_dropout=0.0, feat_proj_dropout=0.0, final_dropout=0.0, layerdrop=0.0)
+    model = Wav2Vec2ForCTC(config)
+    wrapper = CTCRecognizer(model, blank_id=0, zero_infinity=True).train()
+    seen = {}  # pre-hooks run in order: this one sees the encoder input after the feature mask
+    model.wav2vec2.encoder.register_forward_pre_hook(lambda m, a, kw: seen.update(x=(a[0] if a else kw["hidden_states"]).detach()), with_kwargs=True)
+    assert model.config.mask_feature_prob == 0.0  # the model must not draw feature masks of its own
+    values = torch.randn(2, 2000)
+    labels = torch.tensor([[1, 2, 3], [4, -100, -100]])
+    time_mask = torch.zeros(2, 99, dtype=torch.bool)
+    time_mask[:, 10:20] = True
+    feat_mask = torch.zeros(2, 16, dtype=torch.bool)
+    feat_mask[:, :4] = True
+    out = wrapper(labels=labels, input_values=values, mask_time_indices=time_mask, mask_feature_indices=feat_mask)
+    x = seen["x"]  # encoder input (B, T, H), after SpecAugment
+    assert (x[:, :, :4] == 0).all() and (x[:, :, 4:] != 0).any()
+    assert torch.allclose(x[0, 15, 4:], model.wav2vec2.masked_spec_embed[4:].detach())
+    wrapper.eval()
+    with torch.no_grad():
+        single = [wrapper.predict_step(labels=labels[i : i + 1], input_values=values[i : i + 1])[0] for i in range(2)]
+        both, ids = wrapper.predict_step(labels=labels, input_values=values)
+    assert both.item() == pytest.approx(sum(s.item() for s in single), rel=1e-5)  # a SUM over utterances
+    assert len(ids) == 2 and ids[0].shape == (99,)
+    assert out["loss_sum"].item() > 0
+    wrapper.restore_config()
+    assert model.config.mask_feature_prob == 0.3
