@@ -37,6 +37,7 @@ def run(cfg) -> int:
             logging.getLogger("hfssl").setLevel(logging.WARNING)
         objective = build_objective(cfg, accelerator)
         summary = train(cfg, objective, accelerator)
+        accelerator.end_training()
     except (ConfigError, DataError, CheckpointError, FileExistsError, TrainingStopped) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

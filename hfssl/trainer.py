@@ -346,7 +346,7 @@ def train(cfg: TrainingArguments, objective: Objective, accelerator: Optional[Ac
         from hfssl.plots import plot_training_curves
 
         plot_training_curves(log_path, out / "training_curves.png", title=f"{objective.name}: {out.name}")
-    accelerator.end_training()
+    # The caller ends the run (accelerator.end_training()): it may still evaluate across processes.
     return summary
 
 
@@ -360,7 +360,8 @@ def evaluate(accelerator: Accelerator, model, objective: Objective, cfg: Trainin
     mine = list(range(rank, len(plan), W))
     keys = [_Key(batch_seed(cfg.seed, -1, g), 1.0, g) for g in mine]
     loader = _loader(objective.eval_dataset, [plan[g] for g in mine], keys, objective.collator, 0)
-    model.eval()
+    # The unwrapped module: a DDP forward would wait for processes that have no batch left.
+    model = accelerator.unwrap_model(model).eval()
     sums: dict[str, torch.Tensor] = {}
     n = torch.zeros((), dtype=torch.float64, device=accelerator.device)
     for batch in loader:

@@ -80,11 +80,8 @@ def finetune(cfg) -> dict | None:
     set_seed(cfg.seed)  # head / from-scratch initialization
     task = build_task(cfg, accelerator)
     summary = train(cfg, task, accelerator) if cfg.do_train else {}
-    # train() ends the process group (Accelerator.end_training), so after training the main process
-    # evaluates alone; evaluation-only runs split the batches over the processes.
-    distributed = not cfg.do_train
-    if not (accelerator.is_main_process or distributed):
-        return None
+    # Evaluation splits the batches over the processes (the same number per process).
+    distributed = accelerator.num_processes > 1
     results = {"train_samples": len(task.train_dataset)} if task.train_dataset is not None else {}
     results.update(task.extra_results())
     for split in ("validation", "test"):
@@ -95,8 +92,8 @@ def finetune(cfg) -> dict | None:
         if accelerator.is_main_process:
             write_split_outputs(cfg.output_dir, task, split, result, rows)
         results.update(result)
-    if distributed:
-        accelerator.wait_for_everyone()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
     if not accelerator.is_main_process:
         return None
     report = task.probe_report()
