@@ -8,8 +8,8 @@ tensors ready for ``Wav2Vec2ForPreTraining(mask_time_indices=..., sampled_negati
   for the int32 negatives (the model indexes with int64, so the cast is paid either way). This is the
   cheapest faithful conversion; transformers' example collator uses ``torch.tensor(...)``, which
   copies both and would only make the reference slower.
-* hfssl: ``compute_span_mask`` + ``sample_negatives`` + ``flatten_negative_indices`` (same flattened
-  ``b * T + t`` int64 layout as the reference), seeded with a ``torch.Generator``.
+* hfssl: ``compute_span_mask`` + ``sample_negatives(..., flat=True)`` (same flattened ``b * T + t``
+  int64 layout as the reference), seeded with a ``torch.Generator``.
 
 Both run in the same process, interleaved repetition by repetition so that machine noise hits both
 alike. Default is one torch thread: masks are made in DataLoader workers, where torch runs with one
@@ -37,7 +37,7 @@ import torch
 import transformers
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
 
-from hfssl.masking.spans import compute_span_mask, flatten_negative_indices, sample_negatives, span_mask_stats
+from hfssl.masking.spans import compute_span_mask, sample_negatives, span_mask_stats
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -82,7 +82,7 @@ def _ours(lengths, generator, args):
         lengths, args.frames, args.mask_prob, args.mask_length, min_masks=args.min_masks, generator=generator
     )
     t1 = time.perf_counter_ns()
-    negatives = flatten_negative_indices(sample_negatives(mask, args.negatives, generator=generator))
+    negatives = sample_negatives(mask, args.negatives, generator=generator, flat=True)
     return mask, negatives, t1
 
 
@@ -110,6 +110,9 @@ def main(argv: list[str] | None = None) -> dict:
         lengths = torch.full((args.batch,), args.frames, dtype=torch.long)
     attention = (torch.arange(args.frames)[None, :] < lengths[:, None]).long()
 
+    # The load average is recorded because other processes on a shared machine inflate medians
+    # (mins are more robust); both sides are interleaved so they see the same conditions.
+    load_before = os.getloadavg()
     timings = {name: {"mask": [], "negatives": [], "total": []} for name in ("transformers", "hfssl")}
     masks = {"transformers": [], "hfssl": []}
     for rep in range(args.warmup + args.repeats):
@@ -144,7 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"w2v2 masks + negatives: batch {args.batch} x {args.frames} frames, mask_prob {args.mask_prob}, "
         f"mask_length {args.mask_length}, {args.negatives} negatives, {args.repeats} repeats, "
-        f"torch threads {args.threads}, {'variable' if args.variable_lengths else 'full'} lengths"
+        f"torch threads {args.threads}, {'variable' if args.variable_lengths else 'full'} lengths, "
+        f"load average {load_before[0]:.2f} -> {os.getloadavg()[0]:.2f}"
     )
     columns = f"{'transformers':>12} {'hfssl':>8} {'speedup':>8}"
     print(f"{'ms/batch':<10} {'median':^30}   {'min':^30}")
@@ -174,6 +178,8 @@ def main(argv: list[str] | None = None) -> dict:
             "processor": platform.processor(),
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
+            "load_average_1_5_15_before": load_before,
+            "load_average_1_5_15_after": os.getloadavg(),
         },
         "reference_conversion": "torch.from_numpy(mask); torch.from_numpy(negatives).long()",
         "results": results,

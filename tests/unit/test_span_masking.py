@@ -245,6 +245,10 @@ def test_flatten_negative_indices_matches_transformers_layout():
     by_flat = features.view(-1, 5)[flat.view(-1)].view(3, 40, 7, 5)
     by_utterance = torch.stack([features[i][negatives[i]] for i in range(3)])
     assert torch.equal(by_flat, by_utterance)
+    # flat=True gives the same values directly (unmasked frames: b * T, as in transformers).
+    assert torch.equal(sample_negatives(mask, 7, generator=_gen(42), flat=True), flat)
+    none_masked = torch.zeros(2, 5, dtype=torch.bool)
+    assert torch.equal(sample_negatives(none_masked, 3, flat=True)[:, :, 0], torch.tensor([[0] * 5, [5] * 5]))
 
 
 def test_float32_rank_draw_stays_below_its_bound():
