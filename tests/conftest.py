@@ -50,3 +50,18 @@ def tiny_mlm(tmp_path_factory):
     out = tmp_path_factory.mktemp("mlm") / "out"
     run_cli("run_pretrain.py", [*TINY_MLM, "--output_dir", out, "--max_steps", "60", "--eval_steps", "30", "--save_steps", "30"])
     return out
+
+
+# The tiny wav2vec 2.0 recipe on the synthesized speech fixtures (also the upstream of the speech fine-tuning tests).
+W2V2_RUN = [ROOT / "recipes" / "wav2vec2" / "tiny-cpu.yaml", "--train_dir", FIXTURES / "speech" / "unlabeled",
+            "--max_steps", 48, "--save_steps", 8, "--logging_steps", 8, "--validation_split_percentage", 10,
+            "--max_eval_batches", 1]
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # fastest on 2 busy cores; every run of a comparison uses the same threads
+
+
+@pytest.fixture(scope="session")
+def tiny_w2v2(tmp_path_factory):
+    """One tiny wav2vec 2.0 pretraining run through the CLI, shared by pretraining and fine-tuning tests."""
+    out = tmp_path_factory.mktemp("w2v2") / "out"
+    run_cli("run_pretrain.py", [*W2V2_RUN, "--output_dir", out], env=ONE_THREAD)
+    return out

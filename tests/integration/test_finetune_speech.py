@@ -1,10 +1,5 @@
-"""Speech chain: a tiny wav2vec 2.0 "pretraining output" -> CTC speech recognition (real CLI) and
-audio classification / a frozen-upstream probe -> metrics files and transformers pipelines.
-
-The upstream is the architecture of recipes/wav2vec2/tiny-cpu.yaml, saved the way the pretraining
-saves it (Wav2Vec2ForPreTraining + feature extractor) but at random init: running that pretraining
-here would cost ~30 s of the test budget and the fine-tuning code path is the same.
-"""
+"""Speech chain: tiny wav2vec 2.0 pretraining (the real CLI, shared session fixture) -> CTC speech
+recognition and audio classification / a frozen-upstream probe -> metrics files and transformers pipelines."""
 
 import csv
 import json
@@ -20,19 +15,9 @@ KEYWORDS = {"yes", "no", "up", "down", "stop"}
 
 
 @pytest.fixture(scope="module")
-def w2v2(tmp_path_factory):
-    """What a wav2vec 2.0 pretraining output folder looks like (the tiny-cpu recipe's architecture)."""
-    import torch
-    import yaml
-    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForPreTraining
-
-    out = tmp_path_factory.mktemp("w2v2") / "out"
-    recipe = yaml.safe_load((ROOT / "recipes" / "wav2vec2" / "tiny-cpu.yaml").read_text())
-    torch.manual_seed(0)
-    config = Wav2Vec2Config(**recipe["config_overrides"], mask_time_prob=recipe["mask_time_prob"])
-    Wav2Vec2ForPreTraining(config).save_pretrained(out)
-    Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True, return_attention_mask=False).save_pretrained(out)
-    return out
+def w2v2(tiny_w2v2):
+    """The output of the tiny wav2vec 2.0 pretraining run (recipes/wav2vec2/tiny-cpu.yaml on the fixtures)."""
+    return tiny_w2v2
 
 
 def _wave(path):

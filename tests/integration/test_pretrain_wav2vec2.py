@@ -14,21 +14,18 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import ROOT, read_log, run_cli, train_losses
+from conftest import ONE_THREAD, ROOT, W2V2_RUN, read_log, run_cli, train_losses
 
 UNLABELED = ROOT / "tests" / "fixtures" / "speech" / "unlabeled"
-RECIPE = ROOT / "recipes" / "wav2vec2" / "tiny-cpu.yaml"
 STEPS = 48
-RUN = [RECIPE, "--train_dir", UNLABELED, "--max_steps", STEPS, "--save_steps", 8, "--logging_steps", 8,
-       "--validation_split_percentage", 10, "--max_eval_batches", 1]
-ENV = {"OMP_NUM_THREADS": "1"}  # fastest on 2 busy cores, and every run of a comparison uses the same threads
+RECIPE = ROOT / "recipes" / "wav2vec2" / "tiny-cpu.yaml"
+RUN = W2V2_RUN
+ENV = ONE_THREAD
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    out = tmp_path_factory.mktemp("w2v2") / "out"
-    run_cli("run_pretrain.py", [*RUN, "--output_dir", out], env=ENV)
-    return out
+def uninterrupted(tiny_w2v2):
+    return tiny_w2v2
 
 
 def _rows(out):
