@@ -121,16 +121,18 @@ class MLMObjective:
         cfg = self.cfg
         if cfg.model_name_or_path:
             return AutoModelForMaskedLM.from_pretrained(cfg.model_name_or_path)
+        model_type = AutoConfig.from_pretrained(cfg.config_name).model_type if cfg.config_name else cfg.model_type
+        if model_type not in CONFIG_MAPPING:
+            raise ConfigError(f"model_type '{model_type}' is unknown to transformers; e.g. bert, roberta, modernbert, distilbert.")
+        reference = CONFIG_MAPPING[model_type]()
+        for key in cfg.config_overrides:
+            if not hasattr(reference, key):
+                raise ConfigError(f"config_overrides: '{key}' is not a field of {type(reference).__name__}.")
+        # Overrides go through the constructor so derived fields (e.g. ModernBERT's layer_types) follow them.
         if cfg.config_name:
-            config = AutoConfig.from_pretrained(cfg.config_name)
+            config = AutoConfig.from_pretrained(cfg.config_name, **cfg.config_overrides)
         else:
-            if cfg.model_type not in CONFIG_MAPPING:
-                raise ConfigError(f"model_type '{cfg.model_type}' is unknown to transformers; e.g. bert, roberta, modernbert, distilbert.")
-            config = CONFIG_MAPPING[cfg.model_type]()
-        for key, value in cfg.config_overrides.items():
-            if not hasattr(config, key):
-                raise ConfigError(f"config_overrides: '{key}' is not a field of {type(config).__name__}.")
-            setattr(config, key, value)
+            config = CONFIG_MAPPING[model_type](**cfg.config_overrides)
         # A fresh model is sized to its tokenizer, with the tokenizer's special token ids.
         config.vocab_size = len(self.tokenizer)
         config.pad_token_id = self.tokenizer.pad_token_id
