@@ -10,7 +10,9 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.11,<2.12",
-        "torchaudio>=2.11,<2.12",
+        # torchaudio 2.11.1's wheel does not load against torch 2.11.0
+        # ("undefined symbol: torch_exception_get_what_without_backtrace"), so stay on 2.11.0.
+        "torchaudio==2.11.0",
         "transformers>=5.0,<6",
         "datasets>=4.0,<6",
         "tokenizers>=0.22,<0.24",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import glob
 import math
 import os
 import sys
@@ -117,8 +118,8 @@ class MLMConfig(TrainingArguments):
     # --- data
     dataset_name: Optional[str] = _help("A `datasets` dataset (Hub id or local path).", None)
     dataset_config_name: Optional[str] = _help("Its configuration name.", None)
-    train_file: Optional[str] = _help("Training text: .txt (one document per line), .csv, .json, .jsonl or .parquet.", None)
-    validation_file: Optional[str] = _help("Validation text in the same formats.", None)
+    train_file: Optional[str] = _help("Training text: .txt (one document per line), .csv, .json, .jsonl or .parquet, or a glob of such shards ('data/*.txt.gz'; with streaming and several processes each reads its own shards).", None)
+    validation_file: Optional[str] = _help("Validation text in the same formats (a path or a glob).", None)
     validation_split_percentage: float = _help("Percent of train held out when no validation set is given.", 5.0)
     text_column_name: Optional[str] = _help("Column holding the text (default 'text', or the only string column).", None)
     max_seq_length: int = _help("Tokens per example (block size when packing).", 128)
@@ -141,10 +142,10 @@ class MLMConfig(TrainingArguments):
             raise ConfigError("Can't provide both model_name_or_path and config_name: the first continues a checkpoint, the second builds a fresh model. Choose one.")
         if self.dataset_name and (self.train_file or self.validation_file):
             raise ConfigError("Can't provide both dataset_name and train_file/validation_file. Choose one.")
-        for key in ("train_file", "validation_file"):
-            _check_file(key, getattr(self, key), TEXT_FILE_EXTENSIONS)
-        if self.train_file and self.validation_file and data_format(self.train_file) != data_format(self.validation_file):
-            raise ConfigError("train_file and validation_file must have the same format (extension).")
+        formats = {data_format(f) for key in ("train_file", "validation_file")
+                   for f in resolve_data_files(key, getattr(self, key), TEXT_FILE_EXTENSIONS)}
+        if len(formats) > 1:
+            raise ConfigError(f"train_file and validation_file must all have one format (extension); found {', '.join(sorted(formats))}.")
         if not 0 < self.mlm_probability < 1:
             raise ConfigError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}.")
         if self.mlm_probability_final is not None and not 0 < self.mlm_probability_final < 1:
@@ -337,6 +338,24 @@ def _check_file(key: str, path: Optional[str], extensions: tuple[str, ...]) -> N
     if data_format(path) not in extensions:
         raise ConfigError(f"{key}: '{path}' has extension '{p.suffix}'; supported: {', '.join(extensions)} "
                           f"(optionally compressed: {', '.join(COMPRESSIONS)}).")
+
+
+def resolve_data_files(key: str, pattern: Optional[str], extensions: tuple[str, ...]) -> list[str]:
+    """A path or a glob ('shards/*.txt.gz', '**' recursive) -> the sorted list of files, each checked
+    like a single file, so a typo or an empty shard fails at load and not hours into a stream."""
+    if pattern is None:
+        return []
+    if not any(c in pattern for c in "*?["):
+        _check_file(key, pattern, extensions)
+        return [pattern]
+    files = sorted(f for f in glob.glob(pattern, recursive=True) if Path(f).is_file())
+    if not files:
+        raise ConfigError(f"{key}: the pattern '{pattern}' matches no file (relative paths start at {os.getcwd()}).")
+    for f in files:
+        _check_file(key, f, extensions)
+    if len({data_format(f) for f in files}) > 1:
+        raise ConfigError(f"{key}: the pattern '{pattern}' matches files of several formats; give one format.")
+    return files
 
 
 COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")

@@ -225,12 +225,19 @@ def train(cfg: TrainingArguments, objective: Objective, accelerator: Optional[Ac
             if batch is None:
                 break
             micro.append(batch)
-        if len(micro) < A:  # end of epoch (map-style: partial update groups are dropped)
-            state.epoch += 1
+        ended = len(micro) < A  # end of epoch: a partial update group is dropped
+        if streaming and W > 1:
+            # Each process reads its own shard of the stream, and shards end at different updates:
+            # agree first, so that no process waits alone in a collective for one that has moved on.
+            ended = accelerator.reduce(torch.tensor([float(ended)], device=accelerator.device), "sum").item() > 0
+        if ended:
+            if streaming and state.step_in_epoch == 0:
+                raise TrainingStopped(
+                    f"The training stream gave no complete update: each process needs at least per_device_train_batch_size x "
+                    f"gradient_accumulation_steps = {cfg.per_device_train_batch_size * A} examples. Add data or lower them.")
+            state.epoch += 1  # a stream starts over from its beginning, like a map-style dataset
             state.step_in_epoch = 0
             data_iter = None
-            if streaming:
-                raise TrainingStopped("The stream ended before max_steps; lower max_steps or add data.")
             continue
 
         # Global number of targets in this update: one all-reduce before any backward.
@@ -400,7 +407,7 @@ def _epoch_iterator(objective, cfg, state: _State, W, A, rank, total_steps, step
         return (state.epoch * steps_per_epoch + g // (W * A)) / max(total_steps, 1)
 
     if not hasattr(objective.train_dataset, "__len__"):  # streaming: already sharded by process
-        return _stream_iterator(objective, cfg, state, W, A, rank, progress)
+        return _stream_iterator(objective, cfg, state, W, A, rank, total_steps)
     plan = objective.batch_plan(state.epoch, cfg.seed)
     usable = (len(plan) // (W * A)) * (W * A)
     start = state.step_in_epoch * W * A
@@ -409,19 +416,22 @@ def _epoch_iterator(objective, cfg, state: _State, W, A, rank, total_steps, step
     return iter(_loader(objective.train_dataset, [plan[g] for g in mine], keys, objective.collator, cfg.dataloader_num_workers))
 
 
-def _stream_iterator(objective, cfg, state, W, A, rank, progress):
+def _stream_iterator(objective, cfg, state, W, A, rank, total_steps):
     """Streaming: examples come from the process's shard of the stream in order; micro-batch
-    global index g = step*W*A + a*W + rank keeps seeds identical to the map-style layout."""
+    global index g = step_in_epoch*W*A + a*W + rank keeps seeds identical to the map-style layout."""
     ds = objective.train_dataset
     bs = cfg.per_device_train_batch_size
-    g = state.step * W * A + rank
+    epoch, epoch_start = state.epoch, state.step - state.step_in_epoch  # fixed for this pass over the stream
+    if hasattr(ds, "set_epoch"):
+        ds.set_epoch(epoch)
+    g = state.step_in_epoch * W * A + rank
     rows: list = []
     # Resume re-reads this process's shard up to the saved position (a stream cannot seek).
-    for ex in itertools.islice(ds, state.step * A * bs, None):
+    for ex in itertools.islice(ds, state.step_in_epoch * A * bs, None):
         rows.append(ex)
         if len(rows) == bs:
-            seed = batch_seed(cfg.seed, 0, g, state.rollbacks)
-            batch = objective.collator(rows, seed=seed, progress=progress(g))
+            seed = batch_seed(cfg.seed, epoch, g, state.rollbacks)
+            batch = objective.collator(rows, seed=seed, progress=(epoch_start + g // (W * A)) / max(total_steps, 1))
             batch["sample_ids"] = list(range(g * bs, (g + 1) * bs))
             batch["seed"] = seed
             rows = []

@@ -18,7 +18,7 @@ from typing import Iterable, Iterator, Optional
 import datasets
 import numpy as np
 
-from hfssl.config import data_format
+from hfssl.config import TEXT_FILE_EXTENSIONS, data_format, resolve_data_files
 import pyarrow as pa
 
 logger = logging.getLogger(__name__)
@@ -77,10 +77,10 @@ def load_text_datasets(cfg) -> datasets.DatasetDict | datasets.IterableDatasetDi
         raw = datasets.load_dataset(cfg.dataset_name, cfg.dataset_config_name, streaming=cfg.streaming)
         source = cfg.dataset_name
     else:
-        files = {"train": cfg.train_file}
+        files = {"train": resolve_data_files("train_file", cfg.train_file, TEXT_FILE_EXTENSIONS)}
         if cfg.validation_file:
-            files["validation"] = cfg.validation_file
-        ext = data_format(cfg.train_file).lstrip(".")  # datasets decompresses .gz/.bz2/.xz/.zst itself
+            files["validation"] = resolve_data_files("validation_file", cfg.validation_file, TEXT_FILE_EXTENSIONS)
+        ext = data_format(files["train"][0]).lstrip(".")  # datasets decompresses .gz/.bz2/.xz/.zst itself
         builder = {"txt": "text", "jsonl": "json"}.get(ext, ext)
         try:
             raw = datasets.load_dataset(builder, data_files=files, streaming=cfg.streaming)

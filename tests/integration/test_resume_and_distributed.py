@@ -112,3 +112,19 @@ def test_two_processes_match_one_process_with_accumulation(uninterrupted, tmp_pa
         assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-5), step
     a, b = _weights(out), _weights(uninterrupted)
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+
+
+def test_two_processes_stream_shards_of_unequal_length(tmp_path):
+    """--streaming with 2 processes: one file is split by example, so 95 documents give rank 0 six
+    batches of 8 and rank 1 five. The processes agree on the end of each pass: every epoch has the
+    shorter shard's 5 updates, and the run goes on through later passes to max_steps."""
+    docs = tmp_path / "docs.txt"
+    docs.write_text("".join(ROOT.joinpath("tests/fixtures/text/corpus.txt").read_text().splitlines(keepends=True)[:95]))
+    out = tmp_path / "ddp-stream"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29518"]
+    run_cli("run_pretrain.py", [*TINY_MLM, "--train_file", docs, "--validation_file", docs, "--streaming", "true",
+                                "--line_by_line", "true", "--tokenizer_name", ROOT / "tests/fixtures/text/tokenizer",
+                                "--max_steps", "12", "--save_steps", "0", "--eval_steps", "0", "--output_dir", out],
+            launcher=torchrun, env={"OMP_NUM_THREADS": "1"})
+    epochs = [r["epoch"] for r in read_log(out) if "loss" in r]
+    assert epochs == [0] * 5 + [1] * 5 + [2] * 2

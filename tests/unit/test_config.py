@@ -224,3 +224,26 @@ def test_every_recipe_loads(recipe, monkeypatch):
             assert got == value, key
         else:
             assert str(got) == str(value) or got == value, key
+
+
+def test_train_file_glob_is_expanded_and_every_shard_checked(tmp_path):
+    from hfssl.config import resolve_data_files
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for name in ("b.txt", "a.txt", "c.txt"):
+        (shards / name).write_text(f"document in {name}\n")
+    pattern = str(shards / "*.txt")
+    assert resolve_data_files("train_file", pattern, (".txt",)) == [str(shards / n) for n in ("a.txt", "b.txt", "c.txt")]
+    assert load_config(["--train_file", pattern]).train_file == pattern
+    with pytest.raises(ConfigError, match=r"train_file: the pattern '.*\*\.json' matches no file"):
+        load_config(["--train_file", str(shards / "*.json")])
+    (shards / "d.txt").write_text("")
+    with pytest.raises(ConfigError, match=r"train_file: file '.*d\.txt' is empty"):
+        load_config(["--train_file", pattern])
+    (shards / "d.txt").unlink()
+    (shards / "e.csv").write_text("text\nx\n")
+    with pytest.raises(ConfigError, match="several formats"):
+        load_config(["--train_file", str(shards / "*")])
+    with pytest.raises(ConfigError, match="one format"):
+        load_config(["--train_file", pattern, "--validation_file", str(shards / "e.csv")])

@@ -169,13 +169,19 @@ def test_every_finetune_recipe_loads(monkeypatch):
 
     monkeypatch.chdir(ROOT)  # recipes name files relative to the repository root
     recipes = sorted((ROOT / "recipes" / "finetune").glob("*.yaml"))
-    assert len(recipes) == 6
+    tasks, tiny_tasks = set(), set()
     for recipe in recipes:
         cfg = load_config([str(recipe)], default_objective="finetune", configs={"finetune": FinetuneConfig})
         assert cfg.objective == "finetune" and cfg.model_name_or_path
         assert cfg.task in ("text-classification", "audio-classification", "speech-recognition-ctc")
+        tasks.add(cfg.task)
         if "tiny-cpu" in recipe.name:
             cfg.check_data_sources()  # the tiny recipes run as they are, on the fixtures
+            tiny_tasks.add(cfg.task)
+    # every task ships a full-size recipe and a tiny CPU one
+    all_tasks = {"text-classification", "audio-classification", "speech-recognition-ctc"}
+    assert tasks == all_tasks and tiny_tasks == all_tasks
+    assert len(recipes) >= 6
 
 
 @pytest.mark.parametrize("ext", ["csv", "tsv", "json", "jsonl", "parquet"])

@@ -68,3 +68,44 @@ def test_update_loss_is_sum_over_global_masked_count(tmp_path):
     assert logged["num_targets"] == sum(counts)
     assert logged["loss"] == pytest.approx(sum(sums) / sum(counts), rel=1e-6)
     assert logged["loss"] != pytest.approx((sums[0] / counts[0] + sums[1] / counts[1]) / 2, rel=1e-6)
+
+
+class _FakeAccelerator:
+    """Just what MLMObjective reads from an Accelerator, for one rank of a 2-process job."""
+
+    def __init__(self, rank: int, world: int):
+        self.process_index, self.num_processes, self.is_main_process = rank, world, rank == 0
+
+    def main_process_first(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("n_files", [1, 2])
+def test_streaming_train_split_is_sharded_across_processes(tmp_path, n_files):
+    """--streaming with 2 processes: each rank reads a disjoint part of the stream and together they read
+    all of it (one file: split by example; two files: one file per rank)."""
+    lines = [f"sentence number {i} about the quick brown fox" for i in range(40)]
+    files = []
+    for f in range(n_files):
+        path = tmp_path / f"part{f}.txt"
+        path.write_text("\n".join(lines[f::n_files]) + "\n")
+        files.append(str(path))
+    (tmp_path / "val.txt").write_text("a validation sentence\n")
+
+    def rows(rank: int, world: int) -> list[tuple[int, ...]]:
+        cfg = load_config([
+            str(ROOT / "recipes/mlm/tiny-cpu.yaml"), "--train_file", str(tmp_path / "part*.txt"), "--validation_file", str(tmp_path / "val.txt"),
+            "--output_dir", str(tmp_path / f"o{rank}{world}"), "--tokenizer_name", str(ROOT / "tests/fixtures/text/tokenizer"),
+            "--streaming", "true", "--line_by_line", "true", "--max_seq_length", "32", "--max_steps", "1",
+            "--config_overrides", "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64,max_position_embeddings=64"])
+        objective = MLMObjective(cfg, _FakeAccelerator(rank, world))
+        assert not hasattr(objective.train_dataset, "__len__")  # really a stream
+        return [tuple(int(t) for t in ex["input_ids"]) for ex in objective.train_dataset]
+
+    everything = rows(0, 1)
+    shard0, shard1 = rows(0, 2), rows(1, 2)
+    assert len(everything) == len(lines) == len(set(everything))
+    assert shard0 and shard1 and not set(shard0) & set(shard1)
+    assert sorted(shard0 + shard1) == sorted(everything)
