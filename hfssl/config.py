@@ -179,7 +179,7 @@ class AudioDataArguments:
     dataset_name: Optional[str] = _help("A `datasets` audio dataset (Hub id or local path).", None)
     dataset_config_name: Optional[str] = _help("Its configuration name.", None)
     audio_column_name: str = _help("Column with audio paths (manifests) or audio (datasets).", "audio")
-    streaming: bool = _help("Stream a Hub dataset instead of downloading it (needs max_steps).", False)
+    streaming: bool = _help("Decode training audio only when it is read (train_dir, train_file or a Hub dataset, which is then not downloaded) instead of checking every file before training; needs max_steps.", False)
     sampling_rate: int = _help("Rate the model expects; audio at other rates is resampled.", 16000)
     min_duration_in_seconds: float = _help("Shorter files are bad input (see on_bad_audio).", 0.0)
     max_duration_in_seconds: float = _help("Longer files are randomly cropped to this length at batch time, not dropped.", 15.6)
@@ -211,6 +211,9 @@ class AudioDataArguments:
                               f"(max_duration_in_seconds={self.max_duration_in_seconds}).")
         if self.streaming and getattr(self, "max_steps", 1) < 1:
             raise ConfigError("streaming needs max_steps: a stream has no known length. Set --max_steps.")
+        if self.streaming and self.max_batch_seconds is not None:
+            raise ConfigError("max_batch_seconds needs every file's duration before training, which a stream does not have: "
+                              "unset it and use per_device_train_batch_size, or set streaming false.")
 
 
 @dataclass

@@ -216,129 +216,131 @@ def train(cfg: TrainingArguments, objective: Objective, accelerator: Optional[Ac
     data_iter = None
     log_path = out / LOG_FILE
 
-    while state.step < total_steps:
-        if data_iter is None:
-            data_iter = _epoch_iterator(objective, cfg, state, W, A, rank, total_steps, steps_per_epoch)
-        micro = []
-        for _ in range(A):
-            batch = next(data_iter, None)
-            if batch is None:
-                break
-            micro.append(batch)
-        ended = len(micro) < A  # end of epoch: a partial update group is dropped
-        if streaming and W > 1:
-            # Each process reads its own shard of the stream, and shards end at different updates:
-            # agree first, so that no process waits alone in a collective for one that has moved on.
-            ended = accelerator.reduce(torch.tensor([float(ended)], device=accelerator.device), "sum").item() > 0
-        if ended:
-            if streaming and state.step_in_epoch == 0:
-                raise TrainingStopped(
-                    f"The training stream gave no complete update: each process needs at least per_device_train_batch_size x "
-                    f"gradient_accumulation_steps = {cfg.per_device_train_batch_size * A} examples. Add data or lower them.")
-            state.epoch += 1  # a stream starts over from its beginning, like a map-style dataset
-            state.step_in_epoch = 0
-            data_iter = None
-            continue
+    try:  # close the bar on errors too, so a message printed after it starts on its own line
+        while state.step < total_steps:
+            if data_iter is None:
+                data_iter = _epoch_iterator(objective, cfg, state, W, A, rank, total_steps, steps_per_epoch)
+            micro = []
+            for _ in range(A):
+                batch = next(data_iter, None)
+                if batch is None:
+                    break
+                micro.append(batch)
+            ended = len(micro) < A  # end of epoch: a partial update group is dropped
+            if streaming and W > 1:
+                # Each process reads its own shard of the stream, and shards end at different updates:
+                # agree first, so that no process waits alone in a collective for one that has moved on.
+                ended = accelerator.reduce(torch.tensor([float(ended)], device=accelerator.device), "sum").item() > 0
+            if ended:
+                if streaming and state.step_in_epoch == 0:
+                    raise TrainingStopped(
+                        f"The training stream gave no complete update: each process needs at least per_device_train_batch_size x "
+                        f"gradient_accumulation_steps = {cfg.per_device_train_batch_size * A} examples. Add data or lower them.")
+                state.epoch += 1  # a stream starts over from its beginning, like a map-style dataset
+                state.step_in_epoch = 0
+                data_iter = None
+                continue
 
-        # Global number of targets in this update: one all-reduce before any backward.
-        local = torch.tensor([sum(b["num_targets"] for b in micro), sum(b["num_inputs"] for b in micro)], dtype=torch.float64, device=accelerator.device)
-        totals = accelerator.reduce(local, "sum")
-        n_targets, n_inputs = totals[0].item(), totals[1].item()  # note: CPU-GPU sync point, once per update
+            # Global number of targets in this update: one all-reduce before any backward.
+            local = torch.tensor([sum(b["num_targets"] for b in micro), sum(b["num_inputs"] for b in micro)], dtype=torch.float64, device=accelerator.device)
+            totals = accelerator.reduce(local, "sum")
+            n_targets, n_inputs = totals[0].item(), totals[1].item()  # note: CPU-GPU sync point, once per update
 
-        loss_sum = torch.zeros((), device=accelerator.device, dtype=torch.float32)
-        metric_sums: dict[str, torch.Tensor] = {}
-        model.train()
-        for a, batch in enumerate(micro):
-            inputs = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-            torch.manual_seed(batch["seed"])  # dropout / Gumbel noise as a function of batch position
-            sync = contextlib.nullcontext() if a == A - 1 else accelerator.no_sync(model)
-            with sync, accelerator.autocast():
-                outputs = model(**inputs)
-                # DDP averages gradients over W processes: scale by W so the result is sum / n_targets.
-                scale = W / max(n_targets, 1.0)
-                accelerator.backward(outputs["loss_sum"] * scale)
-            loss_sum += outputs["loss_sum"].detach().float()
-            for k, v in outputs.items():
-                if k != "loss_sum":
-                    metric_sums[k] = metric_sums.get(k, 0) + v.detach().float() * batch["num_targets"]
+            loss_sum = torch.zeros((), device=accelerator.device, dtype=torch.float32)
+            metric_sums: dict[str, torch.Tensor] = {}
+            model.train()
+            for a, batch in enumerate(micro):
+                inputs = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+                torch.manual_seed(batch["seed"])  # dropout / Gumbel noise as a function of batch position
+                sync = contextlib.nullcontext() if a == A - 1 else accelerator.no_sync(model)
+                with sync, accelerator.autocast():
+                    outputs = model(**inputs)
+                    # DDP averages gradients over W processes: scale by W so the result is sum / n_targets.
+                    scale = W / max(n_targets, 1.0)
+                    accelerator.backward(outputs["loss_sum"] * scale)
+                loss_sum += outputs["loss_sum"].detach().float()
+                for k, v in outputs.items():
+                    if k != "loss_sum":
+                        metric_sums[k] = metric_sums.get(k, 0) + v.detach().float() * batch["num_targets"]
 
-        loss = (accelerator.reduce(loss_sum, "sum") / max(n_targets, 1.0)).item()
-        grad_norm = None
-        finite = math.isfinite(loss) and n_targets > 0
-        if finite:  # max_grad_norm 0: measure the norm (logged, checked) without clipping
-            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf")))
-            finite = math.isfinite(grad_norm)
-        if finite:
-            optimizer.step()
-            scheduler.step()
-            state.bad_in_a_row = 0
-        else:
-            ids = sorted(i for b in micro for i in b["sample_ids"])
-            state.bad_in_a_row += 1
-            state.skipped_updates.append({"step": state.step + 1, "loss": loss, "grad_norm": grad_norm, "sample_ids": ids[:64]})
-            logger.warning("Update %d skipped: non-finite loss/gradient (loss=%s, grad_norm=%s, %d targets); samples %s",
-                           state.step + 1, loss, grad_norm, n_targets, ids[:64])
-        optimizer.zero_grad(set_to_none=True)
-        state.step += 1
-        state.step_in_epoch += 1
-        state.inputs_seen += n_inputs
-        state.targets_seen += int(n_targets)
-        extra = objective.on_update(state.step, total_steps) or {}
+            loss = (accelerator.reduce(loss_sum, "sum") / max(n_targets, 1.0)).item()
+            grad_norm = None
+            finite = math.isfinite(loss) and n_targets > 0
+            if finite:  # max_grad_norm 0: measure the norm (logged, checked) without clipping
+                grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf")))
+                finite = math.isfinite(grad_norm)
+            if finite:
+                optimizer.step()
+                scheduler.step()
+                state.bad_in_a_row = 0
+            else:
+                ids = sorted(i for b in micro for i in b["sample_ids"])
+                state.bad_in_a_row += 1
+                state.skipped_updates.append({"step": state.step + 1, "loss": loss, "grad_norm": grad_norm, "sample_ids": ids[:64]})
+                logger.warning("Update %d skipped: non-finite loss/gradient (loss=%s, grad_norm=%s, %d targets); samples %s",
+                               state.step + 1, loss, grad_norm, n_targets, ids[:64])
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.step_in_epoch += 1
+            state.inputs_seen += n_inputs
+            state.targets_seen += int(n_targets)
+            extra = objective.on_update(state.step, total_steps) or {}
 
-        metrics = {k: (accelerator.reduce(v, "sum") / max(n_targets, 1.0)).item() for k, v in sorted(metric_sums.items())}
-        now = time.perf_counter()
-        row = {"step": state.step, "epoch": state.epoch, "loss": loss, "lr": scheduler.get_last_lr()[0],
-               "grad_norm": grad_norm, "num_targets": int(n_targets), **metrics, **extra,
-               f"{objective.input_unit}_per_second": n_inputs / (now - t_last), "time": round(time.time(), 3)}
-        window.append(row)
-        if accelerator.is_main_process:
-            with open(log_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-        bar.update(1)
-
-        if state.bad_in_a_row >= cfg.max_bad_steps:
-            raise TrainingStopped(
-                f"{state.bad_in_a_row} updates in a row had a non-finite loss or gradient (last at step {state.step}; "
-                f"samples {state.skipped_updates[-1]['sample_ids']}). Lower the learning rate, use bf16 instead of fp16, "
-                f"or check the data; the last checkpoint is in {out}.")
-        try:
-            problem = objective.check_health(window) if hasattr(objective, "check_health") else None
-        except RollbackRequested as request:
-            if state.rollbacks >= cfg.max_rollbacks:
-                raise TrainingStopped(f"{request} Already rolled back {state.rollbacks} times (max_rollbacks); stopping.") from None
-            logger.warning("%s Rolling back to %s with fresh masks and noise.", request, request.checkpoint)
-            rollbacks = state.rollbacks + 1
-            state = _resume(accelerator, Path(request.checkpoint), state, cfg, W)
-            state.rollbacks = rollbacks
+            metrics = {k: (accelerator.reduce(v, "sum") / max(n_targets, 1.0)).item() for k, v in sorted(metric_sums.items())}
+            now = time.perf_counter()
+            row = {"step": state.step, "epoch": state.epoch, "loss": loss, "lr": scheduler.get_last_lr()[0],
+                   "grad_norm": grad_norm, "num_targets": int(n_targets), **metrics, **extra,
+                   f"{objective.input_unit}_per_second": n_inputs / (now - t_last), "time": round(time.time(), 3)}
+            window.append(row)
             if accelerator.is_main_process:
-                _trim_log(log_path, state.step)
-            bar.reset(total=total_steps)
-            bar.update(state.step)
-            data_iter, window = None, []
-            continue
-        if problem:
-            raise TrainingStopped(problem)
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            bar.update(1)
 
-        if state.step % cfg.logging_steps == 0 or state.step == total_steps:
-            avg = _average(window)
-            window.clear()
-            bar.set_postfix({k: f"{v:.4g}" for k, v in avg.items() if k in ("loss", "accuracy", "lr")})
-            if cfg.trackers:
-                accelerator.log({f"train/{k}": v for k, v in avg.items()}, step=state.step)
+            if state.bad_in_a_row >= cfg.max_bad_steps:
+                raise TrainingStopped(
+                    f"{state.bad_in_a_row} updates in a row had a non-finite loss or gradient (last at step {state.step}; "
+                    f"samples {state.skipped_updates[-1]['sample_ids']}). Lower the learning rate, use bf16 instead of fp16, "
+                    f"or check the data; the last checkpoint is in {out}.")
+            try:
+                problem = objective.check_health(window) if hasattr(objective, "check_health") else None
+            except RollbackRequested as request:
+                if state.rollbacks >= cfg.max_rollbacks:
+                    raise TrainingStopped(f"{request} Already rolled back {state.rollbacks} times (max_rollbacks); stopping.") from None
+                logger.warning("%s Rolling back to %s with fresh masks and noise.", request, request.checkpoint)
+                rollbacks = state.rollbacks + 1
+                state = _resume(accelerator, Path(request.checkpoint), state, cfg, W)
+                state.rollbacks = rollbacks
+                if accelerator.is_main_process:
+                    _trim_log(log_path, state.step)
+                bar.reset(total=total_steps)
+                bar.update(state.step)
+                data_iter, window = None, []
+                continue
+            if problem:
+                raise TrainingStopped(problem)
 
-        if cfg.eval_steps and state.step % cfg.eval_steps == 0 and state.step < total_steps and objective.eval_dataset is not None:
-            _evaluate_and_log(accelerator, model, objective, cfg, state.step, log_path)
-        if (cfg.save_steps and state.step % cfg.save_steps == 0) or stop_requested["flag"]:
-            save_checkpoint(accelerator, out, state.step, _trainer_state(state, cfg, W), cfg.save_total_limit)
-        if stop_requested["flag"]:
-            bar.close()
-            logger.warning("SIGTERM: checkpoint-%d written; exiting with 143. Resume with --resume_from_checkpoint latest.", state.step)
-            accelerator.end_training()
-            raise SystemExit(143)
-        t_last = time.perf_counter()  # throughput excludes evaluation and checkpointing
-    bar.close()
-    if previous_handler is not None:
-        signal.signal(signal.SIGTERM, previous_handler)
+            if state.step % cfg.logging_steps == 0 or state.step == total_steps:
+                avg = _average(window)
+                window.clear()
+                bar.set_postfix({k: f"{v:.4g}" for k, v in avg.items() if k in ("loss", "accuracy", "lr")})
+                if cfg.trackers:
+                    accelerator.log({f"train/{k}": v for k, v in avg.items()}, step=state.step)
+
+            if cfg.eval_steps and state.step % cfg.eval_steps == 0 and state.step < total_steps and objective.eval_dataset is not None:
+                _evaluate_and_log(accelerator, model, objective, cfg, state.step, log_path)
+            if (cfg.save_steps and state.step % cfg.save_steps == 0) or stop_requested["flag"]:
+                save_checkpoint(accelerator, out, state.step, _trainer_state(state, cfg, W), cfg.save_total_limit)
+            if stop_requested["flag"]:
+                bar.close()
+                logger.warning("SIGTERM: checkpoint-%d written; exiting with 143. Resume with --resume_from_checkpoint latest.", state.step)
+                accelerator.end_training()
+                raise SystemExit(143)
+            t_last = time.perf_counter()  # throughput excludes evaluation and checkpointing
+    finally:
+        bar.close()
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
 
     final_eval = {}
     if objective.eval_dataset is not None:

@@ -670,19 +670,37 @@ class AudioDataset(torch.utils.data.Dataset):
 
 
 class AudioStream(torch.utils.data.IterableDataset):
-    """Streaming ``datasets`` audio: examples decoded on the fly, in stream order.
+    """Streamed audio: examples decoded on the fly, in stream order.
 
-    A stream cannot be scanned before training, so bad examples are found when they arrive:
-    ``on_bad_audio="error"`` raises ``BadAudioError`` naming the example, ``"skip"`` drops it with a
-    warning and counts it in ``skipped`` (per iterator). Yields the same dicts as ``AudioDataset``
-    (``"id"`` is the position in this process's stream).
+    ``stream`` is a ``datasets.IterableDataset`` whose ``audio_column`` holds ``{"path", "bytes"}``
+    (a Hub dataset with ``Audio(decode=False)``) or a file path (files on disk). A stream cannot be
+    scanned before training, so bad examples are found when they arrive: ``on_bad_audio="error"``
+    raises ``BadAudioError`` naming the example, ``"skip"`` drops it with a warning, counts it in
+    ``skipped`` and, when ``report_path`` is set, appends ``path<TAB>reason`` to that file (once per
+    example: a resumed run re-reads the stream up to its position without listing them again).
+    Yields the same dicts as ``AudioDataset`` (``"id"`` is the position in this process's stream).
     """
 
     def __init__(self, stream, audio_column: str, sampling_rate: int, min_samples: int,
-                 min_duration: float | None, on_bad_audio: str, name: str):
+                 min_duration: float | None, on_bad_audio: str, name: str, report_path: str | None = None):
         self.stream, self.audio_column, self.sampling_rate = stream, audio_column, int(sampling_rate)
         self.min_samples, self.min_duration, self.on_bad_audio, self.name = min_samples, min_duration, on_bad_audio, name
+        self.report_path = report_path
         self.skipped: list[tuple[str, str]] = []
+
+    def _report(self, path: str, reason: str) -> None:
+        if self.report_path is None:
+            return
+        clean = lambda x: " ".join(str(x).replace("\t", " ").splitlines())  # noqa: E731
+        listed = set()
+        if os.path.exists(self.report_path):
+            with open(self.report_path, encoding="utf-8") as f:
+                listed = {line.split("\t", 1)[0] for line in f}
+        else:
+            os.makedirs(os.path.dirname(self.report_path) or ".", exist_ok=True)
+        if clean(path) not in listed:
+            with open(self.report_path, "a", encoding="utf-8") as f:
+                f.write(("" if listed else "path\treason\n") + f"{clean(path)}\t{clean(reason)}\n")
 
     def __iter__(self):
         import logging
@@ -690,7 +708,12 @@ class AudioStream(torch.utils.data.IterableDataset):
         log = logging.getLogger(__name__)
         for i, ex in enumerate(self.stream):
             audio = ex[self.audio_column]
-            label = f"{self.name}[{i}]" + (f" ({audio.get('path')})" if audio.get("path") else "")
+            if isinstance(audio, str):  # a file on disk
+                audio = {"path": audio}
+            if audio.get("path") and not audio.get("bytes"):  # a file: its path names it
+                label = audio["path"]
+            else:
+                label = f"{self.name}[{i}]" + (f" ({audio.get('path')})" if audio.get("path") else "")
             try:
                 if audio.get("bytes"):
                     wave = _decode_bytes(audio["bytes"], label, self.sampling_rate)
@@ -700,9 +723,11 @@ class AudioStream(torch.utils.data.IterableDataset):
                               self.min_samples, self.min_duration, None)
             except BadAudioError as e:
                 if self.on_bad_audio == "error":
-                    raise
-                self.skipped.append((e.path, e.reason))
-                log.warning("Skipping bad streamed audio %s: %s", e.path, e.reason)
+                    raise BadAudioError(e.path, f"{e.reason} (found while streaming; on_bad_audio skip skips and lists such files)") from None
+                if (e.path, e.reason) not in self.skipped:  # once per example, not once per pass
+                    self.skipped.append((e.path, e.reason))
+                    self._report(e.path, e.reason)
+                    log.warning("Skipping bad streamed audio %s: %s", e.path, e.reason)
                 continue
             meta = {k: v for k, v in ex.items() if k != self.audio_column}
             yield {"input_values": wave, **meta, "id": i}
@@ -772,8 +797,9 @@ def build_audio_splits(cfg, output_dir: str | os.PathLike | None, min_samples: i
     ``"skip"``: writes ``output_dir/skipped_audio.tsv`` (train and validation) and logs the counts.
     Pass ``output_dir=None`` on non-main processes so only one process writes the report.
 
-    Streaming (``cfg.streaming`` with ``dataset_name``): the train split is an ``AudioStream``
-    (IterableDataset, no length, sharded by the loop's caller), checked as examples arrive.
+    Streaming (``cfg.streaming``): the train split is an ``AudioStream`` (IterableDataset, no length,
+    sharded by the caller), checked as examples arrive; only the validation files are scanned before
+    training. Files on disk are listed (cheap) but not decoded in advance, in one seeded order.
 
     Returns:
         (train, validation, report): ``AudioDataset`` (or ``AudioStream``), ``AudioDataset`` or None,
@@ -830,7 +856,10 @@ def build_audio_splits(cfg, output_dir: str | os.PathLike | None, min_samples: i
                 log.warning("Streaming: audio cannot be validated before training; bad examples are %s as they arrive.",
                             "an error" if cfg.on_bad_audio == "error" else "skipped")
                 min_d = cfg.min_duration_in_seconds if cfg.min_duration_in_seconds > 0 else None
-                train = AudioStream(train_raw, cfg.audio_column_name, sr, min_samples, min_d, cfg.on_bad_audio, f"{name}[train]")
+                report_path = (os.path.join(output_dir, STREAM_SKIPPED_REPORT)
+                               if output_dir is not None and cfg.on_bad_audio == "skip" else None)
+                train = AudioStream(train_raw, cfg.audio_column_name, sr, min_samples, min_d, cfg.on_bad_audio, f"{name}[train]",
+                                    report_path)
                 validation = None
                 if val_raw is not None:  # a bounded, scanned validation set: its first 2000 examples
                     subset = datasets.Dataset.from_list(list(val_raw.take(2000)), features=val_raw.features)
@@ -861,6 +890,8 @@ def build_audio_splits(cfg, output_dir: str | os.PathLike | None, min_samples: i
     where = cfg.train_dir or cfg.train_file or name
     if not train_rows:
         raise DataError(f"No audio files found in '{where}' (extensions: {', '.join(AUDIO_EXTENSIONS)}).")
+    if cfg.streaming:
+        return _stream_files(train_rows, val_rows, cfg, output_dir, min_samples, where, log, DataError)
 
     good, bad, num_long = _scan_rows(train_rows, cfg, min_samples, train_source)
     report: dict = {"train": _split_report(len(train_rows), good, bad, num_long, sr), "validation": None, "skipped_report": None}
@@ -894,6 +925,43 @@ def build_audio_splits(cfg, output_dir: str | os.PathLike | None, min_samples: i
     return train, validation, report
 
 
+STREAM_SKIPPED_REPORT = "skipped_audio_stream.tsv"
+
+
+def _stream_files(train_rows, val_rows, cfg, output_dir, min_samples, where, log, error_cls):
+    """Streaming from files on disk. Listing thousands of hours of audio is cheap; decoding all of it
+    before training is not, so training files are decoded and checked only when read. One seeded
+    order for every process and every pass (folders are often sorted by speaker). Without a
+    validation set, a seeded share of the listed files is held out; validation files are scanned
+    before training like any validation set."""
+    import datasets
+
+    sr = cfg.sampling_rate
+    order = np.random.default_rng([int(getattr(cfg, "seed", 0)), 7]).permutation(len(train_rows))
+    rows = [train_rows[i] for i in order]
+    held_out = 0
+    if val_rows is None and cfg.validation_split_percentage > 0 and len(rows) >= 2:
+        held_out = min(len(rows) - 1, max(1, round(len(rows) * cfg.validation_split_percentage / 100)))
+        val_rows, rows = rows[:held_out], rows[held_out:]
+    report: dict = {"train": {"total": len(rows), "streamed": True, "held_out": held_out}, "validation": None,
+                    "skipped_report": None}
+    validation = None
+    if val_rows:
+        good, bad, num_long = _scan_rows(val_rows, cfg, min_samples)
+        report["validation"] = _split_report(len(val_rows), good, bad, num_long, sr)
+        _handle_bad(bad, len(val_rows), cfg, output_dir, report, log, error_cls)
+        validation = AudioDataset(good, sr) if good else None
+    stream = datasets.Dataset.from_dict({"audio": [r["path"] for r in rows]}).to_iterable_dataset()
+    min_d = cfg.min_duration_in_seconds if cfg.min_duration_in_seconds > 0 else None
+    report_path = os.path.join(output_dir, STREAM_SKIPPED_REPORT) if output_dir is not None and cfg.on_bad_audio == "skip" else None
+    train = AudioStream(stream, "audio", sr, min_samples, min_d, cfg.on_bad_audio, where, report_path)
+    log.info("Streaming %d training audio files from '%s' (decoded and checked as read; bad ones are %s)%s; validation: %s.",
+             len(rows), where, "an error" if cfg.on_bad_audio == "error" else f"skipped and listed in {STREAM_SKIPPED_REPORT}",
+             f", {held_out} held out for validation" if held_out else "",
+             f"{len(validation)} files ({validation.hours * 60:.1f} min)" if validation is not None else "none")
+    return train, validation, report
+
+
 def _split_report(total: int, good: list[dict], bad: list, num_long: int, sr: int) -> dict:
     return {"total": total, "kept": len(good), "skipped": len(bad), "long": num_long,
             "hours": float(sum(r["num_samples"] for r in good)) / sr / 3600}
@@ -907,7 +975,7 @@ def _handle_bad(bad, total, cfg, output_dir, report, log, error_cls) -> None:
             report["skipped_report"] = write_skipped_report(bad, output_dir)
         for split in ("train", "validation"):
             r = report.get(split)
-            if r:
+            if r and "kept" in r:  # a streamed split is checked as it is read
                 log.info("%s audio: %d kept + %d skipped = %d files%s", split, r["kept"], r["skipped"], r["total"],
                          f" (skipped files listed in {report['skipped_report']})" if r["skipped"] and report["skipped_report"] else "")
         if bad:

@@ -219,7 +219,10 @@ class Wav2Vec2Objective:
         if cfg.streaming and accelerator is not None and accelerator.num_processes > 1:
             from datasets.distributed import split_dataset_by_node
 
-            self.train_dataset.stream = split_dataset_by_node(self.train_dataset.stream, accelerator.process_index, accelerator.num_processes)
+            rank = accelerator.process_index
+            self.train_dataset.stream = split_dataset_by_node(self.train_dataset.stream, rank, accelerator.num_processes)
+            if cfg.on_bad_audio == "skip":  # each process lists what it skips in its own file
+                self.train_dataset.report_path = str(Path(cfg.output_dir) / f"skipped_audio_stream.rank{rank}.tsv")
         self.collator = AudioPretrainingCollator(
             config.conv_kernel, config.conv_stride, max_samples=self.max_samples, do_normalize=cfg.do_normalize,
             return_attention_mask=self.uses_attention_mask, mask_prob=cfg.mask_time_prob, mask_length=cfg.mask_time_length,
@@ -229,7 +232,7 @@ class Wav2Vec2Objective:
         self._collapse_reported = False
         self._last_healthy_step = 0
         self._last_row: dict = {}
-        self.preflight = self._preflight() if not cfg.streaming else {}
+        self.preflight = self._preflight()
 
     # ------------------------------------------------------------------ build
     def _model(self) -> Wav2Vec2ForPreTraining:
@@ -284,14 +287,26 @@ class Wav2Vec2Objective:
         return model
 
     def _preflight(self, max_batches: int = 20) -> dict:
-        """Masking statistics on the real training lengths, with the exact masks of the first batches."""
+        """Masking statistics on the real training lengths, with the exact masks of the first batches.
+
+        A stream is not read before training: its statistics come from the validation files, or,
+        without them, from full max_duration_in_seconds crops."""
         cfg = self.cfg
-        plan = self.batch_plan(0, cfg.seed)[:max_batches]
+        if cfg.streaming:
+            bs = cfg.per_device_train_batch_size
+            if self.eval_dataset is not None:
+                lengths, source = self.eval_dataset.lengths, "validation files (the training stream is not read before training)"
+            else:
+                lengths, source = np.full(bs * max_batches, self.max_samples), "max_duration_in_seconds crops (streaming, no validation files)"
+            plan = [list(range(i, min(i + bs, len(lengths)))) for i in range(0, len(lengths), bs)][:max_batches]
+        else:
+            lengths, source = self.train_dataset.lengths, "training files"
+            plan = self.batch_plan(0, cfg.seed)[:max_batches]
         masked = real = runs = utts = no_mask = 0
         few_masked = 0
         per_utt_frames = []
         for g, idx in enumerate(plan):
-            frame_lengths, mask = self.collator.masks_for_lengths(self.train_dataset.lengths[idx].tolist(), batch_seed(cfg.seed, 0, g))
+            frame_lengths, mask = self.collator.masks_for_lengths(np.asarray(lengths)[idx].tolist(), batch_seed(cfg.seed, 0, g))
             stats = span_mask_stats(mask, frame_lengths)
             masked += int(mask.sum())
             real += int(frame_lengths.sum())
@@ -315,11 +330,13 @@ class Wav2Vec2Objective:
             "utterances_without_mask": no_mask,
             "utterances_with_fewer_masked_frames_than_negatives": few_masked,
             "num_negatives": cfg.num_negatives,
-            "train_files": len(self.train_dataset), "train_hours": self.train_dataset.hours,
+            "lengths_from": source,
         }
-        logger.info("Preflight (first %d batches, real lengths): %.1f%% of frames masked, mean masked run %.1f frames "
+        if not cfg.streaming:
+            report.update(train_files=len(self.train_dataset), train_hours=self.train_dataset.hours)
+        logger.info("Preflight (first %d batches of %s): %.1f%% of frames masked, mean masked run %.1f frames "
                     "(paper at 0.65/10: ~49%%, ~14.7); %d of %d utterances have fewer than %d other masked frames to draw "
-                    "negatives from (drawn with repetition).", len(plan), 100 * report["masked_fraction"], report["mean_span_length"],
+                    "negatives from (drawn with repetition).", len(plan), source, 100 * report["masked_fraction"], report["mean_span_length"],
                     few_masked, utts, cfg.num_negatives)
         if no_mask:
             logger.warning("Preflight: %d of %d utterances get no masked span (shorter than mask_time_length=%d frames).",

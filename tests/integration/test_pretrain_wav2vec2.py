@@ -141,3 +141,35 @@ def test_bad_audio_skip_mode_lists_them_and_counts_add_up(bad_audio_dir, tmp_pat
     report = json.loads((out / "preflight.json").read_text())["data"]["train"]
     assert (report["kept"], report["skipped"], report["total"]) == (4, 4, 8)
     assert [r["step"] for r in _rows(out)] == [1, 2] and all(math.isfinite(r["loss"]) for r in _rows(out))
+
+
+STREAM = [RECIPE, "--streaming", "true", "--validation_split_percentage", 0, "--max_steps", 4,
+          "--per_device_train_batch_size", 2, "--save_steps", 0, "--logging_steps", 1]
+
+
+def test_streaming_a_folder_skips_bad_files_as_they_are_read(bad_audio_dir, tmp_path):
+    """--streaming with train_dir: no scan before training; the 4 good files make 2 updates per pass,
+    so 4 updates read the folder twice, and each bad file is listed once with its reason."""
+    out = tmp_path / "stream"
+    run_cli("run_pretrain.py", [*STREAM, "--train_dir", bad_audio_dir, "--output_dir", out, "--on_bad_audio", "skip"], env=ENV)
+    rows = _rows(out)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and [r["epoch"] for r in rows] == [0, 0, 1, 1]
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    lines = (out / "skipped_audio_stream.tsv").read_text().splitlines()
+    assert lines[0] == "path\treason" and len(lines) == 1 + len(BAD)
+    listed = dict(l.split("\t") for l in lines[1:])
+    assert set(listed) == {str(bad_audio_dir / n) for n in BAD}
+    for name, reason in BAD.items():
+        assert reason in listed[str(bad_audio_dir / name)]
+    preflight = json.loads((out / "preflight.json").read_text())
+    assert preflight["masking"]["lengths_from"].startswith("max_duration_in_seconds crops")
+    assert preflight["data"]["train"] == {"total": 8, "streamed": True, "held_out": 0}
+
+
+def test_streaming_a_folder_in_error_mode_stops_at_the_first_bad_file(bad_audio_dir, tmp_path):
+    proc = run_cli("run_pretrain.py", [*STREAM, "--train_dir", bad_audio_dir, "--output_dir", tmp_path / "err",
+                                       "--on_bad_audio", "error"], env=ENV, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = next(l for l in proc.stderr.splitlines() if l.startswith("error:"))
+    assert "found while streaming" in line
+    assert any(str(bad_audio_dir / name) in line and reason in line for name, reason in BAD.items()), line

@@ -440,3 +440,31 @@ def test_random_crop():
     assert random_crop(wave, 1000, g) is wave
     t = torch.arange(2 * 500).reshape(2, 500)
     assert random_crop(t, 64, g).shape == (2, 64)
+
+
+def test_streamed_folder_is_listed_not_scanned_and_sharded_across_processes(tmp_path):
+    """streaming + train_dir: the files are only listed (a bad one is not found before training), in one
+    seeded order; the held-out validation files are scanned; 2 processes read disjoint halves."""
+    from datasets.distributed import split_dataset_by_node
+
+    from hfssl.config import Wav2Vec2PretrainConfig
+    from hfssl.data.audio import AudioStream, build_audio_splits
+
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    for i in range(10):
+        sf.write(folder / f"u{i}.wav", np.full(800 + 100 * i, 0.1 * (i + 1), dtype=np.float32), 16000)
+    (folder / "broken.wav").write_bytes(b"not audio at all")
+    cfg = Wav2Vec2PretrainConfig(train_dir=str(folder), streaming=True, max_steps=1, validation_split_percentage=20,
+                                 output_dir=str(tmp_path / "out"))
+    train, validation, report = build_audio_splits(cfg, None, min_samples=400)
+    assert isinstance(train, AudioStream) and report["train"] == {"total": 9, "streamed": True, "held_out": 2}
+    streamed = [ex["audio"] for ex in train.stream]
+    assert str(folder / "broken.wav") in streamed  # listed, checked only when read
+    assert sorted(streamed) != streamed  # shuffled (folders are often sorted by speaker) ...
+    again, _, _ = build_audio_splits(cfg, None, min_samples=400)
+    assert [ex["audio"] for ex in again.stream] == streamed  # ... in the same seeded order every time
+    assert len(validation) == 2 and not {r["path"] for r in validation.rows} & set(streamed)
+    halves = [[ex["audio"] for ex in split_dataset_by_node(train.stream, rank, 2)] for rank in (0, 1)]
+    assert halves[0] and halves[1] and not set(halves[0]) & set(halves[1])
+    assert sorted(halves[0] + halves[1]) == sorted(streamed)

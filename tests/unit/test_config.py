@@ -247,3 +247,10 @@ def test_train_file_glob_is_expanded_and_every_shard_checked(tmp_path):
         load_config(["--train_file", str(shards / "*")])
     with pytest.raises(ConfigError, match="one format"):
         load_config(["--train_file", pattern, "--validation_file", str(shards / "e.csv")])
+
+
+def test_streaming_audio_refuses_duration_batches(tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="max_batch_seconds needs every file's duration"):
+        load_config(["--objective", "wav2vec2", "--train_dir", str(tmp_path), "--streaming", "true", "--max_steps", "5",
+                     "--max_batch_seconds", "60"])
