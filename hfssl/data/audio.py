@@ -686,21 +686,24 @@ class AudioStream(torch.utils.data.IterableDataset):
         self.stream, self.audio_column, self.sampling_rate = stream, audio_column, int(sampling_rate)
         self.min_samples, self.min_duration, self.on_bad_audio, self.name = min_samples, min_duration, on_bad_audio, name
         self.report_path = report_path
+        self._listed: set[str] | None = None
         self.skipped: list[tuple[str, str]] = []
 
     def _report(self, path: str, reason: str) -> None:
         if self.report_path is None:
             return
         clean = lambda x: " ".join(str(x).replace("\t", " ").splitlines())  # noqa: E731
-        listed = set()
-        if os.path.exists(self.report_path):
-            with open(self.report_path, encoding="utf-8") as f:
-                listed = {line.split("\t", 1)[0] for line in f}
-        else:
-            os.makedirs(os.path.dirname(self.report_path) or ".", exist_ok=True)
-        if clean(path) not in listed:
+        if self._listed is None:  # what an earlier (resumed) run of this output_dir already listed
+            self._listed = set()
+            if os.path.exists(self.report_path):
+                with open(self.report_path, encoding="utf-8") as f:
+                    self._listed = {line.split("\t", 1)[0] for line in f}
+            else:
+                os.makedirs(os.path.dirname(self.report_path) or ".", exist_ok=True)
+        if clean(path) not in self._listed:
             with open(self.report_path, "a", encoding="utf-8") as f:
-                f.write(("" if listed else "path\treason\n") + f"{clean(path)}\t{clean(reason)}\n")
+                f.write(("" if self._listed else "path\treason\n") + f"{clean(path)}\t{clean(reason)}\n")
+            self._listed.update((clean(path), "path"))
 
     def __iter__(self):
         import logging

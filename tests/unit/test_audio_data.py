@@ -468,3 +468,25 @@ def test_streamed_folder_is_listed_not_scanned_and_sharded_across_processes(tmp_
     halves = [[ex["audio"] for ex in split_dataset_by_node(train.stream, rank, 2)] for rank in (0, 1)]
     assert halves[0] and halves[1] and not set(halves[0]) & set(halves[1])
     assert sorted(halves[0] + halves[1]) == sorted(streamed)
+
+
+def test_stream_lists_each_skipped_file_once_across_passes_and_resumes(tmp_path):
+    import datasets
+
+    from hfssl.data.audio import AudioStream
+
+    good, bad = tmp_path / "good.wav", tmp_path / "bad.wav"
+    sf.write(good, np.full(1600, 0.1, dtype=np.float32), 16000)
+    bad.write_bytes(b"")
+    stream = datasets.Dataset.from_dict({"audio": [str(good), str(bad)]}).to_iterable_dataset()
+    report = tmp_path / "out" / "skipped_audio_stream.tsv"
+    first = AudioStream(stream, "audio", 16000, 400, None, "skip", "folder", str(report))
+    for _ in range(2):  # two passes over the stream
+        assert [ex["input_values"].shape[0] for ex in first] == [1600]
+    resumed = AudioStream(stream, "audio", 16000, 400, None, "skip", "folder", str(report))  # a new process
+    assert len(list(resumed)) == 1
+    lines = report.read_text().splitlines()
+    assert lines[0] == "path\treason" and len(lines) == 2 and lines[1].startswith(f"{bad}\tempty")
+    strict = AudioStream(stream, "audio", 16000, 400, None, "error", "folder")
+    with pytest.raises(Exception, match=r"bad\.wav: empty.*found while streaming"):
+        list(strict)
