@@ -703,7 +703,7 @@ class AudioStream(torch.utils.data.IterableDataset):
         if clean(path) not in self._listed:
             with open(self.report_path, "a", encoding="utf-8") as f:
                 f.write(("" if self._listed else "path\treason\n") + f"{clean(path)}\t{clean(reason)}\n")
-            self._listed.update((clean(path), "path"))
+            self._listed.add(clean(path))
 
     def __iter__(self):
         import logging
