@@ -173,3 +173,23 @@ def test_streaming_a_folder_in_error_mode_stops_at_the_first_bad_file(bad_audio_
     line = next(l for l in proc.stderr.splitlines() if l.startswith("error:"))
     assert "found while streaming" in line
     assert any(str(bad_audio_dir / name) in line and reason in line for name, reason in BAD.items()), line
+
+
+def test_two_processes_stream_a_folder_and_each_lists_its_own_skips(bad_audio_dir, tmp_path):
+    """torchrun, 2 processes: each reads its half of the listed files and writes the bad ones it met to
+    its own skipped_audio_stream.rank<k>.tsv; together they list each bad file exactly once."""
+    out = tmp_path / "ddp-stream"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519"]
+    run_cli("run_pretrain.py", [*STREAM, "--per_device_train_batch_size", 1, "--train_dir", bad_audio_dir,
+                                "--output_dir", out, "--on_bad_audio", "skip"], env=ENV, launcher=torchrun)
+    rows = _rows(out)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(math.isfinite(r["loss"]) for r in rows)
+    listed = []
+    for rank in (0, 1):
+        report = out / f"skipped_audio_stream.rank{rank}.tsv"
+        if report.exists():
+            lines = report.read_text().splitlines()
+            assert lines[0] == "path\treason"
+            listed += [l.split("\t")[0] for l in lines[1:]]
+    assert sorted(listed) == sorted(str(bad_audio_dir / n) for n in BAD)
+    assert not (out / "skipped_audio_stream.tsv").exists()
