@@ -914,8 +914,7 @@ def build_audio_splits(cfg, output_dir: str | os.PathLike | None, min_samples: i
         validation = AudioDataset(vgood, sr, val_source, cfg.audio_column_name) if vgood else None
     elif cfg.validation_split_percentage > 0 and len(train) >= 2:
         # Seeded hold-out of the good files, so the split is the same on every process and on resume.
-        n_val = min(len(train) - 1, max(1, round(len(train) * cfg.validation_split_percentage / 100)))
-        order = np.random.default_rng([int(getattr(cfg, "seed", 0)), 7]).permutation(len(train))
+        order, n_val = _held_out_order(len(train), cfg)
         val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
         validation, train = train.select(val_idx), train.select(train_idx)
         report["validation"] = {"total": n_val, "kept": n_val, "skipped": 0, "long": int((validation.lengths > cfg.max_duration_in_seconds * sr).sum()),
@@ -931,6 +930,13 @@ def build_audio_splits(cfg, output_dir: str | os.PathLike | None, min_samples: i
 STREAM_SKIPPED_REPORT = "skipped_audio_stream.tsv"
 
 
+def _held_out_order(n: int, cfg) -> tuple[np.ndarray, int]:
+    """One seeded order of n training files (the same on every process and on resume) and how many of
+    them to hold out for validation_split_percentage (at least 1, never all)."""
+    order = np.random.default_rng([int(getattr(cfg, "seed", 0)), 7]).permutation(n)
+    return order, min(n - 1, max(1, round(n * cfg.validation_split_percentage / 100)))
+
+
 def _stream_files(train_rows, val_rows, cfg, output_dir, min_samples, where, log, error_cls):
     """Streaming from files on disk. Listing thousands of hours of audio is cheap; decoding all of it
     before training is not, so training files are decoded and checked only when read. One seeded
@@ -940,12 +946,12 @@ def _stream_files(train_rows, val_rows, cfg, output_dir, min_samples, where, log
     import datasets
 
     sr = cfg.sampling_rate
-    order = np.random.default_rng([int(getattr(cfg, "seed", 0)), 7]).permutation(len(train_rows))
+    order, held_out = _held_out_order(len(train_rows), cfg)
     rows = [train_rows[i] for i in order]
-    held_out = 0
     if val_rows is None and cfg.validation_split_percentage > 0 and len(rows) >= 2:
-        held_out = min(len(rows) - 1, max(1, round(len(rows) * cfg.validation_split_percentage / 100)))
         val_rows, rows = rows[:held_out], rows[held_out:]
+    else:
+        held_out = 0
     report: dict = {"train": {"total": len(rows), "streamed": True, "held_out": held_out}, "validation": None,
                     "skipped_report": None}
     validation = None
