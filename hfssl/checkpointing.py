@@ -16,15 +16,13 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
+from hfssl.errors import CheckpointError
+
 logger = logging.getLogger(__name__)
 
 MANIFEST = "hfssl_checkpoint.json"
 STATE = "trainer_state.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is incomplete or damaged; the message names the file."""
 
 
 def save_checkpoint(accelerator, output_dir: str | Path, step: int, trainer_state: dict, total_limit: Optional[int] = None) -> Path:

@@ -20,9 +20,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A recipe or command-line value is wrong; the message says which key and what to do."""
+from hfssl.errors import ConfigError
 
 
 def _help(text: str, default: Any = dataclasses.MISSING, **kw) -> Any:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
-from hfssl.config import ConfigError, parse_or_exit
+from hfssl.config import parse_or_exit
+from hfssl.errors import guarded
 
 logger = logging.getLogger("hfssl")
 
@@ -23,24 +23,19 @@ def main(argv: list[str]) -> int:
     return run(cfg)
 
 
+@guarded
 def run(cfg) -> int:
-    from hfssl.checkpointing import CheckpointError
-    from hfssl.data.text import DataError
     from hfssl.objectives import build_objective
-    from hfssl.trainer import TrainingStopped, check_output_dir, make_accelerator, train
+    from hfssl.trainer import check_output_dir, make_accelerator, train
 
     setup_logging()
-    try:
-        check_output_dir(cfg)
-        accelerator = make_accelerator(cfg)
-        if not accelerator.is_main_process:
-            logging.getLogger("hfssl").setLevel(logging.WARNING)
-        objective = build_objective(cfg, accelerator)
-        summary = train(cfg, objective, accelerator)
-        accelerator.end_training()
-    except (ConfigError, DataError, CheckpointError, FileExistsError, TrainingStopped) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    check_output_dir(cfg)
+    accelerator = make_accelerator(cfg)
+    if not accelerator.is_main_process:
+        logging.getLogger("hfssl").setLevel(logging.WARNING)
+    objective = build_objective(cfg, accelerator)
+    summary = train(cfg, objective, accelerator)
+    accelerator.end_training()
     if accelerator.is_main_process:
         shown = {k: v for k, v in summary.items() if k.startswith("eval_") or k in ("steps",)}
         print("\n" + json.dumps(shown, indent=1))

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from hfssl.checkpointing import resolve_resume, save_checkpoint
+from hfssl.errors import OutputDirError, RollbackRequested, TrainingStopped
 from hfssl.config import TrainingArguments, save_config
 
 logger = logging.getLogger(__name__)
@@ -62,18 +63,6 @@ class Objective(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
     def eval_summary(self, metrics: dict[str, float]) -> dict[str, float]: ...
     def save_pretrained(self, output_dir: str, summary: dict) -> None: ...
-
-
-class TrainingStopped(RuntimeError):
-    """Training cannot go on (repeated non-finite losses, collapse, ...); the message says why."""
-
-
-class RollbackRequested(RuntimeError):
-    """Raised by an objective's check_health: reload `checkpoint` and go on with fresh randomness."""
-
-    def __init__(self, checkpoint: str, reason: str):
-        super().__init__(reason)
-        self.checkpoint = checkpoint
 
 
 def batch_seed(seed: int, epoch: int, index: int, salt: int = 0) -> int:
@@ -521,8 +510,8 @@ def check_output_dir(cfg: TrainingArguments) -> None:
     """Refuse to write into a folder holding an earlier run unless asked (overwrite or resume)."""
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"output_dir '{out}' exists and is a file.")
+        raise OutputDirError(f"output_dir '{out}' exists and is a file.")
     if out.is_dir() and any(out.iterdir()) and not cfg.overwrite_output_dir and not cfg.resume_from_checkpoint:
-        raise FileExistsError(
+        raise OutputDirError(
             f"output_dir '{out}' already holds files from an earlier run. Use --overwrite_output_dir to write into it, "
             f"--resume_from_checkpoint latest to continue it, or choose another --output_dir.")

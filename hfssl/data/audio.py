@@ -35,7 +35,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from hfssl.data.text import DataError
+from hfssl.errors import DataError
 
 AUDIO_EXTENSIONS: tuple[str, ...] = (".flac", ".mp3", ".ogg", ".wav")
 """Lower-case file extensions that libsndfile (via soundfile) decodes; matched case-insensitively."""
@@ -795,7 +795,7 @@ def build_audio_splits(cfg, output_dir: str | os.PathLike | None, min_samples: i
 
     Every file is decoded in full (``scan_audio``) before training: too short for ``min_samples``
     (the feature encoder's receptive field) or ``min_duration_in_seconds``, empty, undecodable or
-    NaN/inf. ``on_bad_audio="error"``: raises ``hfssl.data.text.DataError`` (caught by the CLI,
+    NaN/inf. ``on_bad_audio="error"``: raises ``hfssl.errors.DataError`` (caught by the CLI,
     exit code 2) naming every bad file and its reason, whose ``__cause__`` is the ``AudioScanError``.
     ``"skip"``: writes ``output_dir/skipped_audio.tsv`` (train and validation) and logs the counts.
     Pass ``output_dir=None`` on non-main processes so only one process writes the report.
@@ -811,7 +811,7 @@ def build_audio_splits(cfg, output_dir: str | os.PathLike | None, min_samples: i
     """
     import logging
 
-    from hfssl.data.text import DataError
+    from hfssl.errors import DataError
 
     log = logging.getLogger(__name__)
     sr = cfg.sampling_rate

@@ -19,15 +19,12 @@ import datasets
 import numpy as np
 
 from hfssl.config import TEXT_FILE_EXTENSIONS, data_format, resolve_data_files
+from hfssl.errors import DataError
 import pyarrow as pa
 
 logger = logging.getLogger(__name__)
 
 BUILTIN_CORPUS = "python-docstrings"
-
-
-class DataError(ValueError):
-    """The data cannot be used; the message names the file or column and says what to do."""
 
 
 # ----------------------------------------------------------------------------------- loading

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from hfssl.config import AudioDataArguments, ConfigError, TrainingArguments, _help
+from hfssl.config import AudioDataArguments, TrainingArguments, _help
+from hfssl.errors import ConfigError
 
 TASKS = ("text-classification", "audio-classification", "speech-recognition-ctc")
 TABLE_EXTENSIONS = (".csv", ".tsv", ".json", ".jsonl", ".parquet")

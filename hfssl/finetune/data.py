@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 import datasets
 import numpy as np
 
-from hfssl.data.text import DataError
+from hfssl.errors import DataError
 
 logger = logging.getLogger(__name__)
 

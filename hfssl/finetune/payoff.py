@@ -18,6 +18,8 @@ import os
 import sys
 from pathlib import Path
 
+from hfssl.errors import ConfigError, guarded
+
 logger = logging.getLogger(__name__)
 
 # Primary metric per task and whether higher is better.
@@ -25,40 +27,34 @@ PRIMARY = {"text-classification": ("accuracy", True), "audio-classification": ("
            "speech-recognition-ctc": ("wer", False)}
 
 
+@guarded
 def run_payoff(cfg) -> int:
-    from hfssl.checkpointing import CheckpointError
-    from hfssl.config import ConfigError
-    from hfssl.data.text import DataError
-    from hfssl.finetune.run import finetune
+    from hfssl.finetune.pipeline import finetune
     from hfssl.pretrain import setup_logging
-    from hfssl.trainer import TrainingStopped, check_output_dir
+    from hfssl.trainer import check_output_dir
 
     setup_logging()
     out = Path(cfg.output_dir)
     records = []
-    try:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            # hfssl.trainer.train ends the process group after each run, so a second run in the
-            # same processes cannot synchronize.
-            raise ConfigError("compare_with_scratch runs several trainings in one process: launch it as a single process "
-                              "(python run_finetune.py ...), or run the pretrained and --config_name runs separately.")
-        check_output_dir(cfg)
-        for fraction in cfg.fractions:
-            for init in ("pretrained", "scratch"):
-                sub = dataclasses.replace(
-                    cfg, output_dir=str(out / f"{init}-{fraction:g}"), label_fraction=fraction, compare_with_scratch=False,
-                    model_name_or_path=cfg.model_name_or_path if init == "pretrained" else None,
-                    config_name=None if init == "pretrained" else cfg.model_name_or_path,
-                    learning_rate=cfg.learning_rate if init == "pretrained" else (cfg.scratch_learning_rate or cfg.learning_rate),
-                    overwrite_output_dir=True, push_to_hub=False)
-                logger.info("Payoff run: %s, label budget %g -> %s", init, fraction, sub.output_dir)
-                results = finetune(sub)
-                if results is None:  # not the main process
-                    continue
-                records.append({"init": init, "label_fraction": fraction, "learning_rate": sub.learning_rate, **results})
-    except (ConfigError, DataError, CheckpointError, FileExistsError, TrainingStopped) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # hfssl.trainer.train ends the process group after each run, so a second run in the
+        # same processes cannot synchronize.
+        raise ConfigError("compare_with_scratch runs several trainings in one process: launch it as a single process "
+                          "(python run_finetune.py ...), or run the pretrained and --config_name runs separately.")
+    check_output_dir(cfg)
+    for fraction in cfg.fractions:
+        for init in ("pretrained", "scratch"):
+            sub = dataclasses.replace(
+                cfg, output_dir=str(out / f"{init}-{fraction:g}"), label_fraction=fraction, compare_with_scratch=False,
+                model_name_or_path=cfg.model_name_or_path if init == "pretrained" else None,
+                config_name=None if init == "pretrained" else cfg.model_name_or_path,
+                learning_rate=cfg.learning_rate if init == "pretrained" else (cfg.scratch_learning_rate or cfg.learning_rate),
+                overwrite_output_dir=True, push_to_hub=False)
+            logger.info("Payoff run: %s, label budget %g -> %s", init, fraction, sub.output_dir)
+            results = finetune(sub)
+            if results is None:  # not the main process
+                continue
+            records.append({"init": init, "label_fraction": fraction, "learning_rate": sub.learning_rate, **results})
     if records:
         report = write_report(out, cfg.task, records, source=cfg.model_name_or_path)
         print("\n" + report["markdown"])

@@ -1,26 +1,13 @@
-"""`run_finetune.py`'s body: parse the recipe, build the task, run the shared loop, evaluate, report."""
+"""`run_finetune.py`'s body: parse the recipe, fine-tune (or run the payoff comparison), print the results."""
 
 from __future__ import annotations
 
-import importlib
 import json
-import logging
-import sys
 from pathlib import Path
 
-from hfssl.config import ConfigError, parse_or_exit
+from hfssl.config import parse_or_exit
+from hfssl.errors import guarded
 from hfssl.finetune.config import FinetuneConfig
-
-logger = logging.getLogger("hfssl")
-
-TASK_CLASSES = {
-    "text-classification": "hfssl.finetune.text_classification:TextClassificationTask",
-    "audio-classification": "hfssl.finetune.speech:AudioClassificationTask",
-    "speech-recognition-ctc": "hfssl.finetune.speech:CTCTask",
-}
-PIPELINE_TAGS = {"text-classification": "text-classification", "audio-classification": "audio-classification",
-                 "speech-recognition-ctc": "automatic-speech-recognition"}
-METRIC_NAMES = {"accuracy": "Accuracy", "f1": "Macro F1", "matthews_correlation": "Matthews correlation", "wer": "WER", "cer": "CER"}
 
 
 def main(argv: list[str]) -> int:
@@ -32,25 +19,14 @@ def main(argv: list[str]) -> int:
     return run(cfg)
 
 
-def build_task(cfg, accelerator=None):
-    cfg.check_data_sources()
-    module, name = TASK_CLASSES[cfg.task].split(":")
-    return getattr(importlib.import_module(module), name)(cfg, accelerator)
-
-
+@guarded
 def run(cfg) -> int:
     """Fine-tune (or only evaluate) and print the results; exit code 2 with one clear line on bad input."""
-    from hfssl.checkpointing import CheckpointError
-    from hfssl.data.text import DataError
+    from hfssl.finetune.pipeline import finetune
     from hfssl.pretrain import setup_logging
-    from hfssl.trainer import TrainingStopped
 
     setup_logging()
-    try:
-        results = finetune(cfg)
-    except (ConfigError, DataError, CheckpointError, FileExistsError, TrainingStopped) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    results = finetune(cfg)
     if results is not None:
         print("\n" + json.dumps(results, indent=1))
         print(f"results written to: {Path(cfg.output_dir).resolve()}")
@@ -59,80 +35,3 @@ def run(cfg) -> int:
 
             print(f"pushed: {push_to_hub(cfg.output_dir, cfg.hub_model_id)}")
     return 0
-
-
-def finetune(cfg) -> dict | None:
-    """Train (unless do_train is false), evaluate on validation and test, write the result files.
-
-    Returns the results on the main process (None on the others). Raises ConfigError/DataError
-    for bad input before any training.
-    """
-    from accelerate.utils import set_seed
-
-    from hfssl.finetune.evaluation import evaluate_split, write_split_outputs
-    from hfssl.trainer import check_output_dir, make_accelerator, train
-
-    if cfg.do_train:
-        check_output_dir(cfg)
-    accelerator = make_accelerator(cfg)
-    if not accelerator.is_main_process:
-        logging.getLogger("hfssl").setLevel(logging.WARNING)
-    set_seed(cfg.seed)  # head / from-scratch initialization
-    task = build_task(cfg, accelerator)
-    summary = train(cfg, task, accelerator) if cfg.do_train else {}
-    # Evaluation splits the batches over the processes (the same number per process).
-    distributed = accelerator.num_processes > 1
-    results = {"train_samples": len(task.train_dataset)} if task.train_dataset is not None else {}
-    results.update(task.extra_results())
-    for split in ("validation", "test"):
-        dataset = task.eval_dataset if split == "validation" else task.test_dataset
-        if dataset is None:
-            continue
-        result, rows = evaluate_split(accelerator, task, split, distributed)
-        if accelerator.is_main_process:
-            write_split_outputs(cfg.output_dir, task, split, result, rows)
-        results.update(result)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    if not accelerator.is_main_process:
-        return None
-    report = task.probe_report()
-    if report:
-        results["probe_layer_weights"] = report["layer_weights"]
-    if cfg.do_train:
-        write_card(cfg, task, {**summary, **results})
-    return results
-
-
-def write_card(cfg, task, results: dict) -> None:
-    from hfssl.hub import write_model_card
-
-    source = cfg.model_name_or_path or f"{cfg.config_name} (same architecture, random init)"
-    data = cfg.dataset_name or cfg.train_file or cfg.train_dir
-    metrics = []
-    for prefix, split in (("eval", "validation"), ("test", "test")):
-        for key, pretty in METRIC_NAMES.items():
-            if f"{prefix}_{key}" in results and results[f"{prefix}_{key}"] is not None:
-                metrics.append((split, {"type": key, "value": round(float(results[f"{prefix}_{key}"]), 4), "name": f"{pretty} ({split})"}))
-    model_index = None
-    if metrics:
-        name = Path(cfg.output_dir).resolve().name
-        # Local files: name the data by its folder (train.csv in data/topics/ -> "topics").
-        dataset_name = cfg.dataset_name or (Path(data).parent.name if Path(data).is_file() else Path(data).name)
-        by_split: dict[str, list] = {}
-        for split, m in metrics:
-            by_split.setdefault(split, []).append(m)
-        model_index = [{"name": name, "results": [
-            {"task": {"type": PIPELINE_TAGS[cfg.task], "name": cfg.task},
-             "dataset": {"name": dataset_name, "type": cfg.dataset_name or "local", "split": split}, "metrics": ms}
-            for split, ms in by_split.items()]}]
-    details = {"Task": cfg.task, "Base": source, "Data": str(data),
-               "Training examples": str(len(task.train_dataset) if task.train_dataset is not None else 0)}
-    if cfg.label_fraction < 1:
-        details["Label budget"] = f"{cfg.label_fraction:g} of the training set"
-    if cfg.probe:
-        details["Probe"] = "frozen upstream, softmax-weighted sum of hidden layers; layer weights " + \
-            ", ".join(f"{w:.3f}" for w in results.get("probe_layer_weights", []))
-    write_model_card(cfg.output_dir, objective=f"fine-tuning ({cfg.task})", pipeline_tag=PIPELINE_TAGS[cfg.task],
-                     summary=results, details=details, datasets=[cfg.dataset_name] if cfg.dataset_name else None,
-                     config=cfg, model_index=model_index)

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from hfssl.collators.finetune import AudioCollator
-from hfssl.config import ConfigError
+from hfssl.errors import ConfigError
 from hfssl.data import audio as audiodata
-from hfssl.data.text import DataError
+from hfssl.errors import DataError
 from hfssl.finetune import data as fdata
 from hfssl.finetune.heads import AudioClassifier, CTCRecognizer, LayerProbe, save_probe
 from hfssl.finetune.tasks import Task, apply_overrides, load_config, load_or_init, model_source, plan_for

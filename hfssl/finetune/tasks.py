@@ -15,7 +15,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from hfssl.config import ConfigError
+from hfssl.errors import ConfigError
 from hfssl.trainer import shuffled_batches
 
 logger = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ import logging
 import numpy as np
 
 from hfssl.collators.finetune import TextClassificationCollator
-from hfssl.config import ConfigError
-from hfssl.data.text import DataError
+from hfssl.errors import ConfigError
+from hfssl.errors import DataError
 from hfssl.finetune import data as fdata
 from hfssl.finetune.heads import LayerProbe, SequenceClassifier, save_probe
 from hfssl.finetune.tasks import Rows, Task, apply_overrides, load_config, load_or_init, model_source

@@ -49,7 +49,8 @@ import torch
 import torch.nn.functional as F
 
 from hfssl.collators.speech import AudioPretrainingCollator
-from hfssl.config import ConfigError, HubertPretrainConfig
+from hfssl.config import HubertPretrainConfig
+from hfssl.errors import ConfigError
 from hfssl.data.audio import build_audio_splits, duration_batches, normalize, num_frames, receptive_field
 from hfssl.hubert_targets import (
     KMeans,

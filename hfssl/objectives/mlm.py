@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, CONFIG_MAPPING
 
 from hfssl.collators import MLMCollator
-from hfssl.config import ConfigError, MLMConfig
+from hfssl.config import MLMConfig
+from hfssl.errors import ConfigError
 from hfssl.data import text as textdata
 from hfssl.trainer import shuffled_batches
 

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from transformers import AutoConfig, Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForPreTraining
 
 from hfssl.collators.speech import AudioPretrainingCollator
-from hfssl.config import ConfigError, Wav2Vec2PretrainConfig
+from hfssl.config import Wav2Vec2PretrainConfig
+from hfssl.errors import ConfigError
 from hfssl.data.audio import build_audio_splits, duration_batches, num_frames, receptive_field
 from hfssl.masking.spans import expected_masked_fraction, span_mask_stats
 from hfssl.trainer import batch_seed
@@ -414,7 +415,7 @@ class Wav2Vec2Objective:
         if good is None:
             return (f"{what} on_collapse=rollback: no checkpoint was saved before step {self._last_healthy_step + 1} "
                     f"(the last healthy update); restart with a lower learning rate. {advice}")
-        from hfssl.trainer import RollbackRequested
+        from hfssl.errors import RollbackRequested
 
         raise RollbackRequested(good, f"{what} on_collapse=rollback.")
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hfssl.config import CONFIGS, ConfigError, MLMConfig, load_config, parse_cli, save_config, to_dict
+from hfssl.errors import ConfigError
+from hfssl.config import CONFIGS, MLMConfig, load_config, parse_cli, save_config, to_dict
 
 REPO = Path(__file__).resolve().parents[2]
 

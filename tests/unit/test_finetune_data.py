@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from hfssl.collators.finetune import AudioCollator, TextClassificationCollator
-from hfssl.config import ConfigError, load_config
-from hfssl.data.text import DataError
+from hfssl.config import load_config
+from hfssl.errors import ConfigError, DataError
 from hfssl.finetune import data as fdata
 from hfssl.finetune.config import FinetuneConfig
 from hfssl.finetune.heads import LayerProbe, classification_loss

@@ -12,7 +12,8 @@ import pytest
 
 from hfssl.config import MLMConfig
 from hfssl.data import text as textdata
-from hfssl.data.text import DataError, load_text_datasets, pack_blocks, pack_stream, tokenize, train_tokenizer
+from hfssl.errors import DataError
+from hfssl.data.text import load_text_datasets, pack_blocks, pack_stream, tokenize, train_tokenizer
 
 CLS, SEP = 2, 3
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from hfssl.config import TrainingArguments
-from hfssl.trainer import TrainingStopped, shuffled_batches, train
+from hfssl.errors import TrainingStopped
+from hfssl.trainer import shuffled_batches, train
 
 
 class Regression(torch.nn.Module):
@@ -97,7 +98,7 @@ class CollapsingObjective(ToyObjective):
         return super().collator(rows, seed, progress)
 
     def check_health(self, window):
-        from hfssl.trainer import RollbackRequested
+        from hfssl.errors import RollbackRequested
 
         if window and window[-1]["step"] == 6 and not self.asked:
             self.asked += 1
