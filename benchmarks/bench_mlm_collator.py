@@ -50,7 +50,9 @@ import transformers  # noqa: E402
 from transformers import DataCollatorForLanguageModeling  # noqa: E402
 
 from hfssl.collators import MLMCollator  # noqa: E402
-from hfssl.data.text import builtin_corpus, pack_blocks, tokenize, train_tokenizer  # noqa: E402
+from hfssl.data.text.corpus import builtin_corpus  # noqa: E402
+from hfssl.data.text.pack import pack_blocks, tokenize  # noqa: E402
+from hfssl.data.text.tokenizer import train_tokenizer  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------- data

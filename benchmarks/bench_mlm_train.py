@@ -100,8 +100,9 @@ from transformers import (  # noqa: E402
     AutoTokenizer, BertForMaskedLM, DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments)
 from transformers.trainer_callback import PrinterCallback  # noqa: E402
 
-from hfssl.config import MLMConfig  # noqa: E402
-from hfssl.data.text import builtin_corpus, train_tokenizer  # noqa: E402
+from hfssl.objectives.mlm.config import MLMConfig  # noqa: E402
+from hfssl.data.text.corpus import builtin_corpus  # noqa: E402
+from hfssl.data.text.tokenizer import train_tokenizer  # noqa: E402
 from hfssl.objectives import build_objective  # noqa: E402
 from hfssl.trainer import train  # noqa: E402
 

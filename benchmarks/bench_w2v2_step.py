@@ -34,7 +34,7 @@ import transformers
 from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
 
-from hfssl.objectives.wav2vec2 import Wav2Vec2Pretraining
+from hfssl.objectives.wav2vec2.model import Wav2Vec2Pretraining
 
 SMALL = dict(conv_dim=(128,) * 7, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
              num_conv_pos_embeddings=64, num_conv_pos_embedding_groups=16, codevector_dim=128, proj_codevector_dim=128)

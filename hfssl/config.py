@@ -1,15 +1,16 @@
-"""Typed configuration: one dataclass per objective, loaded from a flat YAML recipe plus CLI overrides.
+"""Typed configuration: the loop's settings (`TrainingArguments`) and how any config dataclass is loaded
+from a flat YAML recipe plus command-line overrides.
 
-A recipe is a YAML mapping whose keys are the fields below; `--key value` on the command line
-overrides any of them. Every value is converted to its field's type and checked before any work
-starts, and unknown keys fail loudly with the closest valid name.
+Each objective's config (its folder's `config.py`) extends `TrainingArguments`. A recipe is a YAML mapping
+whose keys are the fields; `--key value` on the command line overrides any of them. Every value is
+converted to its field's type and checked before any work starts, and unknown keys fail loudly with the
+closest valid name.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import glob
 import math
 import os
 import sys
@@ -29,7 +30,6 @@ def _help(text: str, default: Any = dataclasses.MISSING, **kw) -> Any:
     return field(default=default, metadata={"help": text}, **kw)
 
 
-TEXT_FILE_EXTENSIONS = (".txt", ".csv", ".json", ".jsonl", ".parquet")
 SCHEDULERS = (
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
     "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay",
@@ -98,277 +98,9 @@ class TrainingArguments:
         return [] if names in ([], ["none"]) else names
 
 
-@dataclass
-class MLMConfig(TrainingArguments):
-    """Masked-language-model pretraining of any AutoModelForMaskedLM."""
-
-    objective: Literal["mlm"] = _help("Pretraining objective.", "mlm")
-    # --- model
-    model_name_or_path: Optional[str] = _help("Continue pretraining from this checkpoint (local folder or Hub id).", None)
-    config_name: Optional[str] = _help("Build a fresh model from this config (local folder, config.json or Hub id).", None)
-    model_type: str = _help("Architecture for a fresh model when neither model_name_or_path nor config_name is set.", "bert")
-    config_overrides: dict = _help("Config fields for a fresh model, e.g. {hidden_size: 256} or 'hidden_size=256,num_hidden_layers=4' on the CLI.", {})
-    # --- tokenizer
-    tokenizer_name: Optional[str] = _help("Tokenizer to use; default: the model's, or one trained on the corpus.", None)
-    tokenizer_type: Literal["auto", "wordpiece", "bpe"] = _help("Kind of tokenizer to train: WordPiece (BERT), byte-level BPE (RoBERTa); auto picks by model_type.", "auto")
-    vocab_size: int = _help("Vocabulary size of a tokenizer trained on the corpus.", 30522)
-    tokenizer_train_samples: int = _help("Documents used to train a tokenizer (0 = all).", 200000)
-    # --- data
-    dataset_name: Optional[str] = _help("A `datasets` dataset (Hub id or local path).", None)
-    dataset_config_name: Optional[str] = _help("Its configuration name.", None)
-    train_file: Optional[str] = _help("Training text: .txt (one document per line), .csv, .json, .jsonl or .parquet, or a glob of such shards ('data/*.txt.gz'; with streaming and several processes each reads its own shards).", None)
-    validation_file: Optional[str] = _help("Validation text in the same formats (a path or a glob).", None)
-    validation_split_percentage: float = _help("Percent of train held out when no validation set is given.", 5.0)
-    text_column_name: Optional[str] = _help("Column holding the text (default 'text', or the only string column).", None)
-    max_seq_length: int = _help("Tokens per example (block size when packing).", 128)
-    line_by_line: bool = _help("One example per document (truncated, padded) instead of packed blocks.", False)
-    streaming: bool = _help("Stream the corpus instead of loading it (needs max_steps).", False)
-    preprocessing_num_workers: Optional[int] = _help("Processes for tokenization.", None)
-    max_train_samples: Optional[int] = _help("Keep only the first N documents (debugging, quick runs).", None)
-    # --- masking
-    mlm_probability: float = _help("Fraction of tokens to predict.", 0.15)
-    mlm_probability_final: Optional[float] = _help("If set, the masking rate moves linearly from mlm_probability to this over training.", None)
-    mask_replace_prob: float = _help("Of the selected tokens, fraction replaced by [MASK].", 0.8)
-    random_replace_prob: float = _help("Of the selected tokens, fraction replaced by a random token.", 0.1)
-    mask_strategy: Literal["token", "whole_word", "span"] = _help("Mask single tokens, whole words, or SpanBERT word spans. A word is what the tokenizer's pre-tokenizer calls one (word_ids()); BERT's splits off punctuation.", "token")
-    span_geometric_p: float = _help("SpanBERT: span length in words ~ Geometric(p), clipped to span_max_length.", 0.2)
-    span_max_length: int = _help("SpanBERT: longest span in words.", 10)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.model_name_or_path and self.config_name:
-            raise ConfigError("Can't provide both model_name_or_path and config_name: the first continues a checkpoint, the second builds a fresh model. Choose one.")
-        if self.dataset_name and (self.train_file or self.validation_file):
-            raise ConfigError("Can't provide both dataset_name and train_file/validation_file. Choose one.")
-        formats = {data_format(f) for key in ("train_file", "validation_file")
-                   for f in resolve_data_files(key, getattr(self, key), TEXT_FILE_EXTENSIONS)}
-        if len(formats) > 1:
-            raise ConfigError(f"train_file and validation_file must all have one format (extension); found {', '.join(sorted(formats))}.")
-        if not 0 < self.mlm_probability < 1:
-            raise ConfigError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}.")
-        if self.mlm_probability_final is not None and not 0 < self.mlm_probability_final < 1:
-            raise ConfigError(f"mlm_probability_final must be in (0, 1), got {self.mlm_probability_final}.")
-        if min(self.mask_replace_prob, self.random_replace_prob) < 0 or self.mask_replace_prob + self.random_replace_prob > 1:
-            raise ConfigError("mask_replace_prob and random_replace_prob must be >= 0 and sum to at most 1.")
-        if not 0 < self.span_geometric_p <= 1 or self.span_max_length < 1:
-            raise ConfigError("span_geometric_p must be in (0, 1] and span_max_length >= 1.")
-        if self.max_seq_length < 8:
-            raise ConfigError(f"max_seq_length must be >= 8, got {self.max_seq_length}.")
-        if not 0 <= self.validation_split_percentage < 100:
-            raise ConfigError("validation_split_percentage must be in [0, 100).")
-        if self.streaming and self.max_steps < 1:
-            raise ConfigError("streaming needs max_steps: a stream has no known length. Set --max_steps.")
-        if self.vocab_size < 100:
-            raise ConfigError(f"vocab_size must be >= 100, got {self.vocab_size}.")
-
-
-AUDIO_FILE_EXTENSIONS = (".csv", ".tsv", ".json", ".jsonl")
-
-
-@dataclass
-class AudioDataArguments:
-    """Where audio comes from and how it is cut into batches (speech pretraining and fine-tuning)."""
-
-    train_dir: Optional[str] = _help("Folder of audio files (searched recursively) or an audiofolder with metadata.csv.", None)
-    train_file: Optional[str] = _help("CSV/TSV/JSONL manifest with a column of audio paths (relative to the manifest).", None)
-    validation_dir: Optional[str] = _help("Validation audio folder.", None)
-    validation_file: Optional[str] = _help("Validation manifest.", None)
-    validation_split_percentage: float = _help("Percent of train held out when no validation set is given.", 5.0)
-    dataset_name: Optional[str] = _help("A `datasets` audio dataset (Hub id or local path).", None)
-    dataset_config_name: Optional[str] = _help("Its configuration name.", None)
-    audio_column_name: str = _help("Column with audio paths (manifests) or audio (datasets).", "audio")
-    streaming: bool = _help("Decode training audio only when it is read (train_dir, train_file or a Hub dataset, which is then not downloaded) instead of checking every file before training; needs max_steps.", False)
-    sampling_rate: int = _help("Rate the model expects; audio at other rates is resampled.", 16000)
-    min_duration_in_seconds: float = _help("Shorter files are bad input (see on_bad_audio).", 0.0)
-    max_duration_in_seconds: float = _help("Longer files are randomly cropped to this length at batch time, not dropped.", 15.6)
-    max_batch_seconds: Optional[float] = _help("Duration-bucketed batches of at most this many padded seconds per process (overrides per_device_train_batch_size).", None)
-    on_bad_audio: Literal["error", "skip"] = _help("Unreadable/empty/NaN/too-short files: stop before training naming them, or skip and list them in output_dir/skipped_audio.tsv.", "error")
-    preprocessing_num_workers: Optional[int] = _help("Threads for scanning audio.", None)
-    dataset_train_split: str = _help("dataset_name: split(s) to train on; '+' joins several, e.g. 'train.clean.100+train.clean.360'.", "train")
-    dataset_validation_split: Optional[str] = _help("dataset_name: validation split(s) ('+' joins); default 'validation' when the dataset has one, else a held-out percentage of train.", None)
-
-    def _check_audio_sources(self) -> None:
-        if self.dataset_name and (self.train_dir or self.train_file):
-            raise ConfigError("Can't provide both dataset_name and train_dir/train_file. Choose one.")
-        if self.train_dir and self.train_file:
-            raise ConfigError("Can't provide both train_dir and train_file. Choose one.")
-        if not (self.dataset_name or self.train_dir or self.train_file):
-            raise ConfigError("No audio given: set train_dir (a folder of audio files), train_file (a manifest) or dataset_name.")
-        for key in ("train_dir", "validation_dir"):
-            path = getattr(self, key)
-            if path is not None and not Path(path).is_dir():
-                raise ConfigError(f"{key}: folder '{path}' does not exist.")
-        for key in ("train_file", "validation_file"):
-            _check_file(key, getattr(self, key), AUDIO_FILE_EXTENSIONS)
-        if self.sampling_rate < 1000:
-            raise ConfigError(f"sampling_rate must be >= 1000, got {self.sampling_rate}.")
-        if self.max_duration_in_seconds <= self.min_duration_in_seconds:
-            raise ConfigError("max_duration_in_seconds must be larger than min_duration_in_seconds.")
-        if self.max_batch_seconds is not None and self.max_batch_seconds < self.max_duration_in_seconds:
-            raise ConfigError(f"max_batch_seconds ({self.max_batch_seconds}) must hold at least one cropped file "
-                              f"(max_duration_in_seconds={self.max_duration_in_seconds}).")
-        if self.streaming and getattr(self, "max_steps", 1) < 1:
-            raise ConfigError("streaming needs max_steps: a stream has no known length. Set --max_steps.")
-        if self.streaming and self.max_batch_seconds is not None:
-            raise ConfigError("max_batch_seconds needs every file's duration before training, which a stream does not have: "
-                              "unset it and use per_device_train_batch_size, or set streaming false.")
-
-
-@dataclass
-class SpeechModelArguments:
-    model_name_or_path: Optional[str] = _help("Continue pretraining from this checkpoint folder or Hub id.", None)
-    config_name: Optional[str] = _help("Build a fresh model from this config (folder, config.json or Hub id).", None)
-    config_overrides: dict = _help("Config fields for the model, e.g. {num_hidden_layers: 4, feat_extract_norm: layer}.", {})
-    mask_time_prob: float = _help("Chance per frame of starting a masked span (wav2vec 2.0 semantics; not the 0.05 fine-tuning default).", 0.65)
-    mask_time_length: int = _help("Frames per masked span.", 10)
-    mask_time_min_masks: int = _help("At least this many spans per utterance.", 2)
-
-    def _check_speech_model(self) -> None:
-        if self.model_name_or_path and self.config_name:
-            raise ConfigError("Can't provide both model_name_or_path and config_name. Choose one.")
-        if not 0 < self.mask_time_prob < 1:
-            raise ConfigError(f"mask_time_prob must be in (0, 1), got {self.mask_time_prob}.")
-        if self.mask_time_length < 1 or self.mask_time_min_masks < 0:
-            raise ConfigError("mask_time_length must be >= 1 and mask_time_min_masks >= 0.")
-
-
-@dataclass
-class Wav2Vec2PretrainConfig(TrainingArguments, AudioDataArguments, SpeechModelArguments):
-    """wav2vec 2.0 masked contrastive pretraining (paper defaults, GUIDE.md section 7)."""
-
-    objective: Literal["wav2vec2"] = _help("Pretraining objective.", "wav2vec2")
-    num_negatives: int = _help("Distractors per masked frame, drawn from other masked frames of the same utterance.", 100)
-    contrastive_logits_temperature: float = _help("Temperature of the cosine-similarity logits.", 0.1)
-    diversity_loss_weight: float = _help("Weight of the codebook diversity loss.", 0.1)
-    feature_penalty_weight: float = _help("Weight of the L2 penalty on feature-encoder outputs (10 for base).", 10.0)
-    feature_grad_scale: float = _help("Gradient scale into the feature encoder (0.1 for base, 1.0 for large).", 0.1)
-    gumbel_temperature_start: float = _help("Gumbel-softmax temperature at the start.", 2.0)
-    gumbel_temperature_end: float = _help("Lowest Gumbel temperature.", 0.5)
-    gumbel_temperature_decay: float = _help("Temperature multiplied by this after every update.", 0.999995)
-    on_collapse: Literal["warn", "stop", "rollback"] = _help("When codebook perplexity stays near its minimum: warn, stop, or roll back to the last good checkpoint.", "warn")
-    collapse_patience: int = _help("Updates in a row with near-minimal perplexity that count as collapse.", 200)
-    do_normalize: bool = _help("Normalize each (cropped) utterance to zero mean, unit variance; saved in preprocessor_config.json (fairseq: false for base, true for large).", True)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._check_audio_sources()
-        self._check_speech_model()
-        if self.num_negatives < 1:
-            raise ConfigError("num_negatives must be >= 1.")
-        if self.contrastive_logits_temperature <= 0:
-            raise ConfigError("contrastive_logits_temperature must be > 0.")
-        if not 0 < self.gumbel_temperature_end <= self.gumbel_temperature_start:
-            raise ConfigError("Need 0 < gumbel_temperature_end <= gumbel_temperature_start.")
-        if not 0 < self.gumbel_temperature_decay <= 1:
-            raise ConfigError("gumbel_temperature_decay must be in (0, 1].")
-        if not 0 < self.feature_grad_scale <= 1:
-            raise ConfigError("feature_grad_scale must be in (0, 1].")
-        if self.feature_penalty_weight < 0 or self.diversity_loss_weight < 0:
-            raise ConfigError("feature_penalty_weight and diversity_loss_weight must be >= 0.")
-        if self.collapse_patience < 1:
-            raise ConfigError("collapse_patience must be >= 1.")
-
-
-@dataclass
-class HubertPretrainConfig(TrainingArguments, AudioDataArguments, SpeechModelArguments):
-    """HuBERT masked prediction of k-means cluster targets (iteration 1: MFCC; iteration 2: model features)."""
-
-    objective: Literal["hubert"] = _help("Pretraining objective.", "hubert")
-    mask_time_prob: float = _help("Chance per frame of starting a masked span (HuBERT: 0.8; not the 0.05 fine-tuning default).", 0.8)
-    iteration: int = _help("1: targets from MFCC k-means; 2+: targets from k-means on features of label_model.", 1)
-    label_model: Optional[str] = _help("Iteration >= 2: the previous iteration's model folder to take features from.", None)
-    label_layer: int = _help("Iteration >= 2: which hidden layer's features to cluster (HuBERT base: 6 then 9).", 6)
-    num_clusters: int = _help("k-means clusters (100 for iteration 1, 500 for iteration 2 in the paper).", 100)
-    kmeans_fraction: float = _help("Fraction of the training audio the k-means is fit on.", 0.1)
-    kmeans_model: Optional[str] = _help("Reuse a saved k-means model (kmeans.pt) instead of fitting one.", None)
-    kmeans_batch_size: int = _help("Frames per mini-batch k-means update.", 10000)
-    kmeans_iterations: int = _help("Most mini-batch k-means passes over the fit frames (stops earlier once the batch inertia stops improving).", 100)
-    masked_loss_weight: float = _help("Weight of the loss on masked frames.", 1.0)
-    unmasked_loss_weight: float = _help("Weight of the loss on unmasked frames (0 in the paper).", 0.0)
-    logit_temperature: float = _help("Temperature of the cosine logits against cluster embeddings.", 0.1)
-    final_dim: int = _help("Dimension of the projection and cluster embeddings.", 256)
-    feature_grad_scale: float = _help("Gradient scale into the conv feature encoder (fairseq HuBERT base: 0.1).", 0.1)
-    do_normalize: bool = _help("Normalize each (cropped) utterance to zero mean, unit variance; saved in preprocessor_config.json (fairseq: false for base, true for large).", True)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._check_audio_sources()
-        self._check_speech_model()
-        if self.iteration < 1:
-            raise ConfigError("iteration must be >= 1.")
-        if self.iteration >= 2 and not (self.label_model or self.kmeans_model):
-            raise ConfigError("iteration >= 2 needs label_model (the previous iteration's output folder).")
-        if self.num_clusters < 2:
-            raise ConfigError("num_clusters must be >= 2.")
-        if not 0 < self.kmeans_fraction <= 1:
-            raise ConfigError("kmeans_fraction must be in (0, 1].")
-        if self.masked_loss_weight < 0 or self.unmasked_loss_weight < 0 or self.masked_loss_weight + self.unmasked_loss_weight == 0:
-            raise ConfigError("masked_loss_weight and unmasked_loss_weight must be >= 0 and not both 0.")
-        if self.logit_temperature <= 0 or self.final_dim < 1:
-            raise ConfigError("logit_temperature must be > 0 and final_dim >= 1.")
-        if not 0 < self.feature_grad_scale <= 1:
-            raise ConfigError("feature_grad_scale must be in (0, 1].")
-        if self.kmeans_batch_size < 1 or self.kmeans_iterations < 1:
-            raise ConfigError("kmeans_batch_size and kmeans_iterations must be >= 1.")
-        if self.label_layer < 0:
-            raise ConfigError("label_layer must be >= 0.")
-        if self.iteration == 1 and self.label_model:
-            raise ConfigError("iteration 1 clusters MFCCs; label_model is for iteration >= 2 (set --iteration 2).")
-        if self.streaming:
-            raise ConfigError("HuBERT needs a pass over the audio to build its k-means targets before training; streaming is not supported.")
-
-
-# Objective name -> config class.
-CONFIGS: dict[str, type[TrainingArguments]] = {
-    "mlm": MLMConfig,
-    "wav2vec2": Wav2Vec2PretrainConfig,
-    "hubert": HubertPretrainConfig,
-}
 
 
 # ----------------------------------------------------------------------------------- type checks
-
-def _check_file(key: str, path: Optional[str], extensions: tuple[str, ...]) -> None:
-    if path is None:
-        return
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{key}: file '{path}' does not exist. Check the path (relative paths start at {os.getcwd()}).")
-    if p.stat().st_size == 0:
-        raise ConfigError(f"{key}: file '{path}' is empty.")
-    if data_format(path) not in extensions:
-        raise ConfigError(f"{key}: '{path}' has extension '{p.suffix}'; supported: {', '.join(extensions)} "
-                          f"(optionally compressed: {', '.join(COMPRESSIONS)}).")
-
-
-def resolve_data_files(key: str, pattern: Optional[str], extensions: tuple[str, ...]) -> list[str]:
-    """A path or a glob ('shards/*.txt.gz', '**' recursive) -> the sorted list of files, each checked
-    like a single file, so a typo or an empty shard fails at load and not hours into a stream."""
-    if pattern is None:
-        return []
-    if not any(c in pattern for c in "*?["):
-        _check_file(key, pattern, extensions)
-        return [pattern]
-    files = sorted(f for f in glob.glob(pattern, recursive=True) if Path(f).is_file())
-    if not files:
-        raise ConfigError(f"{key}: the pattern '{pattern}' matches no file (relative paths start at {os.getcwd()}).")
-    for f in files:
-        _check_file(key, f, extensions)
-    if len({data_format(f) for f in files}) > 1:
-        raise ConfigError(f"{key}: the pattern '{pattern}' matches files of several formats; give one format.")
-    return files
-
-
-COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
-
-
-def data_format(path: str) -> str:
-    """'.txt' for corpus.txt and corpus.txt.gz: the format under an optional compression suffix."""
-    suffixes = [s.lower() for s in Path(path).suffixes]
-    if suffixes and suffixes[-1] in COMPRESSIONS:
-        suffixes = suffixes[:-1]
-    return suffixes[-1] if suffixes else ""
-
 
 def _check_types(cfg: Any) -> None:
     """Convert each field to its annotated type; raise ConfigError naming the key on failure."""
@@ -439,13 +171,12 @@ def _is_integral(value: Any) -> bool:
 
 # ----------------------------------------------------------------------------------- loading
 
-def load_config(argv: list[str], default_objective: str = "mlm", configs: dict[str, type] | None = None) -> TrainingArguments:
+def load_config(argv: list[str], configs: dict[str, type], default_objective: str = "mlm") -> TrainingArguments:
     """Build a config from `[RECIPE.yaml] [--key value ...]`.
 
     The recipe's `objective` key (or `--objective`) picks the config class; CLI values override
     the recipe. Raises ConfigError on unknown keys or bad values, before any work.
     """
-    configs = configs or CONFIGS
     argv = list(argv)
     recipe: dict[str, Any] = {}
     source = "the command line"
@@ -511,14 +242,14 @@ def config_help(cls: type) -> str:
     return "\n".join(lines)
 
 
-def parse_or_exit(argv: list[str], **kw) -> TrainingArguments:
+def parse_or_exit(argv: list[str], configs: dict[str, type], default_objective: str = "mlm") -> TrainingArguments:
     """Entry-script helper: --help prints every field; errors print one clear line and exit 2."""
     if "--help" in argv or "-h" in argv:
-        for cls in (kw.get("configs") or CONFIGS).values():
+        for cls in configs.values():
             print(config_help(cls) + "\n")
         sys.exit(0)
     try:
-        return load_config(argv, **kw)
+        return load_config(argv, configs, default_objective)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

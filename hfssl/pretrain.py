@@ -19,7 +19,9 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0].startswith("--") and "--help" not in argv and "-h" not in argv:
         if DEFAULT_RECIPE.is_file():
             argv = [str(DEFAULT_RECIPE), *argv]
-    cfg = parse_or_exit(argv)
+    from hfssl.objectives import config_classes
+
+    cfg = parse_or_exit(argv, config_classes())
     return run(cfg)
 
 

@@ -1,24 +1,20 @@
 """The one training loop, run by Accelerate, shared by every pretraining objective and fine-tuning.
 
-It is handed an objective (see `Objective`) and knows none by name. Design choices, and why:
+It is handed an objective (`hfssl.objectives.base.Objective`) and knows none by name; it calls only
+the members that protocol declares. Design choices, and why:
 
-* Loss normalization: every micro-batch returns a SUM over its targets (masked tokens, masked
-  frames, labels); the loop divides by the number of targets in the whole update, gathered across
-  accumulation steps and processes. A per-micro-batch mean would weight examples unequally when
-  masked counts differ.
-* Randomness is a function of position: micro-batch `g` of epoch `e` gets seed f(seed, e, g), used
-  for its masks (in the collator) and for dropout/Gumbel noise (the global RNG is reseeded before its
-  forward). Resume is then exact without replaying data, and 2 processes see the same batches, masks
-  and dropout as 1 process with gradient accumulation 2.
-* Data order: each epoch the objective plans the global sequence of micro-batches; update `s` uses
-  micro-batches s*W*A .. (s+1)*W*A-1 (W processes, A accumulation steps); process r takes every W-th.
-  Resuming skips by index, never by reading data.
+* Loss normalization: every micro-batch returns, per loss term, a SUM over that term's targets
+  (masked tokens, masked frames, real tokens, labels); before any forward pass the loop counts each
+  term's targets over the whole update (all accumulation steps and processes, one all-reduce) and
+  divides each term by its own count. A per-micro-batch mean would weight examples unequally when
+  masked counts differ, and one divisor for all terms would be wrong for multi-term losses (ELECTRA).
+* Randomness and data order are functions of position (`hfssl.data.batching`): resume is exact
+  without replaying data, and 2 processes see the same batches, masks and dropout as 1 process with
+  gradient accumulation 2.
 """
-
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import logging
 import math
@@ -27,98 +23,24 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, gather_object
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from hfssl.checkpointing import resolve_resume, save_checkpoint
+from hfssl.data.batching import Position, eval_batches, train_batches
 from hfssl.errors import OutputDirError, RollbackRequested, TrainingStopped
 from hfssl.config import TrainingArguments, save_config
+from hfssl.objectives.base import Objective
 
 logger = logging.getLogger(__name__)
 
 LOG_FILE = "training_log.jsonl"
-
-
-class Objective(Protocol):
-    """What the loop needs from an objective (MLM, wav2vec2, HuBERT, a fine-tuning task)."""
-
-    name: str
-    model: torch.nn.Module  # forward(**inputs) -> {"loss_sum": scalar, **metrics}
-    collator: Callable[..., dict]  # (examples, seed, progress) -> inputs + num_targets + num_inputs
-    train_dataset: Any
-    eval_dataset: Any
-    input_unit: str  # what num_inputs counts: "tokens", "audio_seconds", "examples"
-
-    def batch_plan(self, epoch: int, seed: int) -> list[list[int]]: ...
-    def eval_plan(self) -> list[list[int]]: ...
-    def on_update(self, step: int, total_steps: int) -> dict[str, float]: ...
-    def state_dict(self) -> dict: ...
-    def load_state_dict(self, state: dict) -> None: ...
-    def eval_summary(self, metrics: dict[str, float]) -> dict[str, float]: ...
-    def save_pretrained(self, output_dir: str, summary: dict) -> None: ...
-
-
-def batch_seed(seed: int, epoch: int, index: int, salt: int = 0) -> int:
-    """A well-mixed 63-bit seed for micro-batch `index` of `epoch` (epoch -1: evaluation).
-
-    `salt` (the number of rollbacks so far) gives a rolled-back run new masks and noise instead of
-    replaying the ones that led to the problem."""
-    entropy = [seed, epoch + 1, index] + ([salt] if salt else [])
-    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)
-
-
-def shuffled_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True) -> list[list[int]]:
-    """Plain batch plan: a seeded permutation of range(n) cut into batches (last one may be short)."""
-    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-    return [order[i : i + batch_size].tolist() for i in range(0, n, batch_size)]
-
-
-# ----------------------------------------------------------------------------------- data loading
-
-@dataclass(frozen=True)
-class _Key:
-    seed: int
-    progress: float
-    index: int
-
-
-class _Keyed(torch.utils.data.Dataset):
-    """Lets a batch sampler pass the micro-batch seed to the collator alongside the indices."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __getitems__(self, keys: list[tuple[_Key, int]]):
-        indices = [i for _, i in keys]
-        if hasattr(self.dataset, "__getitems__"):
-            rows = self.dataset.__getitems__(indices)
-        else:
-            rows = [self.dataset[i] for i in indices]
-        return keys[0][0], rows, indices
-
-
-def _collate_with(collator):
-    def collate(item):
-        key, rows, indices = item
-        batch = collator(rows, seed=key.seed, progress=key.progress)
-        batch["sample_ids"] = indices
-        batch["seed"] = key.seed
-        return batch
-
-    return collate
-
-
-def _loader(dataset, batches: list[list[int]], keys: list[_Key], collator, num_workers: int) -> DataLoader:
-    sampler = [[(k, i) for i in b] for k, b in zip(keys, batches)]
-    return DataLoader(_Keyed(dataset), batch_sampler=sampler, collate_fn=_collate_with(collator),
-                      num_workers=num_workers, pin_memory=torch.cuda.is_available())
 
 
 # ----------------------------------------------------------------------------------- the loop
@@ -165,7 +87,7 @@ def train(cfg: TrainingArguments, objective: Objective, accelerator: Optional[Ac
         _param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
         eps=cfg.adam_epsilon, fused=torch.cuda.is_available())
 
-    streaming = not hasattr(objective.train_dataset, "__len__")
+    streaming = objective.streaming
     if streaming:
         steps_per_epoch = cfg.max_steps
     else:
@@ -208,7 +130,8 @@ def train(cfg: TrainingArguments, objective: Objective, accelerator: Optional[Ac
     try:  # close the bar on errors too, so a message printed after it starts on its own line
         while state.step < total_steps:
             if data_iter is None:
-                data_iter = _epoch_iterator(objective, cfg, state, W, A, rank, total_steps, steps_per_epoch)
+                pos = Position(state.epoch, state.step_in_epoch, state.step - state.step_in_epoch, state.rollbacks)
+                data_iter = train_batches(objective, cfg, pos, W, rank, total_steps, steps_per_epoch)
             micro = []
             for _ in range(A):
                 batch = next(data_iter, None)
@@ -230,13 +153,16 @@ def train(cfg: TrainingArguments, objective: Objective, accelerator: Optional[Ac
                 data_iter = None
                 continue
 
-            # Global number of targets in this update: one all-reduce before any backward.
-            local = torch.tensor([sum(b["num_targets"] for b in micro), sum(b["num_inputs"] for b in micro)], dtype=torch.float64, device=accelerator.device)
-            totals = accelerator.reduce(local, "sum")
-            n_targets, n_inputs = totals[0].item(), totals[1].item()  # note: CPU-GPU sync point, once per update
+            # Global number of targets per loss term in this update: one all-reduce before any backward.
+            counts = [_terms(b["num_targets"]) for b in micro]  # per micro-batch {term: targets}
+            names = list(counts[0])
+            local = [sum(c[k] for c in counts) for k in names] + [sum(b["num_inputs"] for b in micro)]
+            totals = accelerator.reduce(torch.tensor(local, dtype=torch.float64, device=accelerator.device), "sum").tolist()
+            n_targets, n_inputs = dict(zip(names, totals[:-1])), totals[-1]  # note: CPU-GPU sync point, once per update
+            # DDP averages gradients over W processes: scale by W so each term becomes sum / its global count.
+            scales = {k: W / max(n, 1.0) for k, n in n_targets.items()}
 
-            loss_sum = torch.zeros((), device=accelerator.device, dtype=torch.float32)
-            metric_sums: dict[str, torch.Tensor] = {}
+            sums: dict[str, torch.Tensor] = {}  # loss terms, then metrics weighted by their term's count
             model.train()
             for a, batch in enumerate(micro):
                 inputs = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
@@ -244,17 +170,19 @@ def train(cfg: TrainingArguments, objective: Objective, accelerator: Optional[Ac
                 sync = contextlib.nullcontext() if a == A - 1 else accelerator.no_sync(model)
                 with sync, accelerator.autocast():
                     outputs = model(**inputs)
-                    # DDP averages gradients over W processes: scale by W so the result is sum / n_targets.
-                    scale = W / max(n_targets, 1.0)
-                    accelerator.backward(outputs["loss_sum"] * scale)
-                loss_sum += outputs["loss_sum"].detach().float()
-                for k, v in outputs.items():
-                    if k != "loss_sum":
-                        metric_sums[k] = metric_sums.get(k, 0) + v.detach().float() * batch["num_targets"]
+                    terms = _terms(outputs["loss_sum"])
+                    accelerator.backward(sum(terms[k] * scales[k] for k in names))
+                _accumulate(sums, outputs, terms, counts[a], names)
 
-            loss = (accelerator.reduce(loss_sum, "sum") / max(n_targets, 1.0)).item()
+            reduced = _reduce_sums(accelerator, sums)
+            term_losses = {k: reduced.pop(f"loss/{k}") / max(n_targets[k], 1.0) for k in names}
+            loss = sum(term_losses.values())
+            metrics = {k: v / max(n_targets[_term_of(k, names)], 1.0) for k, v in sorted(reduced.items())}
+            if len(names) > 1:
+                metrics.update({f"loss_{k}": v for k, v in term_losses.items()})
+                metrics.update({f"num_{k}_targets": int(n) for k, n in n_targets.items()})
             grad_norm = None
-            finite = math.isfinite(loss) and n_targets > 0
+            finite = math.isfinite(loss) and sum(n_targets.values()) > 0
             if finite:  # max_grad_norm 0: measure the norm (logged, checked) without clipping
                 grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf")))
                 finite = math.isfinite(grad_norm)
@@ -267,18 +195,17 @@ def train(cfg: TrainingArguments, objective: Objective, accelerator: Optional[Ac
                 state.bad_in_a_row += 1
                 state.skipped_updates.append({"step": state.step + 1, "loss": loss, "grad_norm": grad_norm, "sample_ids": ids[:64]})
                 logger.warning("Update %d skipped: non-finite loss/gradient (loss=%s, grad_norm=%s, %d targets); samples %s",
-                               state.step + 1, loss, grad_norm, n_targets, ids[:64])
+                               state.step + 1, loss, grad_norm, int(sum(n_targets.values())), ids[:64])
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
             state.step_in_epoch += 1
             state.inputs_seen += n_inputs
-            state.targets_seen += int(n_targets)
+            state.targets_seen += int(n_targets[names[0]])
             extra = objective.on_update(state.step, total_steps) or {}
 
-            metrics = {k: (accelerator.reduce(v, "sum") / max(n_targets, 1.0)).item() for k, v in sorted(metric_sums.items())}
             now = time.perf_counter()
             row = {"step": state.step, "epoch": state.epoch, "loss": loss, "lr": scheduler.get_last_lr()[0],
-                   "grad_norm": grad_norm, "num_targets": int(n_targets), **metrics, **extra,
+                   "grad_norm": grad_norm, "num_targets": int(n_targets[names[0]]), **metrics, **extra,
                    f"{objective.input_unit}_per_second": n_inputs / (now - t_last), "time": round(time.time(), 3)}
             window.append(row)
             if accelerator.is_main_process:
@@ -292,7 +219,7 @@ def train(cfg: TrainingArguments, objective: Objective, accelerator: Optional[Ac
                     f"samples {state.skipped_updates[-1]['sample_ids']}). Lower the learning rate, use bf16 instead of fp16, "
                     f"or check the data; the last checkpoint is in {out}.")
             try:
-                problem = objective.check_health(window) if hasattr(objective, "check_health") else None
+                problem = objective.check_health(window)
             except RollbackRequested as request:
                 if state.rollbacks >= cfg.max_rollbacks:
                     raise TrainingStopped(f"{request} Already rolled back {state.rollbacks} times (max_rollbacks); stopping.") from None
@@ -350,35 +277,66 @@ def train(cfg: TrainingArguments, objective: Objective, accelerator: Optional[Ac
 
 @torch.no_grad()
 def evaluate(accelerator: Accelerator, model, objective: Objective, cfg: TrainingArguments) -> dict[str, float]:
-    """Loss (sum / targets) and metrics over the eval set with fixed masks (same every evaluation)."""
+    """Loss (each term's sum / its targets, added up) and metrics over the eval set with fixed masks."""
     W, rank = accelerator.num_processes, accelerator.process_index
-    plan = objective.eval_plan()
-    if cfg.max_eval_batches:
-        plan = plan[: cfg.max_eval_batches]
-    mine = list(range(rank, len(plan), W))
-    keys = [_Key(batch_seed(cfg.seed, -1, g), 1.0, g) for g in mine]
-    loader = _loader(objective.eval_dataset, [plan[g] for g in mine], keys, objective.collator, 0)
     # The unwrapped module: a DDP forward would wait for processes that have no batch left.
     model = accelerator.unwrap_model(model).eval()
     sums: dict[str, torch.Tensor] = {}
-    n = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-    for batch in loader:
+    counts: dict[str, float] = {}
+    for batch in eval_batches(objective, cfg, W, rank):
         inputs = {k: v.to(accelerator.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
         torch.manual_seed(batch["seed"])
         with accelerator.autocast():
             outputs = model(**inputs)
-        for k, v in outputs.items():
-            w = 1.0 if k == "loss_sum" else batch["num_targets"]
-            sums[k] = sums.get(k, 0) + v.detach().double() * w
-        n += batch["num_targets"]
-    n_total = accelerator.reduce(n, "sum").item()
+        terms, n = _terms(outputs["loss_sum"]), _terms(batch["num_targets"])
+        _accumulate(sums, outputs, terms, n, list(n))
+        for k, v in n.items():
+            counts[k] = counts.get(k, 0.0) + v
+    # Processes may hold different batches (or none): agree on the names before reducing.
     names = sorted({k for ks in gather_object([list(sums)]) for k in ks}) if W > 1 else sorted(sums)
-    result = {}
-    for k in names:
-        total = accelerator.reduce(sums.get(k, torch.zeros((), dtype=torch.float64, device=accelerator.device)), "sum").item()
-        result["eval_loss" if k == "loss_sum" else f"eval_{k}"] = total / max(n_total, 1.0)
-    result["eval_targets"] = int(n_total)
+    terms = sorted({k for ks in gather_object([list(counts)]) for k in ks}) if W > 1 else sorted(counts)
+    zero = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    total = accelerator.reduce(torch.stack([sums.get(k, zero).double() for k in names]
+                                           + [zero + counts.get(k, 0.0) for k in terms]), "sum").tolist()
+    n_total = dict(zip(terms, total[len(names):]))
+    reduced = dict(zip(names, total[: len(names)]))
+    order = [k[len("loss/"):] for k in names if k.startswith("loss/")]
+    term_losses = {k: reduced.pop(f"loss/{k}") / max(n_total.get(k, 0.0), 1.0) for k in order}
+    result = {"eval_loss": sum(term_losses.values())}
+    if len(order) > 1:
+        result.update({f"eval_loss_{k}": v for k, v in term_losses.items()})
+    for k, v in reduced.items():
+        result[f"eval_{k}"] = v / max(n_total.get(_term_of(k, order), 0.0), 1.0)
+    result["eval_targets"] = int(n_total.get(order[0], 0)) if order else 0
     return objective.eval_summary(result)
+
+
+def _terms(x) -> dict:
+    """A loss sum or target count, for one term (a scalar) or several ({term: value}), as {term: value}."""
+    return dict(x) if isinstance(x, dict) else {"loss": x}
+
+
+def _term_of(metric: str, terms: list[str]) -> str:
+    """The loss term whose target count weights `metric`: its name prefix, else the first term."""
+    return next((t for t in terms if metric.startswith(t + "_")), terms[0])
+
+
+def _accumulate(sums: dict, outputs: dict, terms: dict, counts: dict, names: list[str]) -> None:
+    """Add one micro-batch to the running sums: 'loss/<term>' sums, and each metric (a per-target mean)
+    times its term's target count, so that dividing by the global count gives the global mean."""
+    for k in names:
+        sums[f"loss/{k}"] = sums.get(f"loss/{k}", 0.0) + terms[k].detach().double()
+    for k, v in outputs.items():
+        if k != "loss_sum":
+            sums[k] = sums.get(k, 0.0) + v.detach().double() * counts[_term_of(k, names)]
+
+
+def _reduce_sums(accelerator, sums: dict) -> dict[str, float]:
+    """Sum every running sum over processes in one all-reduce (one sync), as Python floats."""
+    names = sorted(sums)
+    total = accelerator.reduce(torch.stack([torch.as_tensor(sums[k], dtype=torch.float64, device=accelerator.device)
+                                            for k in names]), "sum").tolist()
+    return dict(zip(names, total))
 
 
 def _evaluate_and_log(accelerator, model, objective, cfg, step, log_path) -> dict:
@@ -390,44 +348,6 @@ def _evaluate_and_log(accelerator, model, objective, cfg, step, log_path) -> dic
         if cfg.trackers:
             accelerator.log({k.replace("eval_", "eval/"): v for k, v in result.items()}, step=step)
     return result
-
-
-def _epoch_iterator(objective, cfg, state: _State, W, A, rank, total_steps, steps_per_epoch):
-    """This process's micro-batches for the rest of the current epoch, each with its seed."""
-    def progress(g):
-        return (state.epoch * steps_per_epoch + g // (W * A)) / max(total_steps, 1)
-
-    if not hasattr(objective.train_dataset, "__len__"):  # streaming: already sharded by process
-        return _stream_iterator(objective, cfg, state, W, A, rank, total_steps)
-    plan = objective.batch_plan(state.epoch, cfg.seed)
-    usable = (len(plan) // (W * A)) * (W * A)
-    start = state.step_in_epoch * W * A
-    mine = [g for g in range(start + rank, usable, W)]
-    keys = [_Key(batch_seed(cfg.seed, state.epoch, g, state.rollbacks), progress(g), g) for g in mine]
-    return iter(_loader(objective.train_dataset, [plan[g] for g in mine], keys, objective.collator, cfg.dataloader_num_workers))
-
-
-def _stream_iterator(objective, cfg, state, W, A, rank, total_steps):
-    """Streaming: examples come from the process's shard of the stream in order; micro-batch
-    global index g = step_in_epoch*W*A + a*W + rank keeps seeds identical to the map-style layout."""
-    ds = objective.train_dataset
-    bs = cfg.per_device_train_batch_size
-    epoch, epoch_start = state.epoch, state.step - state.step_in_epoch  # fixed for this pass over the stream
-    if hasattr(ds, "set_epoch"):
-        ds.set_epoch(epoch)
-    g = state.step_in_epoch * W * A + rank
-    rows: list = []
-    # Resume re-reads this process's shard up to the saved position (a stream cannot seek).
-    for ex in itertools.islice(ds, state.step_in_epoch * A * bs, None):
-        rows.append(ex)
-        if len(rows) == bs:
-            seed = batch_seed(cfg.seed, epoch, g, state.rollbacks)
-            batch = objective.collator(rows, seed=seed, progress=(epoch_start + g // (W * A)) / max(total_steps, 1))
-            batch["sample_ids"] = list(range(g * bs, (g + 1) * bs))
-            batch["seed"] = seed
-            rows = []
-            g += W
-            yield batch
 
 
 def _trainer_state(state: _State, cfg, W: int) -> dict:

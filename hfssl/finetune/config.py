@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from hfssl.config import AudioDataArguments, TrainingArguments, _help
+from hfssl.config import TrainingArguments, _help
 from hfssl.errors import ConfigError
+from hfssl.objectives.speech_base import AudioDataArguments
 
 TASKS = ("text-classification", "audio-classification", "speech-recognition-ctc")
 TABLE_EXTENSIONS = (".csv", ".tsv", ".json", ".jsonl", ".parquet")

@@ -54,7 +54,7 @@ def evaluate_split(accelerator, task, split: str, distributed: bool = True) -> t
     dataset = task.eval_dataset if split == "validation" else task.test_dataset
     model = task.model.to(accelerator.device)
     loss_sum, labeled, outputs = predict(accelerator, model, dataset, task.collator, task.cfg.per_device_eval_batch_size,
-                                         getattr(task, "eval_batches", None), distributed)
+                                         task.eval_batches, distributed)
     metrics, rows = task.evaluate_outputs(split, outputs)
     prefix = "eval" if split == "validation" else "test"
     result = {}
@@ -77,7 +77,7 @@ def write_split_outputs(output_dir: str, task, split: str, result: dict, rows: l
     with open(out / f"{prefix}_predictions.jsonl", "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    cm = getattr(task, "last_confusion", None)
+    cm = task.last_confusion
     if cm is not None and f"{prefix}_accuracy" in result:
         from hfssl.finetune.metrics import plot_confusion_matrix
 

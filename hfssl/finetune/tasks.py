@@ -1,4 +1,4 @@
-"""What every fine-tuning task shares: the loop hooks of `hfssl.trainer.Objective`, model loading
+"""What every fine-tuning task shares: the loop's `Objective` protocol, model loading
 (pretrained vs. same architecture from random init), and the probe switch.
 
 A task provides: `model` (a wrapper from `hfssl.finetune.heads`), `collator`, `train_dataset`,
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from hfssl.errors import ConfigError
-from hfssl.trainer import shuffled_batches
+from hfssl.objectives.base import Objective
 
 logger = logging.getLogger(__name__)
 
@@ -39,42 +39,29 @@ class Rows(torch.utils.data.Dataset):
         return [self[i] for i in indices]
 
 
-class Task:
-    """Loop hooks shared by the three tasks (the loop's `Objective` protocol)."""
+class Task(Objective):
+    """What the three tasks share: the loop's `Objective` members plus the fine-tuning ones below.
+
+    A task also provides `test_dataset` (or None), `evaluate_outputs(split, outputs)` (per-example
+    outputs -> metrics + prediction rows) and `save_pretrained`.
+    """
 
     name = "finetune"
     input_unit = "examples"
     test_dataset: Any = None
+    last_confusion: Optional[np.ndarray] = None  # set by evaluate_outputs for single-label classification
 
     def __init__(self, cfg, accelerator=None):
-        self.cfg = cfg
+        super().__init__(cfg)
+        # processes: evaluation plans give each the same number of batches
         self.world = accelerator.num_processes if accelerator is not None else 1
-
-    # ------------------------------------------------------------------ loop hooks
-    def batch_plan(self, epoch: int, seed: int) -> list[list[int]]:
-        return shuffled_batches(len(self.train_dataset), self.cfg.per_device_train_batch_size, seed, epoch)
-
-    world: int = 1  # processes: evaluation plans give each the same number of batches
 
     def eval_plan(self) -> list[list[int]]:
         return plan_for(self.eval_dataset, self.cfg.per_device_eval_batch_size, self.world)
 
-    def on_update(self, step: int, total_steps: int) -> dict:
-        return {}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-    def eval_summary(self, metrics: dict) -> dict:
-        return metrics
-
-    def enable_gradient_checkpointing(self) -> None:
-        inner = getattr(self.model, "model", None)
-        if inner is not None and hasattr(inner, "gradient_checkpointing_enable"):
-            inner.gradient_checkpointing_enable()
+    def eval_batches(self, dataset) -> list[list[int]]:
+        """Batches for predicting over a whole split (validation or test), in any order; see `plan_for`."""
+        return plan_for(dataset, self.cfg.per_device_eval_batch_size)
 
     def extra_results(self) -> dict:
         """Counts worth reporting next to the metrics (e.g. filtered examples)."""

@@ -68,7 +68,7 @@ def test_iteration1_outputs_load(iteration1):
     from safetensors.torch import load_file
     from transformers import AutoFeatureExtractor, AutoModel, HubertModel
 
-    from hfssl.hubert_targets import KMeans
+    from hfssl.objectives.hubert.kmeans import KMeans
 
     out = iteration1
     model = HubertModel.from_pretrained(out)
@@ -94,7 +94,7 @@ def test_iteration1_outputs_load(iteration1):
 def test_iteration2_clusters_features_of_iteration1(iteration1, speech_subset, tmp_path):
     from transformers import HubertModel
 
-    from hfssl.hubert_targets import KMeans
+    from hfssl.objectives.hubert.kmeans import KMeans
 
     out = tmp_path / "iter2"
     proc = run_cli("run_pretrain.py", [ITER2, "--label_model", iteration1, "--output_dir", out, *_fast(speech_subset), "--max_steps", "3",

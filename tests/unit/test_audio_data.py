@@ -447,7 +447,7 @@ def test_streamed_folder_is_listed_not_scanned_and_sharded_across_processes(tmp_
     seeded order; the held-out validation files are scanned; 2 processes read disjoint halves."""
     from datasets.distributed import split_dataset_by_node
 
-    from hfssl.config import Wav2Vec2PretrainConfig
+    from hfssl.objectives.wav2vec2.config import Wav2Vec2PretrainConfig
     from hfssl.data.audio import AudioStream, build_audio_splits
 
     folder = tmp_path / "audio"

@@ -8,7 +8,7 @@ from unittest import mock
 import pytest
 import yaml
 
-from hfssl.config import MLMConfig
+from hfssl.objectives.mlm.config import MLMConfig
 from hfssl.hub import files_to_upload, push_to_hub, write_model_card
 
 SENTENCES = [
@@ -26,7 +26,7 @@ def model_dir(tmp_path_factory) -> Path:
     leftovers (checkpoints, a half-written checkpoint, temp files, tensorboard logs)."""
     from transformers import BertConfig, BertForMaskedLM
 
-    from hfssl.data.text import train_tokenizer
+    from hfssl.data.text.tokenizer import train_tokenizer
 
     out = tmp_path_factory.mktemp("run")
     tok = train_tokenizer(SENTENCES, "wordpiece", 200)

@@ -1,4 +1,4 @@
-"""Tests for hfssl.hubert_targets (MFCC, k-means, frame alignment, layer features) and the HuBERT loss."""
+"""Tests for HuBERT's targets (MFCC, k-means, frame alignment, layer features) and the HuBERT loss."""
 
 from __future__ import annotations
 
@@ -11,20 +11,17 @@ import torch
 import torchaudio
 
 from hfssl.data.audio import find_audio_files, load_audio, num_frames
-from hfssl.hubert_targets import (
-    KMeans,
+from hfssl.objectives.hubert.features import (
     align_labels,
-    cluster_usage,
     conv_geometry,
-    fit_kmeans,
     hubert_layer_features,
-    kmeans_plus_plus,
     label_frame_index,
     mfcc_features,
     mfcc_geometry,
     truncate_encoder,
 )
-from hfssl.objectives.hubert import count_targets, hubert_loss
+from hfssl.objectives.hubert.kmeans import KMeans, cluster_usage, fit_kmeans, kmeans_plus_plus
+from hfssl.objectives.hubert.loss import count_targets, hubert_loss
 
 SPEECH = Path(__file__).resolve().parents[1] / "fixtures" / "speech" / "unlabeled"
 BASE_KERNEL, BASE_STRIDE = (10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)
@@ -299,8 +296,8 @@ def test_padding_frames_carry_no_loss_and_count_targets_rule():
 
 
 def _objective(tmp_path, out, files, *extra):
-    from hfssl.config import load_config
-    from hfssl.objectives.hubert import HubertObjective
+    from hfssl.objectives import load_config
+    from hfssl.objectives.hubert.objective import HubertObjective
 
     data = tmp_path / "data"
     if not data.exists():

@@ -215,7 +215,7 @@ def test_random_replacements_are_real_non_special_tokens_spread_over_vocabulary(
 
 
 def test_from_tokenizer_replacements_are_the_real_vocabulary_without_specials():
-    from hfssl.data.text import train_tokenizer
+    from hfssl.data.text.tokenizer import train_tokenizer
 
     sentences = ["the quick brown fox jumps over the lazy dog", "pack my box with five dozen liquor jugs"] * 10
     tok = train_tokenizer(sentences, "wordpiece", 150)

@@ -9,10 +9,11 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForMaskedLM
 
 from conftest import CORPUS, ROOT
-from hfssl.config import load_config
-from hfssl.objectives.mlm import HEADS, SparseMaskedLM
-from hfssl.objectives.mlm import MLMObjective
-from hfssl.trainer import batch_seed, train
+from hfssl.objectives import load_config
+from hfssl.data.batching import batch_seed
+from hfssl.objectives.mlm.loss import HEADS, SparseMaskedLM
+from hfssl.objectives.mlm.objective import MLMObjective
+from hfssl.trainer import train
 
 
 @pytest.mark.parametrize("model_type", ["bert", "roberta", "distilbert", "modernbert"])

@@ -10,10 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from hfssl.config import MLMConfig
-from hfssl.data import text as textdata
+from hfssl.objectives.mlm.config import MLMConfig
+from hfssl.data.text import corpus as textdata
 from hfssl.errors import DataError
-from hfssl.data.text import load_text_datasets, pack_blocks, pack_stream, tokenize, train_tokenizer
+from hfssl.data.text.corpus import load_text_datasets
+from hfssl.data.text.pack import pack_blocks, pack_stream, tokenize
+from hfssl.data.text.tokenizer import train_tokenizer
 
 CLS, SEP = 2, 3
 

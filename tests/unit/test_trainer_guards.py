@@ -8,7 +8,9 @@ import torch
 
 from hfssl.config import TrainingArguments
 from hfssl.errors import TrainingStopped
-from hfssl.trainer import shuffled_batches, train
+from hfssl.data.batching import shuffled_batches
+from hfssl.objectives.base import Objective
+from hfssl.trainer import train
 
 
 class Regression(torch.nn.Module):
@@ -20,16 +22,15 @@ class Regression(torch.nn.Module):
         return {"loss_sum": ((self.w(x) - y) ** 2).sum()}
 
 
-class ToyObjective:
+class ToyObjective(Objective):
     """y = 2x on 16 points; samples listed in `poison` carry x = inf."""
 
-    name, input_unit = "toy", "examples"
+    name = "toy"
 
     def __init__(self, poison=()):
         torch.manual_seed(0)
         self.model = Regression()
         self.train_dataset = [{"x": float("inf") if i in poison else i / 16, "y": 2 * i / 16} for i in range(16)]
-        self.eval_dataset = None
         self.snapshots = []
 
     def collator(self, rows, seed, progress):
@@ -39,21 +40,9 @@ class ToyObjective:
     def batch_plan(self, epoch, seed):
         return shuffled_batches(16, 4, seed, epoch, shuffle=False)
 
-    def eval_plan(self):
-        return []
-
     def on_update(self, step, total):
         self.snapshots.append([p.detach().clone() for p in self.model.parameters()])
         return {}
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state):
-        pass
-
-    def eval_summary(self, metrics):
-        return metrics
 
     def save_pretrained(self, output_dir, summary):
         pass

@@ -13,10 +13,12 @@ import torch
 from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
 
 from hfssl.collators.speech import AudioPretrainingCollator
-from hfssl.config import load_config
+from hfssl.objectives import load_config
 from hfssl.data.audio import num_frames
 from hfssl.masking.spans import flatten_negative_indices
-from hfssl.objectives.wav2vec2 import Wav2Vec2Objective, Wav2Vec2Pretraining, gumbel_temperature
+from hfssl.objectives.wav2vec2.loss import gumbel_temperature
+from hfssl.objectives.wav2vec2.model import Wav2Vec2Pretraining
+from hfssl.objectives.wav2vec2.objective import Wav2Vec2Objective
 
 ROOT = Path(__file__).resolve().parents[2]
 UNLABELED = ROOT / "tests" / "fixtures" / "speech" / "unlabeled"

@@ -1,23 +1,9 @@
 """wav2vec 2.0 masked contrastive pretraining (Baevski et al., 2020) on `Wav2Vec2ForPreTraining`.
 
-The model's weights, layout and checkpoints are transformers' own (the output folder loads with
-`Wav2Vec2Model.from_pretrained` / `AutoModel`); the forward pass and the loss are ours, because
-the paper's recipe needs three things the stock forward does not do:
-
-* feature-encoder gradient scaling (x0.1 for base: `GradMultiply` on the conv output),
-* the L2 penalty on the conv features (weight 10 for base), scaled like every extra loss by the
-  number of masked frames (fairseq scales extra losses by the sample size),
-* a Gumbel temperature schedule `max(end, start * decay**update)` that is part of the resumable state.
-
-It also only quantizes and scores the masked frames (the contrastive loss is zero elsewhere),
-where transformers quantizes every frame and builds (K+1, B, T, D) logits; and it draws masks and
-negatives in the collator from the loop's per-batch seed, so resume is exact.
-
-Losses (per micro-batch, summed over its N masked frames, as the loop expects):
-  contrastive = sum_t CE(cos(c_t, [q_t, q~_1..K]) / kappa, 0), negatives equal to q_t -> -inf
-  diversity   = (G*V - sum_g perplexity_g) / (G*V) * N        (transformers' definition)
-  penalty     = mean(features**2) * N
-  loss_sum    = contrastive + diversity_weight * diversity + penalty_weight * penalty
+Masks and negatives are drawn in the collator from the loop's per-batch seed, so resume is exact. The
+Gumbel temperature schedule `max(end, start * decay**update)` is part of the resumable state. A codebook
+collapse (some group's perplexity near its minimum for `collapse_patience` updates) warns, stops, or
+rolls back to the last healthy checkpoint (`on_collapse`). Model: `model.py`; loss terms: `loss.py`.
 """
 
 from __future__ import annotations
@@ -29,180 +15,33 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from transformers import AutoConfig, Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForPreTraining
+from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForPreTraining
 
 from hfssl.collators.speech import AudioPretrainingCollator
-from hfssl.config import Wav2Vec2PretrainConfig
+from hfssl.data.audio import build_audio_splits, duration_batches, receptive_field
+from hfssl.data.batching import batch_seed
 from hfssl.errors import ConfigError
-from hfssl.data.audio import build_audio_splits, duration_batches, num_frames, receptive_field
 from hfssl.masking.spans import expected_masked_fraction, span_mask_stats
-from hfssl.trainer import batch_seed
+from hfssl.objectives.base import Objective
+from hfssl.objectives.speech_base import speech_model_config
+from hfssl.objectives.wav2vec2.config import Wav2Vec2PretrainConfig
+from hfssl.objectives.wav2vec2.loss import gumbel_temperature
+from hfssl.objectives.wav2vec2.model import Wav2Vec2Pretraining
 
 logger = logging.getLogger(__name__)
 
-# Reference values of the paper at mask_prob 0.65, mask_length 10 (section 4.2 / GUIDE.md section 7).
+# Reference values of the paper at mask_prob 0.65, mask_length 10 (section 4.2).
 PAPER_MASKED_FRACTION = 0.49
 PAPER_MEAN_SPAN = 14.7
 COLLAPSE_FACTOR = 1.5  # a group whose perplexity stays below 1.5x its minimum (1 code) has collapsed
 
 
-class GradMultiply(torch.autograd.Function):
-    """Identity forward; multiplies the gradient by `scale` backward (fairseq's feature_grad_mult)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return grad * ctx.scale, None
-
-
-class Wav2Vec2Pretraining(torch.nn.Module):
-    """Wraps a `Wav2Vec2ForPreTraining`; forward returns the summed loss and per-batch metrics.
-
-    Args:
-        model: the transformers model (its submodules are used as they are; nothing is copied).
-        feature_grad_scale: gradient multiplier into the feature encoder (1.0 = off).
-        feature_penalty_weight / diversity_loss_weight: weights of the extra losses.
-        logits_temperature: kappa of the cosine logits.
-    """
-
-    def __init__(self, model: Wav2Vec2ForPreTraining, feature_grad_scale: float = 0.1, feature_penalty_weight: float = 10.0,
-                 diversity_loss_weight: float = 0.1, logits_temperature: float = 0.1, gumbel_temperature: float = 2.0):
-        super().__init__()
-        if model.config.add_adapter:
-            raise ConfigError("add_adapter is a fine-tuning option; pretraining needs add_adapter=false.")
-        self.model = model
-        self.feature_grad_scale = float(feature_grad_scale)
-        self.feature_penalty_weight = float(feature_penalty_weight)
-        self.diversity_loss_weight = float(diversity_loss_weight)
-        self.logits_temperature = float(logits_temperature)
-        # A buffer, not a Python float: a compiled graph reads it instead of recompiling each update.
-        # Not persistent: the objective's state_dict carries it (the model weights stay transformers').
-        self.register_buffer("gumbel_temperature", torch.tensor(float(gumbel_temperature)), persistent=False)
-
-    def set_gumbel_temperature(self, value: float) -> None:
-        self.gumbel_temperature.fill_(value)
-
-    def _quantize(self, features: torch.Tensor):
-        """(N, C) -> codevectors (N, G*d), per-group perplexity (G,), code perplexity ().
-
-        Training: straight-through hard Gumbel-softmax; perplexity of the mean softmax (as
-        transformers and fairseq's prob_perplexity). Eval: argmax codes, perplexity of their
-        histogram (transformers' eval mode). Codevectors are gathered with a (G, N, V) @ (G, V, d)
-        product instead of materializing (N, G*V, d).
-        """
-        q = self.model.quantizer
-        n = features.shape[0]
-        groups, num_vars = q.num_groups, q.num_vars
-        logits = q.weight_proj(features).view(n * groups, num_vars).float()
-        hard_idx = logits.argmax(-1)
-        if self.training:
-            gumbels = -torch.empty_like(logits).exponential_().log()  # same draw as F.gumbel_softmax
-            soft_sample = ((logits + gumbels) / self.gumbel_temperature).softmax(-1)
-            idx = soft_sample.argmax(-1)
-            hard = torch.zeros_like(logits).scatter_(-1, idx[:, None], 1.0)
-            probs = hard - soft_sample.detach() + soft_sample
-            marginal = logits.view(n, groups, num_vars).softmax(-1).sum(0) / max(n, 1)  # (G, V); no NaN when n == 0
-        else:
-            probs = torch.zeros_like(logits).scatter_(-1, hard_idx[:, None], 1.0)
-            marginal = probs.view(n, groups, num_vars).sum(0) / max(n, 1)
-        perplexity = torch.exp(-torch.xlogy(marginal, marginal).sum(-1))  # (G,)
-        counts = torch.zeros(groups * num_vars, device=logits.device).index_add_(
-            0, (hard_idx.view(n, groups) + torch.arange(groups, device=logits.device) * num_vars).view(-1),
-            torch.ones(n * groups, device=logits.device)).view(groups, num_vars) / max(n, 1)
-        code_perplexity = torch.exp(-torch.xlogy(counts, counts).sum(-1)).sum()
-        codebook = q.codevectors.view(groups, num_vars, -1)  # (G, V, d)
-        codes = torch.bmm(probs.view(n, groups, num_vars).transpose(0, 1).to(codebook.dtype), codebook)  # (G, N, d)
-        return codes.transpose(0, 1).reshape(n, groups * codebook.shape[-1]), perplexity, code_perplexity
-
-    def forward(self, input_values: torch.Tensor, mask_time_indices: torch.Tensor, sampled_negative_indices: torch.Tensor,
-                attention_mask: Optional[torch.Tensor] = None, frame_lengths: Optional[torch.Tensor] = None) -> dict:
-        """
-        Args:
-            input_values: (B, S) float audio, right-padded with zeros.
-            mask_time_indices: (B, F) bool, masked frames (only real frames).
-            sampled_negative_indices: (B, F, K) long, per-utterance time indices of the negatives of
-                each masked frame (other masked frames of the same utterance).
-            attention_mask: (B, S) 1 on real samples; only for models that use one (layer norm).
-            frame_lengths: (B,) real frames per utterance (default: from attention_mask, else all).
-        Returns:
-            dict of scalars: loss_sum, contrastive_loss / diversity_loss / feature_penalty (per
-            masked frame, unweighted), accuracy, codebook_perplexity (sum over groups), perplexity_g{i}, code_perplexity,
-            masked_fraction.
-        """
-        m = self.model
-        w = m.wav2vec2
-        features = w.feature_extractor(input_values)  # (B, C, F)
-        if self.feature_grad_scale != 1.0:
-            features = GradMultiply.apply(features, self.feature_grad_scale)
-        features = features.transpose(1, 2)  # (B, F, C)
-        batch, frames = features.shape[:2]
-        if frame_lengths is None:
-            frame_lengths = (num_frames(attention_mask.sum(-1), m.config.conv_kernel, m.config.conv_stride)
-                             if attention_mask is not None else torch.full((batch,), frames, device=features.device))
-        real = torch.arange(frames, device=features.device)[None, :] < frame_lengths[:, None]  # (B, F)
-        n_real = real.sum().clamp_min(1)
-        # fairseq: features.float().pow(2).mean() over the conv output (here: real frames only).
-        feature_penalty = (features.float().pow(2).mean(-1) * real).sum() / n_real
-
-        hidden, normed = w.feature_projection(features)  # (B, F, H), (B, F, C) layer-normed conv features
-        mask = mask_time_indices.bool()
-        hidden = torch.where(mask[..., None], w.masked_spec_embed.to(hidden.dtype), hidden)
-        encoded = w.encoder(hidden, attention_mask=real if attention_mask is not None else None).last_hidden_state
-
-        context = m.project_hid(encoded[mask])  # (N, D), N masked frames in batch order
-        n = context.shape[0]
-        codes, perplexity, code_perplexity = self._quantize(m.dropout_features(normed[mask]))
-        targets = m.project_q(codes.to(m.project_q.weight.dtype))  # (N, D)
-
-        # Negatives are masked frames: map (b, t) to its row among the masked frames.
-        rows_of = mask.reshape(-1).long().cumsum(0) - 1  # (B*F,)
-        b_idx = mask.nonzero(as_tuple=True)[0]  # (N,)
-        flat = b_idx[:, None] * frames + sampled_negative_indices[mask].long()  # (N, K)
-        negatives = targets[rows_of[flat]]  # (N, K, D)
-        candidates = torch.cat([targets[:, None], negatives], dim=1)  # (N, 1+K, D)
-        logits = torch.cosine_similarity(context[:, None].float(), candidates.float(), dim=-1) / self.logits_temperature
-        neg_is_pos = (targets[:, None] == negatives).all(-1)  # (N, K)
-        logits = torch.cat([logits[:, :1], logits[:, 1:].masked_fill(neg_is_pos, float("-inf"))], dim=1)
-        contrastive = F.cross_entropy(logits, torch.zeros(n, dtype=torch.long, device=logits.device), reduction="sum")
-
-        codes_total = self.model.config.num_codevector_groups * self.model.config.num_codevectors_per_group
-        diversity = (codes_total - perplexity.sum()) / codes_total
-        loss_sum = contrastive + n * (self.diversity_loss_weight * diversity + self.feature_penalty_weight * feature_penalty)
-
-        denom = max(n, 1)
-        correct = (logits[:, :1] > logits[:, 1:]).all(-1).float().sum()
-        out = {
-            "loss_sum": loss_sum,
-            "contrastive_loss": contrastive.detach() / denom,
-            "diversity_loss": diversity.detach(),
-            "feature_penalty": feature_penalty.detach(),
-            "accuracy": correct / denom,
-            "codebook_perplexity": perplexity.detach().sum(),
-            "code_perplexity": code_perplexity,
-            "masked_fraction": mask.sum() / n_real,
-        }
-        for g in range(perplexity.shape[0]):
-            out[f"perplexity_g{g}"] = perplexity[g].detach()
-        return out
-
-
-def gumbel_temperature(cfg, updates_done: int) -> float:
-    """Temperature used by update number `updates_done` (0-based): max(end, start * decay**updates)."""
-    return max(cfg.gumbel_temperature_end, cfg.gumbel_temperature_start * cfg.gumbel_temperature_decay ** updates_done)
-
-
-class Wav2Vec2Objective:
+class Wav2Vec2Objective(Objective):
     name = "wav2vec2"
     input_unit = "audio_seconds"
 
     def __init__(self, cfg: Wav2Vec2PretrainConfig, accelerator=None):
-        self.cfg = cfg
+        super().__init__(cfg)
         self.main = accelerator is None or accelerator.is_main_process
         pretraining = self._model()
         config = pretraining.config
@@ -238,40 +77,12 @@ class Wav2Vec2Objective:
     # ------------------------------------------------------------------ build
     def _model(self) -> Wav2Vec2ForPreTraining:
         cfg = self.cfg
-        source = cfg.model_name_or_path or cfg.config_name
-        if source:
-            config = AutoConfig.from_pretrained(source)
-            if config.model_type != "wav2vec2":
-                raise ConfigError(f"'{source}' is a {config.model_type} model; the wav2vec2 objective needs a wav2vec2 config.")
-        else:
-            config = Wav2Vec2Config()
-        for key, value in cfg.config_overrides.items():
-            if not hasattr(config, key):
-                raise ConfigError(f"config_overrides: '{key}' is not a field of Wav2Vec2Config.")
-            setattr(config, key, value)
-        # Wav2Vec2Config derives the layer count in __init__; overriding the lists must update it.
-        config.num_feat_extract_layers = len(config.conv_dim)
-        if not len(config.conv_dim) == len(config.conv_kernel) == len(config.conv_stride):
-            raise ConfigError(f"conv_dim, conv_kernel and conv_stride must have the same length, got "
-                              f"{len(config.conv_dim)}, {len(config.conv_kernel)} and {len(config.conv_stride)}.")
+        config = speech_model_config(cfg, "wav2vec2", Wav2Vec2Config())
         if config.feat_extract_norm not in ("group", "layer"):
             raise ConfigError(f"feat_extract_norm must be 'group' or 'layer', got '{config.feat_extract_norm}'.")
-        inherited = (config.mask_time_prob, config.mask_time_length, config.mask_time_min_masks)
-        # The pretraining objective, never the 0.05 fine-tuning default of Wav2Vec2Config: these are
-        # also what the saved config says the model was pretrained with.
-        config.mask_time_prob, config.mask_time_length, config.mask_time_min_masks = cfg.mask_time_prob, cfg.mask_time_length, cfg.mask_time_min_masks
         config.num_negatives = cfg.num_negatives
         config.contrastive_logits_temperature = cfg.contrastive_logits_temperature
         config.diversity_loss_weight = cfg.diversity_loss_weight
-        config.apply_spec_augment = True
-        if inherited != (cfg.mask_time_prob, cfg.mask_time_length, cfg.mask_time_min_masks):
-            logger.info("Time masking for pretraining: mask_time_prob=%s, mask_time_length=%s, mask_time_min_masks=%s "
-                        "(the %s config had %s/%s/%s, e.g. the stock 0.05 is a fine-tuning value).",
-                        cfg.mask_time_prob, cfg.mask_time_length, cfg.mask_time_min_masks, source or "default",
-                        *inherited)
-        else:
-            logger.info("Time masking for pretraining: mask_time_prob=%s, mask_time_length=%s, mask_time_min_masks=%s.",
-                        cfg.mask_time_prob, cfg.mask_time_length, cfg.mask_time_min_masks)
         if cfg.model_name_or_path:
             model = Wav2Vec2ForPreTraining.from_pretrained(cfg.model_name_or_path, config=config)
         else:
@@ -379,9 +190,6 @@ class Wav2Vec2Objective:
         self._last_healthy_step = int(state.get("last_healthy_step", 0))
         self.model.set_gumbel_temperature(self._temperature)
 
-    def enable_gradient_checkpointing(self) -> None:
-        self.model.model.gradient_checkpointing_enable()
-
     def check_health(self, window: list[dict]) -> Optional[str]:
         """Codebook collapse: some group's perplexity below 1.5x its minimum (1) for collapse_patience updates."""
         if not window:
@@ -424,9 +232,6 @@ class Wav2Vec2Objective:
 
         good = [p for p in list_checkpoints(self.cfg.output_dir) if int(p.name.split("-")[1]) <= self._last_healthy_step]
         return str(good[-1]) if good else None
-
-    def eval_summary(self, metrics: dict) -> dict:
-        return metrics
 
     def save_pretrained(self, output_dir: str, summary: dict) -> None:
         from hfssl.hub import write_model_card

@@ -1,0 +1,85 @@
+"""Tokenizers: train one on the corpus (WordPiece or byte-level BPE), or load the one a run asks for."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+def train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int, lowercase: bool = True):
+    """Train a fast tokenizer on the corpus: 'wordpiece' (BERT-style) or 'bpe' (byte-level, RoBERTa-style).
+
+    Returns a `PreTrainedTokenizerFast` with the usual special tokens, ready for `save_pretrained`.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if kind == "wordpiece":
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, min_frequency=2)
+        tok.train_from_iterator(texts, trainer)
+        cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+        tok.decoder = decoders.WordPiece()
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+            sep_token="[SEP]", mask_token="[MASK]", model_max_length=512)
+    if kind == "bpe":
+        specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=specials, min_frequency=2,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator(texts, trainer)
+        tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")))
+        tok.decoder = decoders.ByteLevel()
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+            cls_token="<s>", sep_token="</s>", mask_token="<mask>", model_max_length=512)
+    raise ValueError(f"Unknown tokenizer kind '{kind}': use 'wordpiece' or 'bpe'.")
+
+
+def load_or_train_tokenizer(cfg, train_split, accelerator=None):
+    """The run's tokenizer: `tokenizer_name`, else the model's (`model_name_or_path`, or a `config_name`
+    folder), else one trained on the first `tokenizer_train_samples` documents of `train_split`.
+
+    A trained tokenizer is saved at once to output_dir/tokenizer and reused on resume and by the other
+    processes: `tokenizers` training breaks frequency ties in hash order, so two trainings can differ.
+    Raises ConfigError when a word-level masking strategy needs a fast tokenizer and there is none.
+    """
+    import logging
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from hfssl.errors import ConfigError
+
+    logger = logging.getLogger(__name__)
+    source = cfg.tokenizer_name or cfg.model_name_or_path or (cfg.config_name if cfg.config_name and Path(cfg.config_name).is_dir() else None)
+    if source:
+        tok = AutoTokenizer.from_pretrained(source)
+        if not tok.is_fast and cfg.mask_strategy != "token":
+            raise ConfigError(f"mask_strategy={cfg.mask_strategy} needs a fast tokenizer (word ids); '{source}' is not one.")
+        return tok
+    saved = Path(cfg.output_dir) / "tokenizer"
+    if (saved / "tokenizer.json").is_file() and cfg.resume_from_checkpoint:
+        logger.info("Reusing the tokenizer trained at the start of this run: %s", saved)
+        return AutoTokenizer.from_pretrained(saved)
+    if accelerator is not None and not accelerator.is_main_process:
+        accelerator.wait_for_everyone()
+        return AutoTokenizer.from_pretrained(saved)
+    kind = cfg.tokenizer_type
+    if kind == "auto":
+        kind = "bpe" if cfg.model_type in ("roberta", "xlm-roberta", "camembert", "data2vec-text", "modernbert") else "wordpiece"
+    n = len(train_split) if cfg.tokenizer_train_samples == 0 else min(cfg.tokenizer_train_samples, len(train_split))
+    logger.info("Training a %s tokenizer (vocab %d) on %d documents", kind, cfg.vocab_size, n)
+    texts = (train_split[i : i + 1000]["text"] for i in range(0, n, 1000))
+    tok = train_tokenizer((t for chunk in texts for t in chunk), kind, cfg.vocab_size)
+    tok.save_pretrained(saved)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    return tok

@@ -1,0 +1,1 @@
+"""ELECTRA replaced-token detection: config.py, loss.py (pure), model.py (generator + discriminator), objective.py."""

@@ -1,0 +1,42 @@
+"""ELECTRA pretraining settings. Defaults follow the paper and google-research/electra's
+configure_pretraining.py: generator 1/4 of the discriminator's width (1/3 for base) at full depth,
+discriminator loss weight 50, 15% of tokens masked, of which 85% become [MASK] and 15% stay unchanged."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from hfssl.config import _help
+from hfssl.errors import ConfigError
+from hfssl.objectives.text_base import TextPretrainConfig
+
+
+@dataclass
+class ElectraPretrainConfig(TextPretrainConfig):
+    """ELECTRA: a small generator (masked LM) corrupts the input; the discriminator learns which tokens were replaced."""
+
+    objective: Literal["electra"] = _help("Pretraining objective.", "electra")
+    model_type: str = _help("Architecture of a fresh model: always 'electra' (ElectraForPreTraining + ElectraForMaskedLM).", "electra")
+    mask_replace_prob: float = _help("Of the selected tokens, fraction replaced by [MASK] (ELECTRA: 0.85, the rest unchanged).", 0.85)
+    random_replace_prob: float = _help("Of the selected tokens, fraction replaced by a random token (ELECTRA: 0).", 0.0)
+    generator_size: float = _help("Generator hidden size as a fraction of the discriminator's (paper: 1/4 small, 1/3 base); "
+                                  "its heads are hidden/64 (at least 1), its feed-forward 4x hidden.", 0.25)
+    generator_layers: float = _help("Generator depth as a fraction of the discriminator's (paper: 1.0).", 1.0)
+    generator_name_or_path: Optional[str] = _help("Continue from this generator (default: model_name_or_path/generator when it exists).", None)
+    generator_weight: float = _help("Weight of the generator's masked-LM loss (per masked token).", 1.0)
+    discriminator_weight: float = _help("Weight lambda of the discriminator's replaced-token loss (per real token; paper: 50).", 50.0)
+    sampling_temperature: float = _help("Temperature of the generator's softmax when sampling replacements (paper: 1).", 1.0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.model_type != "electra":
+            raise ConfigError(f"model_type must be 'electra' for the electra objective, got '{self.model_type}'.")
+        if not 0 < self.generator_size <= 1 or not 0 < self.generator_layers <= 1:
+            raise ConfigError("generator_size and generator_layers must be in (0, 1].")
+        if self.generator_weight <= 0 or self.discriminator_weight <= 0:
+            raise ConfigError("generator_weight and discriminator_weight must be > 0.")
+        if self.sampling_temperature <= 0:
+            raise ConfigError("sampling_temperature must be > 0.")
+        if self.generator_name_or_path and not self.model_name_or_path:
+            raise ConfigError("generator_name_or_path continues a generator: set model_name_or_path (the discriminator) too.")

@@ -1,0 +1,64 @@
+"""`ElectraPretraining`: transformers' ElectraForMaskedLM (generator) + ElectraForPreTraining
+(discriminator) with shared embeddings, one forward that returns ELECTRA's two summed loss terms.
+
+Shared embeddings (token, position, token type and their LayerNorm, as google-research/electra ties
+them): the generator's `electra.embeddings` IS the discriminator's module, and the generator's output
+layer stays tied to the shared token embeddings. A smaller generator projects the shared embeddings to
+its own width with its own `embeddings_project` (transformers does this when embedding_size differs).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hfssl.objectives.electra.loss import discriminator_loss, replaced_labels, sample_replacements
+from hfssl.objectives.mlm.loss import masked_lm_loss, masked_logits
+
+
+def share_embeddings(generator, discriminator) -> None:
+    """Make the generator use the discriminator's embedding module (and tie its output layer to it)."""
+    g, d = generator.config, discriminator.config
+    if (g.embedding_size, g.vocab_size, g.max_position_embeddings) != (d.embedding_size, d.vocab_size, d.max_position_embeddings):
+        raise ValueError(f"generator and discriminator embeddings differ in shape: generator (embedding_size, vocab, positions) = "
+                         f"{(g.embedding_size, g.vocab_size, g.max_position_embeddings)}, discriminator "
+                         f"{(d.embedding_size, d.vocab_size, d.max_position_embeddings)}.")
+    generator.electra.embeddings = discriminator.electra.embeddings
+    generator.generator_lm_head.weight = discriminator.electra.embeddings.word_embeddings.weight
+
+
+class ElectraPretraining(torch.nn.Module):
+    """forward(input_ids, attention_mask, labels) -> {"loss_sum": {"generator", "discriminator"}, metrics}.
+
+    input_ids: (B, T) the collator's masked input; labels: (B, T) original ids at masked positions, -100
+    elsewhere. Metrics: generator_accuracy (per masked token), discriminator_accuracy (per real token),
+    replaced_fraction (masked tokens whose sample differs from the original; per masked token).
+    """
+
+    def __init__(self, generator, discriminator, special_ids: torch.Tensor, generator_weight: float = 1.0,
+                 discriminator_weight: float = 50.0, temperature: float = 1.0):
+        super().__init__()
+        share_embeddings(generator, discriminator)
+        self.generator, self.discriminator = generator, discriminator
+        self.generator_weight, self.discriminator_weight, self.temperature = generator_weight, discriminator_weight, temperature
+        disallowed = torch.zeros(generator.config.vocab_size, dtype=torch.bool)
+        disallowed[special_ids] = True
+        self.register_buffer("disallowed", disallowed, persistent=False)
+
+    def forward(self, input_ids, attention_mask, labels):
+        selected = labels != -100  # (B, T)
+        targets = labels[selected]  # (N,)
+        gen_logits = masked_logits(self.generator, input_ids, attention_mask, selected)  # (N, V)
+        gen_sum, gen_accuracy = masked_lm_loss(gen_logits, targets)
+        sampled = sample_replacements(gen_logits, self.disallowed, self.temperature)  # (N,) no gradient
+        original = torch.where(selected, labels, input_ids)  # (B, T)
+        corrupted = original.masked_scatter(selected, sampled)  # (B, T)
+        is_replaced = replaced_labels(original, corrupted, attention_mask)
+        disc_logits = self.discriminator(input_ids=corrupted, attention_mask=attention_mask).logits  # (B, T)
+        disc_sum, disc_correct = discriminator_loss(disc_logits, is_replaced, attention_mask)
+        n_masked = selected.sum().clamp_min(1)
+        return {
+            "loss_sum": {"generator": self.generator_weight * gen_sum, "discriminator": self.discriminator_weight * disc_sum},
+            "generator_accuracy": gen_accuracy,
+            "discriminator_accuracy": disc_correct / attention_mask.sum().clamp_min(1),
+            "replaced_fraction": is_replaced.sum() / n_masked,
+        }

@@ -1,0 +1,118 @@
+"""ELECTRA pretraining (Clark et al., 2020): replaced-token detection on the same text pipeline, masking
+and loop as MLM. Two loss terms, each normalized by its own global count: the generator's masked-LM
+loss by the masked tokens, lambda x the discriminator's BCE by the real tokens.
+
+Output folder: the discriminator (ElectraForPreTraining) at the top, so `AutoModel`,
+`AutoModelForSequenceClassification` and `run_finetune.py` load it; the generator
+(ElectraForMaskedLM) in `generator/`, which `pipeline("fill-mask")` loads. Both hold the tokenizer.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import torch
+from transformers import ElectraForMaskedLM, ElectraForPreTraining
+
+from hfssl.data.text.corpus import BUILTIN_CORPUS, load_text_datasets
+from hfssl.data.text.prepare import prepare_text_splits
+from hfssl.data.text.tokenizer import load_or_train_tokenizer
+from hfssl.errors import ConfigError
+from hfssl.objectives.base import Objective
+from hfssl.objectives.electra.config import ElectraPretrainConfig
+from hfssl.objectives.electra.model import ElectraPretraining
+from hfssl.objectives.text_base import check_vocab_fits, masking_description, mlm_collator, text_model_config, usable_positions
+
+logger = logging.getLogger(__name__)
+
+GENERATOR_DIR = "generator"
+
+
+class ElectraCollator:
+    """The MLM collator's batch, with ELECTRA's two target counts: masked tokens (generator) and real
+    tokens (discriminator). Generator first: metrics without a term prefix are weighted by it."""
+
+    def __init__(self, mlm):
+        self.mlm = mlm
+
+    def __call__(self, examples: list[dict], seed: int, progress: float = 0.0) -> dict:
+        batch = self.mlm(examples, seed=seed, progress=progress)
+        batch["num_targets"] = {"generator": batch["num_targets"], "discriminator": batch["num_inputs"]}
+        return batch
+
+
+def generator_config(discriminator_config, size: float, layers: float):
+    """google-research/electra's generator: width `size` x the discriminator's, heads = width / 64 (>= 1),
+    feed-forward 4 x width, depth `layers` x the discriminator's; same embedding size (shared)."""
+    config = copy.deepcopy(discriminator_config)
+    config.hidden_size = max(1, round(discriminator_config.hidden_size * size))
+    config.num_attention_heads = max(1, config.hidden_size // 64)
+    config.intermediate_size = 4 * config.hidden_size
+    config.num_hidden_layers = max(1, round(discriminator_config.num_hidden_layers * layers))
+    config.architectures = ["ElectraForMaskedLM"]
+    return config
+
+
+class ElectraObjective(Objective):
+    name = "electra"
+    input_unit = "tokens"
+
+    def __init__(self, cfg: ElectraPretrainConfig, accelerator=None):
+        super().__init__(cfg)
+        raw = load_text_datasets(cfg)
+        self.tokenizer = load_or_train_tokenizer(cfg, raw["train"], accelerator)
+        generator, discriminator = self._models()
+        for model in (generator, discriminator):
+            check_vocab_fits(model.config, self.tokenizer)
+        special = torch.tensor(sorted(set(self.tokenizer.all_special_ids)))
+        self.model = ElectraPretraining(generator, discriminator, special, cfg.generator_weight, cfg.discriminator_weight,
+                                        cfg.sampling_temperature)
+        self.collator = ElectraCollator(mlm_collator(cfg, self.tokenizer))
+        self.train_dataset, self.eval_dataset = prepare_text_splits(cfg, self.tokenizer, raw, usable_positions(discriminator.config),
+                                                                    accelerator)
+        n = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
+        logger.info("ELECTRA: discriminator %d x %d (%.1fM parameters), generator %d x %d (%.1fM, embeddings shared), lambda %s.",
+                    discriminator.config.num_hidden_layers, discriminator.config.hidden_size, n(discriminator),
+                    generator.config.num_hidden_layers, generator.config.hidden_size, n(generator), cfg.discriminator_weight)
+
+    def _models(self):
+        cfg = self.cfg
+        if cfg.model_name_or_path:
+            discriminator = ElectraForPreTraining.from_pretrained(cfg.model_name_or_path)
+            source = cfg.generator_name_or_path or str(Path(cfg.model_name_or_path) / GENERATOR_DIR)
+            try:
+                generator = ElectraForMaskedLM.from_pretrained(source)
+            except OSError as e:
+                raise ConfigError(f"Continuing ELECTRA needs its generator too: could not load '{source}' ({e}). "
+                                  "Set generator_name_or_path.") from None
+            return generator, discriminator
+        config = text_model_config(cfg, self.tokenizer, cfg.max_seq_length, model_type="electra")
+        config.architectures = ["ElectraForPreTraining"]
+        discriminator = ElectraForPreTraining(config)
+        generator = ElectraForMaskedLM(generator_config(config, cfg.generator_size, cfg.generator_layers))
+        return generator, discriminator
+
+    def save_pretrained(self, output_dir: str, summary: dict) -> None:
+        from hfssl.hub import write_model_card
+
+        cfg, disc, gen = self.cfg, self.model.discriminator, self.model.generator
+        disc.save_pretrained(output_dir)
+        self.tokenizer.save_pretrained(output_dir)
+        gen.save_pretrained(Path(output_dir) / GENERATOR_DIR)
+        self.tokenizer.save_pretrained(Path(output_dir) / GENERATOR_DIR)
+        n = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
+        write_model_card(output_dir, objective="ELECTRA replaced-token detection", pipeline_tag="feature-extraction", summary=summary,
+                         tags=["electra", "self-supervised"], details={
+            "Base": cfg.model_name_or_path or f"from scratch (ElectraForPreTraining, {disc.config.num_hidden_layers} layers x "
+                                               f"{disc.config.hidden_size}, {n(disc):.1f}M parameters)",
+            "Generator": f"`{GENERATOR_DIR}/` (ElectraForMaskedLM, {gen.config.num_hidden_layers} layers x {gen.config.hidden_size}, "
+                         f"{n(gen):.1f}M parameters, embeddings shared with the discriminator; loads in pipeline('fill-mask'))",
+            "Corpus": cfg.dataset_name or cfg.train_file or f"built-in {BUILTIN_CORPUS}",
+            "Tokens seen": f"{summary.get('tokens_seen', 0):,.0f}",
+            "Masking": masking_description(cfg),
+            "Loss": f"generator MLM x {cfg.generator_weight} (per masked token) + discriminator BCE x {cfg.discriminator_weight} "
+                    f"(per real token), sampling temperature {cfg.sampling_temperature}",
+            "Sequence length": f"{cfg.max_seq_length} ({'line by line' if cfg.line_by_line else 'packed'})",
+        }, datasets=[cfg.dataset_name] if cfg.dataset_name else None, config=cfg)

@@ -1,0 +1,67 @@
+"""The masked-LM loss, with the prediction head run on the masked positions only.
+
+Running the head (hidden -> vocabulary logits) on the N masked positions instead of all B*T saves
+the (tokens x vocab) logits everywhere else (70-85% of the head's FLOPs at 15-30% masking).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+# How each architecture turns hidden states (N, H) into vocabulary logits (N, V). Models not listed
+# fall back to the full forward (all positions), which is correct but slower.
+HEADS: dict[str, Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]] = {
+    "bert": lambda m, h: m.cls(h),
+    "roberta": lambda m, h: m.lm_head(h),
+    "xlm-roberta": lambda m, h: m.lm_head(h),
+    "camembert": lambda m, h: m.lm_head(h),
+    "data2vec-text": lambda m, h: m.lm_head(h),
+    "electra": lambda m, h: m.generator_lm_head(m.generator_predictions(h)),
+    "modernbert": lambda m, h: m.decoder(m.head(h)),
+    "distilbert": lambda m, h: m.vocab_projector(m.vocab_layer_norm(m.activation(m.vocab_transform(h)))),
+}
+
+
+def masked_lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy and accuracy of the masked positions.
+
+    Args:
+        logits: (N, V) vocabulary logits of the N masked positions (any float dtype; computed in fp32).
+        targets: (N,) long, the original token ids.
+    Returns:
+        (loss_sum: () float32, accuracy: () fraction of argmax == target, 0 when N == 0).
+    """
+    loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
+    accuracy = (logits.argmax(-1) == targets).float().mean() if targets.numel() else loss_sum.new_zeros(())
+    return loss_sum, accuracy
+
+
+def masked_logits(mlm: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+    """(N, V) logits of the selected positions of an AutoModelForMaskedLM.
+
+    selected: (B, T) bool. Uses the sparse head when the architecture is in HEADS."""
+    head = HEADS.get(mlm.config.model_type)
+    if head is None:
+        return mlm(input_ids=input_ids, attention_mask=attention_mask).logits[selected]
+    hidden = mlm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+    return head(mlm, hidden[selected])  # (N, V) note: boolean indexing syncs with the GPU once
+
+
+class SparseMaskedLM(torch.nn.Module):
+    """Wraps an AutoModelForMaskedLM; forward returns the summed loss over masked positions.
+
+    Wrapping (instead of calling parts of the model from the loop) keeps DDP/FSDP and
+    torch.compile seeing one module with one forward.
+    """
+
+    def __init__(self, mlm: torch.nn.Module):
+        super().__init__()
+        self.mlm = mlm
+
+    def forward(self, input_ids, attention_mask, labels):
+        selected = labels != -100  # (B, T)
+        loss_sum, accuracy = masked_lm_loss(masked_logits(self.mlm, input_ids, attention_mask, selected), labels[selected])
+        return {"loss_sum": loss_sum, "accuracy": accuracy}

@@ -1,0 +1,145 @@
+"""What the speech objectives share, written once: the audio-data and model-source settings, their
+checks, and the model config builder (source + overrides + pretraining masking).
+
+Fine-tuning reuses `AudioDataArguments`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+from hfssl.config import TrainingArguments, _help
+from hfssl.data.files import AUDIO_FILE_EXTENSIONS, check_file
+from hfssl.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AudioDataArguments:
+    """Where audio comes from and how it is cut into batches (speech pretraining and fine-tuning)."""
+
+    train_dir: Optional[str] = _help("Folder of audio files (searched recursively) or an audiofolder with metadata.csv.", None)
+    train_file: Optional[str] = _help("CSV/TSV/JSONL manifest with a column of audio paths (relative to the manifest).", None)
+    validation_dir: Optional[str] = _help("Validation audio folder.", None)
+    validation_file: Optional[str] = _help("Validation manifest.", None)
+    validation_split_percentage: float = _help("Percent of train held out when no validation set is given.", 5.0)
+    dataset_name: Optional[str] = _help("A `datasets` audio dataset (Hub id or local path).", None)
+    dataset_config_name: Optional[str] = _help("Its configuration name.", None)
+    audio_column_name: str = _help("Column with audio paths (manifests) or audio (datasets).", "audio")
+    streaming: bool = _help("Decode training audio only when it is read (train_dir, train_file or a Hub dataset, which is then not downloaded) instead of checking every file before training; needs max_steps.", False)
+    sampling_rate: int = _help("Rate the model expects; audio at other rates is resampled.", 16000)
+    min_duration_in_seconds: float = _help("Shorter files are bad input (see on_bad_audio).", 0.0)
+    max_duration_in_seconds: float = _help("Longer files are randomly cropped to this length at batch time, not dropped.", 15.6)
+    max_batch_seconds: Optional[float] = _help("Duration-bucketed batches of at most this many padded seconds per process (overrides per_device_train_batch_size).", None)
+    on_bad_audio: Literal["error", "skip"] = _help("Unreadable/empty/NaN/too-short files: stop before training naming them, or skip and list them in output_dir/skipped_audio.tsv.", "error")
+    preprocessing_num_workers: Optional[int] = _help("Threads for scanning audio.", None)
+    dataset_train_split: str = _help("dataset_name: split(s) to train on; '+' joins several, e.g. 'train.clean.100+train.clean.360'.", "train")
+    dataset_validation_split: Optional[str] = _help("dataset_name: validation split(s) ('+' joins); default 'validation' when the dataset has one, else a held-out percentage of train.", None)
+
+    def _check_audio_sources(self) -> None:
+        if self.dataset_name and (self.train_dir or self.train_file):
+            raise ConfigError("Can't provide both dataset_name and train_dir/train_file. Choose one.")
+        if self.train_dir and self.train_file:
+            raise ConfigError("Can't provide both train_dir and train_file. Choose one.")
+        if not (self.dataset_name or self.train_dir or self.train_file):
+            raise ConfigError("No audio given: set train_dir (a folder of audio files), train_file (a manifest) or dataset_name.")
+        for key in ("train_dir", "validation_dir"):
+            path = getattr(self, key)
+            if path is not None and not Path(path).is_dir():
+                raise ConfigError(f"{key}: folder '{path}' does not exist.")
+        for key in ("train_file", "validation_file"):
+            check_file(key, getattr(self, key), AUDIO_FILE_EXTENSIONS)
+        if self.sampling_rate < 1000:
+            raise ConfigError(f"sampling_rate must be >= 1000, got {self.sampling_rate}.")
+        if self.max_duration_in_seconds <= self.min_duration_in_seconds:
+            raise ConfigError("max_duration_in_seconds must be larger than min_duration_in_seconds.")
+        if self.max_batch_seconds is not None and self.max_batch_seconds < self.max_duration_in_seconds:
+            raise ConfigError(f"max_batch_seconds ({self.max_batch_seconds}) must hold at least one cropped file "
+                              f"(max_duration_in_seconds={self.max_duration_in_seconds}).")
+        if self.streaming and getattr(self, "max_steps", 1) < 1:
+            raise ConfigError("streaming needs max_steps: a stream has no known length. Set --max_steps.")
+        if self.streaming and self.max_batch_seconds is not None:
+            raise ConfigError("max_batch_seconds needs every file's duration before training, which a stream does not have: "
+                              "unset it and use per_device_train_batch_size, or set streaming false.")
+
+
+@dataclass
+class SpeechModelArguments:
+    """Where the encoder comes from, and the time masking it is pretrained with."""
+
+    model_name_or_path: Optional[str] = _help("Continue pretraining from this checkpoint folder or Hub id.", None)
+    config_name: Optional[str] = _help("Build a fresh model from this config (folder, config.json or Hub id).", None)
+    config_overrides: dict = _help("Config fields for the model, e.g. {num_hidden_layers: 4, feat_extract_norm: layer}.", {})
+    mask_time_prob: float = _help("Chance per frame of starting a masked span (wav2vec 2.0 semantics; not the 0.05 fine-tuning default).", 0.65)
+    mask_time_length: int = _help("Frames per masked span.", 10)
+    mask_time_min_masks: int = _help("At least this many spans per utterance.", 2)
+
+    def _check_speech_model(self) -> None:
+        if self.model_name_or_path and self.config_name:
+            raise ConfigError("Can't provide both model_name_or_path and config_name. Choose one.")
+        if not 0 < self.mask_time_prob < 1:
+            raise ConfigError(f"mask_time_prob must be in (0, 1), got {self.mask_time_prob}.")
+        if self.mask_time_length < 1 or self.mask_time_min_masks < 0:
+            raise ConfigError("mask_time_length must be >= 1 and mask_time_min_masks >= 0.")
+
+
+@dataclass
+class SpeechPretrainConfig(SpeechModelArguments, AudioDataArguments, TrainingArguments):
+    """Loop settings + audio data + model source and masking, with what every speech objective has."""
+
+    feature_grad_scale: float = _help("Gradient scale into the conv feature encoder (fairseq base: 0.1; large: 1.0).", 0.1)
+    do_normalize: bool = _help("Normalize each (cropped) utterance to zero mean, unit variance; saved in preprocessor_config.json (fairseq: false for base, true for large).", True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # TrainingArguments: types and loop settings
+        self._check_audio_sources()
+        self._check_speech_model()
+        if not 0 < self.feature_grad_scale <= 1:
+            raise ConfigError("feature_grad_scale must be in (0, 1].")
+
+
+def speech_model_config(cfg: SpeechPretrainConfig, model_type: str, default_config):
+    """The encoder config a speech objective trains: `model_name_or_path` / `config_name` / `default_config`
+    (a fresh config instance), then `config_overrides`, then the recipe's pretraining masking.
+
+    The masking keys are always the recipe's (never a checkpoint's 0.05 fine-tuning default): they are also
+    what the saved config says the model was pretrained with. Raises ConfigError for a model of another
+    type, an unknown override, inconsistent conv lists, or an override that contradicts the masking keys.
+    """
+    from transformers import AutoConfig
+
+    masking = {"mask_time_prob": cfg.mask_time_prob, "mask_time_length": cfg.mask_time_length,
+               "mask_time_min_masks": cfg.mask_time_min_masks}
+    for key, value in masking.items():
+        if key in cfg.config_overrides and cfg.config_overrides[key] != value:
+            raise ConfigError(f"config_overrides sets {key}={cfg.config_overrides[key]}, but the pretraining masking comes "
+                              f"from the top-level key {key} ({value}); set it there.")
+    source = cfg.model_name_or_path or cfg.config_name
+    config = AutoConfig.from_pretrained(source) if source else default_config
+    if config.model_type != model_type:
+        raise ConfigError(f"'{source}' is a {config.model_type} model; the {cfg.objective} objective needs a {model_type} "
+                          f"checkpoint or config (or leave model_name_or_path and config_name unset for the base architecture).")
+    for key, value in cfg.config_overrides.items():
+        if not hasattr(config, key):
+            raise ConfigError(f"config_overrides: '{key}' is not a field of {type(config).__name__}.")
+        setattr(config, key, value)
+    # The conv layer count is derived from conv_dim at construction only: overriding the lists must update it.
+    config.num_feat_extract_layers = len(config.conv_dim)
+    if not len(config.conv_dim) == len(config.conv_kernel) == len(config.conv_stride):
+        raise ConfigError(f"conv_dim, conv_kernel and conv_stride must have the same length, got {len(config.conv_dim)}, "
+                          f"{len(config.conv_kernel)} and {len(config.conv_stride)}.")
+    inherited = {key: getattr(config, key) for key in masking}
+    for key, value in masking.items():
+        setattr(config, key, value)
+    config.apply_spec_augment = True
+    settings = ", ".join(f"{k}={v}" for k, v in masking.items())
+    if inherited != masking:
+        logger.info("Time masking for pretraining: %s (the %s config had %s; e.g. the stock 0.05 is a fine-tuning value).",
+                    settings, source or "default", ", ".join(f"{k}={v}" for k, v in inherited.items()))
+    else:
+        logger.info("Time masking for pretraining: %s.", settings)
+    return config
