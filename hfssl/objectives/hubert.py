@@ -51,7 +51,9 @@ import torch.nn.functional as F
 from hfssl.collators.speech import AudioPretrainingCollator
 from hfssl.config import HubertPretrainConfig
 from hfssl.errors import ConfigError
-from hfssl.data.audio import build_audio_splits, duration_batches, normalize, num_frames, receptive_field
+from hfssl.data.audio.batching import audio_batch_plan, normalize
+from hfssl.data.audio.geometry import num_frames, receptive_field
+from hfssl.data.audio.splits import build_audio_splits
 from hfssl.hubert_targets import (
     KMeans,
     align_labels,
@@ -453,17 +455,14 @@ class HubertObjective:
 
     # ------------------------------------------------------------------ loop hooks
     def batch_plan(self, epoch: int, seed: int) -> list[list[int]]:
-        return self._plan(self.train_dataset.lengths, self.cfg.per_device_train_batch_size, seed, epoch, shuffle=True)
+        return audio_batch_plan(self.train_dataset.lengths, batch_size=self.cfg.per_device_train_batch_size,
+                                max_batch_seconds=self.cfg.max_batch_seconds, sampling_rate=self.cfg.sampling_rate,
+                                max_length=self.max_samples, seed=seed, epoch=epoch)
 
     def eval_plan(self) -> list[list[int]]:
-        return self._plan(self.eval_dataset.lengths, self.cfg.per_device_eval_batch_size, 0, 0, shuffle=False)
-
-    def _plan(self, lengths, batch_size, seed, epoch, shuffle):
-        sr = self.cfg.sampling_rate
-        if self.cfg.max_batch_seconds:
-            return duration_batches(lengths, max_batch_samples=int(self.cfg.max_batch_seconds * sr), max_length=self.max_samples,
-                                    seed=seed, epoch=epoch, shuffle=shuffle)
-        return duration_batches(lengths, batch_size=batch_size, max_length=self.max_samples, seed=seed, epoch=epoch, shuffle=shuffle)
+        return audio_batch_plan(self.eval_dataset.lengths, batch_size=self.cfg.per_device_eval_batch_size,
+                                max_batch_seconds=self.cfg.max_batch_seconds, sampling_rate=self.cfg.sampling_rate,
+                                max_length=self.max_samples, shuffle=False)
 
     def on_update(self, step: int, total_steps: int) -> dict:
         return {}

@@ -36,7 +36,9 @@ from transformers import AutoConfig, Wav2Vec2Config, Wav2Vec2FeatureExtractor, W
 from hfssl.collators.speech import AudioPretrainingCollator
 from hfssl.config import Wav2Vec2PretrainConfig
 from hfssl.errors import ConfigError
-from hfssl.data.audio import build_audio_splits, duration_batches, num_frames, receptive_field
+from hfssl.data.audio.batching import audio_batch_plan
+from hfssl.data.audio.geometry import num_frames, receptive_field
+from hfssl.data.audio.splits import build_audio_splits
 from hfssl.masking.spans import expected_masked_fraction, span_mask_stats
 from hfssl.trainer import batch_seed
 
@@ -349,18 +351,15 @@ class Wav2Vec2Objective:
         return report
 
     # ------------------------------------------------------------------ loop hooks
-    def _batch_limits(self, batch_size: int) -> dict:
-        if self.cfg.max_batch_seconds:
-            return {"max_batch_samples": int(self.cfg.max_batch_seconds * self.cfg.sampling_rate)}
-        return {"batch_size": batch_size}
-
     def batch_plan(self, epoch: int, seed: int) -> list[list[int]]:
-        return duration_batches(self.train_dataset.lengths, max_length=self.max_samples, seed=seed, epoch=epoch,
-                                **self._batch_limits(self.cfg.per_device_train_batch_size))
+        return audio_batch_plan(self.train_dataset.lengths, batch_size=self.cfg.per_device_train_batch_size,
+                                max_batch_seconds=self.cfg.max_batch_seconds, sampling_rate=self.cfg.sampling_rate,
+                                max_length=self.max_samples, seed=seed, epoch=epoch)
 
     def eval_plan(self) -> list[list[int]]:
-        return duration_batches(self.eval_dataset.lengths, max_length=self.max_samples, shuffle=False,
-                                **self._batch_limits(self.cfg.per_device_eval_batch_size))
+        return audio_batch_plan(self.eval_dataset.lengths, batch_size=self.cfg.per_device_eval_batch_size,
+                                max_batch_seconds=self.cfg.max_batch_seconds, sampling_rate=self.cfg.sampling_rate,
+                                max_length=self.max_samples, shuffle=False)
 
     def on_update(self, step: int, total_steps: int) -> dict:
         used = self._temperature
