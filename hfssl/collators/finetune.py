@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from hfssl.collators.text import pad_int_sequences
-from hfssl.data.audio import normalize, num_frames, random_crop
+from hfssl.data.audio.batching import normalize, random_crop
+from hfssl.data.audio.geometry import num_frames
 from hfssl.masking.spans import compute_span_mask
 
 

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from hfssl.data.audio import num_frames
+from hfssl.data.audio.geometry import num_frames
 from hfssl.masking.spans import compute_span_mask, sample_negatives
 
 

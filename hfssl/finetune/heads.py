@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from hfssl.data.audio import num_frames
+from hfssl.data.audio.geometry import num_frames
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool) -> torch.Tensor:

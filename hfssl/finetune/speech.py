@@ -20,11 +20,16 @@ import torch
 
 from hfssl.collators.finetune import AudioCollator
 from hfssl.errors import ConfigError
-from hfssl.data import audio as audiodata
+from hfssl.data.audio.batching import audio_batch_plan
+from hfssl.data.audio.datasets import AudioDataset
+from hfssl.data.audio.decode import AudioScanError, scan_audio
+from hfssl.data.audio.files import list_audio_dir, read_manifest
+from hfssl.data.audio.geometry import num_frames, receptive_field
+from hfssl.data.audio.splits import build_audio_splits
 from hfssl.errors import DataError
 from hfssl.finetune import data as fdata
 from hfssl.finetune.heads import AudioClassifier, CTCRecognizer, LayerProbe, save_probe
-from hfssl.finetune.tasks import Task, apply_overrides, load_config, load_or_init, model_source, plan_for
+from hfssl.finetune.tasks import Task, apply_overrides, load_config, load_or_init, model_source
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +38,7 @@ class Encoded(torch.utils.data.Dataset):
     """An `AudioDataset` whose rows also carry encoded `labels` (precomputed from the metadata)
     and the `train` flag the collator reads (crop + SpecAugment in training only)."""
 
-    def __init__(self, base: audiodata.AudioDataset, labels: Optional[list], train: bool):
+    def __init__(self, base: AudioDataset, labels: Optional[list], train: bool):
         self.base, self.labels, self.train = base, labels, train
         self.lengths = base.lengths
 
@@ -78,7 +83,7 @@ class SpeechTask(Task):
         if not cfg.do_train and not any(a.endswith(self.head_suffix) for a in (self.config.architectures or [])):
             raise ConfigError(f"do_train false evaluates a fine-tuned model with a *{self.head_suffix} head; '{self.source}' is a "
                               f"{', '.join(self.config.architectures or [self.config.model_type])}.")
-        self.min_samples = audiodata.receptive_field(self.config.conv_kernel, self.config.conv_stride)
+        self.min_samples = receptive_field(self.config.conv_kernel, self.config.conv_stride)
         main = accelerator is None or accelerator.is_main_process
         self.splits = self._load_audio(dataclasses.replace(cfg, sampling_rate=self.sr) if cfg.sampling_rate != self.sr else cfg, main)
 
@@ -86,8 +91,8 @@ class SpeechTask(Task):
     def _load_audio(self, cfg, main: bool) -> dict:
         splits = {}
         if cfg.do_train:
-            train, validation, report = audiodata.build_audio_splits(cfg, cfg.output_dir if main else None, self.min_samples)
-            if not isinstance(train, audiodata.AudioDataset):
+            train, validation, report = build_audio_splits(cfg, cfg.output_dir if main else None, self.min_samples)
+            if not isinstance(train, AudioDataset):
                 raise ConfigError("Fine-tuning needs a map-style audio set; streaming is for pretraining.")
             splits["train"] = train
             if validation is not None:
@@ -99,24 +104,24 @@ class SpeechTask(Task):
             splits["test"] = self._scan(cfg, cfg.test_dir, cfg.test_file, "test")
         return splits
 
-    def _scan(self, cfg, folder, manifest, split) -> audiodata.AudioDataset:
+    def _scan(self, cfg, folder, manifest, split) -> AudioDataset:
         try:
-            rows = audiodata.list_audio_dir(folder) if folder else audiodata.read_manifest(manifest, cfg.audio_column_name)
+            rows = list_audio_dir(folder) if folder else read_manifest(manifest, cfg.audio_column_name)
         except (NotADirectoryError, ValueError) as e:
             raise DataError(str(e)) from e
         if not rows:
             raise DataError(f"No audio files found for the {split} split in '{folder or manifest}'.")
         try:
-            result = audiodata.scan_audio([r["path"] for r in rows], self.sr, self.min_samples, on_bad_audio=cfg.on_bad_audio,
-                                          num_workers=cfg.preprocessing_num_workers)
-        except audiodata.AudioScanError as e:
+            result = scan_audio([r["path"] for r in rows], self.sr, self.min_samples, on_bad_audio=cfg.on_bad_audio,
+                                num_workers=cfg.preprocessing_num_workers)
+        except AudioScanError as e:
             raise DataError(str(e)) from e
         lengths = dict(result.good)
         if result.bad:
             logger.warning("%s: skipped %d bad audio file(s), e.g. %s: %s", split, len(result.bad), *result.bad[0])
-        return audiodata.AudioDataset([{**r, "num_samples": lengths[r["path"]]} for r in rows if r["path"] in lengths], self.sr)
+        return AudioDataset([{**r, "num_samples": lengths[r["path"]]} for r in rows if r["path"] in lengths], self.sr)
 
-    def _column(self, ds: audiodata.AudioDataset, column: str, key: str, split: str) -> list:
+    def _column(self, ds: AudioDataset, column: str, key: str, split: str) -> list:
         available = sorted({k for r in ds.rows for k in r} - {"path", "num_samples", "_index"})
         if column not in available:
             where = (self.cfg.train_dir or self.cfg.train_file or self.cfg.dataset_name) if split == "train" else split
@@ -163,21 +168,19 @@ class SpeechTask(Task):
 
     # ------------------------------------------------------------------ loop hooks
     def batch_plan(self, epoch: int, seed: int) -> list[list[int]]:
-        cfg = self.cfg
-        max_len = self.collator.max_samples
-        if cfg.max_batch_seconds:
-            return audiodata.duration_batches(self.train_dataset.lengths, max_batch_samples=int(cfg.max_batch_seconds * self.sr),
-                                              max_length=max_len, seed=seed, epoch=epoch)
-        return audiodata.duration_batches(self.train_dataset.lengths, batch_size=cfg.per_device_train_batch_size,
-                                          max_length=max_len, seed=seed, epoch=epoch)
+        return audio_batch_plan(self.train_dataset.lengths, batch_size=self.cfg.per_device_train_batch_size,
+                                max_batch_seconds=self.cfg.max_batch_seconds, sampling_rate=self.sr,
+                                max_length=self.collator.max_samples, seed=seed, epoch=epoch)
 
     def eval_plan(self) -> list[list[int]]:
         return self.eval_batches(self.eval_dataset)
 
     def eval_batches(self, dataset) -> list[list[int]]:
         # Longest first, similar lengths together: less padding, which models without an
-        # attention mask (group-norm wav2vec2) do not ignore.
-        return plan_for(dataset, self.cfg.per_device_eval_batch_size, self.world, order=np.argsort(-dataset.lengths, kind="stable"))
+        # attention mask (group-norm wav2vec2) do not ignore. By count, never by seconds, uncropped,
+        # and the same number of batches on every process (balance_across).
+        return audio_batch_plan(dataset.lengths, batch_size=self.cfg.per_device_eval_batch_size, max_batch_seconds=None,
+                                sampling_rate=self.sr, max_length=None, shuffle=False, balance_across=self.world)
 
     def _save_model(self, output_dir: str) -> None:
         if self.is_probe:
@@ -342,7 +345,7 @@ class CTCTask(SpeechTask):
         if cfg.do_train:
             ds, kernel, stride = self.splits["train"], self.config.conv_kernel, self.config.conv_stride
             keep = [i for i, (r, t) in enumerate(zip(ds.rows, texts["train"]))
-                    if audiodata.num_frames(int(r["num_samples"]), kernel, stride) >= ctc_min_frames(encode(t))]
+                    if num_frames(int(r["num_samples"]), kernel, stride) >= ctc_min_frames(encode(t))]
             self.filtered_too_long = len(ds) - len(keep)
             if self.filtered_too_long:
                 logger.warning("Dropped %d of %d training files whose transcript is too long for their audio (CTC cannot align them).",

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from hfssl.config import TrainingArguments, _help
+from hfssl.data.audio.batching import audio_batch_plan
 from hfssl.data.files import AUDIO_FILE_EXTENSIONS, check_file
 from hfssl.errors import ConfigError
+from hfssl.objectives.base import Objective
 
 logger = logging.getLogger(__name__)
 
@@ -143,3 +145,24 @@ def speech_model_config(cfg: SpeechPretrainConfig, model_type: str, default_conf
     else:
         logger.info("Time masking for pretraining: %s.", settings)
     return config
+
+
+class SpeechObjective(Objective):
+    """What the speech pretraining objectives share: random crops of max_duration_in_seconds and the
+    one batch plan (by padded seconds with max_batch_seconds, else by file count)."""
+
+    input_unit = "audio_seconds"
+
+    @property
+    def max_samples(self) -> int:
+        return int(round(self.cfg.max_duration_in_seconds * self.cfg.sampling_rate))
+
+    def batch_plan(self, epoch: int, seed: int) -> list[list[int]]:
+        return self._plan(self.train_dataset.lengths, self.cfg.per_device_train_batch_size, seed=seed, epoch=epoch)
+
+    def eval_plan(self) -> list[list[int]]:
+        return self._plan(self.eval_dataset.lengths, self.cfg.per_device_eval_batch_size, shuffle=False)
+
+    def _plan(self, lengths, batch_size: int, **order) -> list[list[int]]:
+        return audio_batch_plan(lengths, batch_size=batch_size, max_batch_seconds=self.cfg.max_batch_seconds,
+                                sampling_rate=self.cfg.sampling_rate, max_length=self.max_samples, **order)

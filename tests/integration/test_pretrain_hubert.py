@@ -21,7 +21,7 @@ K = 25  # the tiny recipes' num_clusters: chance accuracy 4%
 @pytest.fixture(scope="module")
 def speech_subset(tmp_path_factory):
     """12 of the 48 unlabeled clips (one per voice, 28 s): the tiny recipe learns them within a test's budget."""
-    from hfssl.data.audio import find_audio_files
+    from hfssl.data.audio.files import find_audio_files
 
     root = tmp_path_factory.mktemp("speech12")
     for i, f in enumerate(find_audio_files(FIXTURES / "speech" / "unlabeled")[::4]):

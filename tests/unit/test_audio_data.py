@@ -14,23 +14,10 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from hfssl.data.audio import (
-    AUDIO_EXTENSIONS,
-    AudioScanError,
-    BadAudioError,
-    duration_batches,
-    find_audio_files,
-    list_audio_dir,
-    load_audio,
-    normalize,
-    num_frames,
-    random_crop,
-    read_manifest,
-    receptive_field,
-    resampled_length,
-    scan_audio,
-    write_skipped_report,
-)
+from hfssl.data.audio.batching import audio_batch_plan, duration_batches, normalize, random_crop
+from hfssl.data.audio.decode import AudioScanError, BadAudioError, load_audio, resampled_length, scan_audio, write_skipped_report
+from hfssl.data.audio.files import AUDIO_EXTENSIONS, find_audio_files, list_audio_dir, read_manifest
+from hfssl.data.audio.geometry import num_frames, receptive_field
 
 SPEECH = Path(__file__).resolve().parents[1] / "fixtures" / "speech"
 SR = 16_000
@@ -380,6 +367,54 @@ def test_duration_batches_errors():
     assert duration_batches([100, 5000], max_batch_samples=1000, max_length=1000, shuffle=False) == [[1], [0]]
 
 
+# 7 files at 1 kHz; longest first: 1 (3.0 s), 3 (2.5 s), 5 (2.0 s), 2 (1.2 s), 4 (0.8 s), 0 (0.5 s), 6 (0.4 s).
+PLAN_LENS = [500, 3000, 1200, 2500, 800, 2000, 400]
+
+
+def _plan(**kw):
+    args = dict(batch_size=3, max_batch_seconds=None, sampling_rate=1000, max_length=None, shuffle=False)
+    return audio_batch_plan(PLAN_LENS, **{**args, **kw})
+
+
+def test_audio_batch_plan_count_mode():
+    assert _plan() == [[1, 3, 5], [2, 4, 0], [6]]
+    assert _plan(max_batch_seconds=0) == [[1, 3, 5], [2, 4, 0], [6]]  # 0 means "by count", like None
+    shuffled = _plan(shuffle=True, seed=4, epoch=1)
+    assert sorted(len(b) for b in shuffled) == [1, 3, 3] and sorted(i for b in shuffled for i in b) == list(range(7))
+    assert shuffled == _plan(shuffle=True, seed=4, epoch=1)
+
+
+def test_audio_batch_plan_seconds_mode_packs_to_the_budget():
+    # 5 s = 5000 samples of padded batch: 3000 alone, 2500 + 2000, then 1200 * 4 = 4800.
+    assert _plan(max_batch_seconds=5.0) == [[1], [3, 5], [2, 4, 0, 6]]
+    assert _plan(max_batch_seconds=5.0, sampling_rate=2000) == [[1, 3, 5], [2, 4, 0, 6]]  # budget 10000 samples
+    # Cropped to 2 s, the 3 s and 2.5 s files count as 2000 samples each.
+    assert _plan(max_batch_seconds=5.0, max_length=2000) == [[1, 3], [5, 2], [4, 0, 6]]
+    # A file longer than the budget cannot be batched uncropped; cropped, it sits alone in its batch.
+    with pytest.raises(ValueError, match="exceeds max_batch_samples"):
+        _plan(max_batch_seconds=2.0)
+    assert _plan(max_batch_seconds=2.0, max_length=2000)[:3] == [[1], [3], [5]]
+
+    lens = np.random.default_rng(5).integers(400, 60_000, size=500)
+    for seed, epoch in [(0, 0), (1, 3)]:
+        batches = audio_batch_plan(lens, batch_size=8, max_batch_seconds=3.0, sampling_rate=16_000, max_length=40_000,
+                                   seed=seed, epoch=epoch)
+        assert sorted(i for b in batches for i in b) == list(range(500))
+        assert all(_padded(b, np.minimum(lens, 40_000)) <= 48_000 for b in batches)
+        assert all(len(b) == 1 for b in batches if lens[b].max() > 24_000)  # over half the budget: alone
+
+
+def test_audio_batch_plan_balanced_across_processes():
+    # ceil(7 / 3) = 3 batches of near-equal size, longest first; rounded up to a multiple of the process count.
+    assert _plan(balance_across=1) == [[1, 3, 5], [2, 4], [0, 6]]
+    assert _plan(balance_across=2) == [[1, 3], [5, 2], [4, 0], [6]]
+    assert _plan(balance_across=8) == [[1, 3, 5], [2, 4], [0, 6]]  # fewer files than processes: not rounded
+    with pytest.raises(ValueError, match="balance_across"):
+        _plan(balance_across=2, max_batch_seconds=5.0)
+    with pytest.raises(ValueError, match="balance_across"):
+        _plan(balance_across=2, shuffle=True)
+
+
 # ----------------------------------------------------------------------------- encoder geometry & transforms
 
 
@@ -448,7 +483,8 @@ def test_streamed_folder_is_listed_not_scanned_and_sharded_across_processes(tmp_
     from datasets.distributed import split_dataset_by_node
 
     from hfssl.objectives.wav2vec2.config import Wav2Vec2PretrainConfig
-    from hfssl.data.audio import AudioStream, build_audio_splits
+    from hfssl.data.audio.datasets import AudioStream
+    from hfssl.data.audio.splits import build_audio_splits
 
     folder = tmp_path / "audio"
     folder.mkdir()
@@ -473,7 +509,7 @@ def test_streamed_folder_is_listed_not_scanned_and_sharded_across_processes(tmp_
 def test_stream_lists_each_skipped_file_once_across_passes_and_resumes(tmp_path):
     import datasets
 
-    from hfssl.data.audio import AudioStream
+    from hfssl.data.audio.datasets import AudioStream
 
     good, bad = tmp_path / "good.wav", tmp_path / "bad.wav"
     sf.write(good, np.full(1600, 0.1, dtype=np.float32), 16000)

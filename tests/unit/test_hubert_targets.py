@@ -10,7 +10,9 @@ import pytest
 import torch
 import torchaudio
 
-from hfssl.data.audio import find_audio_files, load_audio, num_frames
+from hfssl.data.audio.decode import load_audio
+from hfssl.data.audio.files import find_audio_files
+from hfssl.data.audio.geometry import num_frames
 from hfssl.objectives.hubert.features import (
     align_labels,
     conv_geometry,
@@ -319,7 +321,7 @@ def test_objective_targets_are_cached_reused_and_aligned_in_batches(tmp_path, ca
     # per file: MFCC k-means labels of the (normalized) file, aligned to the model's frames
     i = 2
     wave = load_audio(a.train_dataset.audio.rows[i]["path"], 16000)
-    from hfssl.data.audio import normalize
+    from hfssl.data.audio.batching import normalize
 
     expected = align_labels(a.kmeans.predict(mfcc_features(normalize(wave))), mfcc_geometry(16000), len(wave),
                             TINY_KERNEL, TINY_STRIDE)

@@ -14,7 +14,7 @@ from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
 
 from hfssl.collators.speech import AudioPretrainingCollator
 from hfssl.objectives import load_config
-from hfssl.data.audio import num_frames
+from hfssl.data.audio.geometry import num_frames
 from hfssl.masking.spans import flatten_negative_indices
 from hfssl.objectives.wav2vec2.loss import gumbel_temperature
 from hfssl.objectives.wav2vec2.model import Wav2Vec2Pretraining

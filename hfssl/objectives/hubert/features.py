@@ -12,7 +12,7 @@ samples ``[j * hop, j * hop + window)`` and its centre time is ``j * hop + windo
   ``snip_edges``): ``1 + (N - 400) // 160`` frames.
 * The conv feature encoder of wav2vec2/HuBERT: window = its receptive field, hop = the product of its
   strides (400 / 320 at 16 kHz for base, 50 Hz); the frame count is the exact per-layer
-  ``hfssl.data.audio.num_frames`` (which can differ from ``1 + (N - window) // hop``).
+  ``hfssl.data.audio.geometry.num_frames`` (which can differ from ``1 + (N - window) // hop``).
 
 Alignment rule (`label_frame_index`): model frame ``i`` takes the label of the label frame whose
 centre is nearest to its own centre, ties going to the later frame, clipped to the existing label
@@ -30,7 +30,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from hfssl.data.audio import num_frames, receptive_field
+from hfssl.data.audio.geometry import num_frames, receptive_field
 
 MFCC_DIM = 39
 _N_MFCC = 13

@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from hfssl.data.audio import normalize
+from hfssl.data.audio.batching import normalize
 from hfssl.errors import ConfigError
 from hfssl.objectives.hubert.features import (
     align_labels,

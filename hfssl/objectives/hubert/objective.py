@@ -29,15 +29,15 @@ from pathlib import Path
 import torch
 
 from hfssl.collators.speech import AudioPretrainingCollator
-from hfssl.data.audio import build_audio_splits, duration_batches, num_frames, receptive_field
+from hfssl.data.audio.geometry import num_frames, receptive_field
+from hfssl.data.audio.splits import build_audio_splits
 from hfssl.errors import ConfigError
 from hfssl.masking.spans import expected_masked_fraction
-from hfssl.objectives.base import Objective
 from hfssl.objectives.hubert.config import HubertPretrainConfig
 from hfssl.objectives.hubert.labels import KMEANS_FILE, HubertTargets, LabeledAudio
 from hfssl.objectives.hubert.loss import count_targets
 from hfssl.objectives.hubert.model import HubertForMaskedPrediction
-from hfssl.objectives.speech_base import speech_model_config
+from hfssl.objectives.speech_base import SpeechObjective, speech_model_config
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +61,8 @@ class HubertCollator:
         return out
 
 
-class HubertObjective(Objective):
+class HubertObjective(SpeechObjective):
     name = "hubert"
-    input_unit = "audio_seconds"
 
     def __init__(self, cfg: HubertPretrainConfig, accelerator=None):
         super().__init__(cfg)
@@ -90,10 +89,6 @@ class HubertObjective(Objective):
                                      mask_prob=cfg.mask_time_prob, mask_length=cfg.mask_time_length,
                                      min_masks=cfg.mask_time_min_masks, num_negatives=0, sampling_rate=cfg.sampling_rate),
             cfg.masked_loss_weight, cfg.unmasked_loss_weight)
-
-    @property
-    def max_samples(self) -> int:
-        return int(self.cfg.max_duration_in_seconds * self.cfg.sampling_rate)
 
     # ------------------------------------------------------------------ model
     def _model(self):
@@ -123,19 +118,6 @@ class HubertObjective(Objective):
         logger.info("Reusing the projection head and cluster embeddings of %s (same k-means targets).", path)
 
     # ------------------------------------------------------------------ loop hooks
-    def batch_plan(self, epoch: int, seed: int) -> list[list[int]]:
-        return self._plan(self.train_dataset.lengths, self.cfg.per_device_train_batch_size, seed, epoch, shuffle=True)
-
-    def eval_plan(self) -> list[list[int]]:
-        return self._plan(self.eval_dataset.lengths, self.cfg.per_device_eval_batch_size, 0, 0, shuffle=False)
-
-    def _plan(self, lengths, batch_size, seed, epoch, shuffle):
-        sr = self.cfg.sampling_rate
-        if self.cfg.max_batch_seconds:
-            return duration_batches(lengths, max_batch_samples=int(self.cfg.max_batch_seconds * sr), max_length=self.max_samples,
-                                    seed=seed, epoch=epoch, shuffle=shuffle)
-        return duration_batches(lengths, batch_size=batch_size, max_length=self.max_samples, seed=seed, epoch=epoch, shuffle=shuffle)
-
     def state_dict(self) -> dict:
         return {"kmeans_sha1": self.kmeans.fingerprint()}
 

@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 from transformers import Wav2Vec2ForPreTraining
 
-from hfssl.data.audio import num_frames
+from hfssl.data.audio.geometry import num_frames
 from hfssl.errors import ConfigError
 from hfssl.objectives.wav2vec2.loss import contrastive_accuracy, contrastive_loss, diversity_loss, feature_penalty
 

@@ -18,12 +18,12 @@ import numpy as np
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForPreTraining
 
 from hfssl.collators.speech import AudioPretrainingCollator
-from hfssl.data.audio import build_audio_splits, duration_batches, receptive_field
+from hfssl.data.audio.geometry import receptive_field
+from hfssl.data.audio.splits import build_audio_splits
 from hfssl.data.batching import batch_seed
 from hfssl.errors import ConfigError
 from hfssl.masking.spans import expected_masked_fraction, span_mask_stats
-from hfssl.objectives.base import Objective
-from hfssl.objectives.speech_base import speech_model_config
+from hfssl.objectives.speech_base import SpeechObjective, speech_model_config
 from hfssl.objectives.wav2vec2.config import Wav2Vec2PretrainConfig
 from hfssl.objectives.wav2vec2.loss import gumbel_temperature
 from hfssl.objectives.wav2vec2.model import Wav2Vec2Pretraining
@@ -36,9 +36,8 @@ PAPER_MEAN_SPAN = 14.7
 COLLAPSE_FACTOR = 1.5  # a group whose perplexity stays below 1.5x its minimum (1 code) has collapsed
 
 
-class Wav2Vec2Objective(Objective):
+class Wav2Vec2Objective(SpeechObjective):
     name = "wav2vec2"
-    input_unit = "audio_seconds"
 
     def __init__(self, cfg: Wav2Vec2PretrainConfig, accelerator=None):
         super().__init__(cfg)
@@ -53,7 +52,6 @@ class Wav2Vec2Objective(Objective):
             feature_size=1, sampling_rate=cfg.sampling_rate, padding_value=0.0, do_normalize=cfg.do_normalize,
             return_attention_mask=self.uses_attention_mask)
         self.min_samples = receptive_field(config.conv_kernel, config.conv_stride)
-        self.max_samples = int(round(cfg.max_duration_in_seconds * cfg.sampling_rate))
         self.train_dataset, self.eval_dataset, self.data_report = build_audio_splits(
             cfg, cfg.output_dir if self.main else None, self.min_samples)
         if cfg.streaming and accelerator is not None and accelerator.num_processes > 1:
@@ -160,19 +158,6 @@ class Wav2Vec2Objective(Objective):
         return report
 
     # ------------------------------------------------------------------ loop hooks
-    def _batch_limits(self, batch_size: int) -> dict:
-        if self.cfg.max_batch_seconds:
-            return {"max_batch_samples": int(self.cfg.max_batch_seconds * self.cfg.sampling_rate)}
-        return {"batch_size": batch_size}
-
-    def batch_plan(self, epoch: int, seed: int) -> list[list[int]]:
-        return duration_batches(self.train_dataset.lengths, max_length=self.max_samples, seed=seed, epoch=epoch,
-                                **self._batch_limits(self.cfg.per_device_train_batch_size))
-
-    def eval_plan(self) -> list[list[int]]:
-        return duration_batches(self.eval_dataset.lengths, max_length=self.max_samples, shuffle=False,
-                                **self._batch_limits(self.cfg.per_device_eval_batch_size))
-
     def on_update(self, step: int, total_steps: int) -> dict:
         used = self._temperature
         self._temperature = gumbel_temperature(self.cfg, step)
