@@ -16,7 +16,9 @@ DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "mlm" / "t
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0].startswith("--") and "--help" not in argv and "-h" not in argv:
+    # No recipe and no objective named: the embedded default (MLM) recipe, overridable key by key.
+    named = any(a == "--objective" or a.startswith("--objective=") for a in argv)
+    if (not argv or argv[0].startswith("--")) and not named and "--help" not in argv and "-h" not in argv:
         if DEFAULT_RECIPE.is_file():
             argv = [str(DEFAULT_RECIPE), *argv]
     from hfssl.objectives import config_classes

@@ -288,27 +288,33 @@ def evaluate(accelerator: Accelerator, model, objective: Objective, cfg: Trainin
         torch.manual_seed(batch["seed"])
         with accelerator.autocast():
             outputs = model(**inputs)
-        terms, n = _terms(outputs["loss_sum"]), _terms(batch["num_targets"])
-        _accumulate(sums, outputs, terms, n, list(n))
+        n = _terms(batch["num_targets"])
+        _accumulate(sums, outputs, _terms(outputs["loss_sum"]), n, list(n))
         for k, v in n.items():
             counts[k] = counts.get(k, 0.0) + v
-    # Processes may hold different batches (or none): agree on the names before reducing.
-    names = sorted({k for ks in gather_object([list(sums)]) for k in ks}) if W > 1 else sorted(sums)
-    terms = sorted({k for ks in gather_object([list(counts)]) for k in ks}) if W > 1 else sorted(counts)
+    # Processes may hold different batches (or none): agree on the names before reducing. Term order
+    # matters (metrics without a term prefix are weighted by the first term): keep the collator's.
+    names = _agreed(list(sums), W)
+    terms = _agreed(list(counts), W)
     zero = torch.zeros((), dtype=torch.float64, device=accelerator.device)
     total = accelerator.reduce(torch.stack([sums.get(k, zero).double() for k in names]
                                            + [zero + counts.get(k, 0.0) for k in terms]), "sum").tolist()
     n_total = dict(zip(terms, total[len(names):]))
     reduced = dict(zip(names, total[: len(names)]))
-    order = [k[len("loss/"):] for k in names if k.startswith("loss/")]
-    term_losses = {k: reduced.pop(f"loss/{k}") / max(n_total.get(k, 0.0), 1.0) for k in order}
+    term_losses = {k: reduced.pop(f"loss/{k}") / max(n_total.get(k, 0.0), 1.0) for k in terms}
     result = {"eval_loss": sum(term_losses.values())}
-    if len(order) > 1:
+    if len(terms) > 1:
         result.update({f"eval_loss_{k}": v for k, v in term_losses.items()})
     for k, v in reduced.items():
-        result[f"eval_{k}"] = v / max(n_total.get(_term_of(k, order), 0.0), 1.0)
-    result["eval_targets"] = int(n_total.get(order[0], 0)) if order else 0
+        result[f"eval_{k}"] = v / max(n_total.get(_term_of(k, terms), 0.0), 1.0)
+    result["eval_targets"] = int(n_total.get(terms[0], 0)) if terms else 0
     return objective.eval_summary(result)
+
+
+def _agreed(names: list[str], world: int) -> list[str]:
+    """The union of every process's names, in first-seen order (the same on every process)."""
+    lists = gather_object([names]) if world > 1 else [names]
+    return list(dict.fromkeys(k for ks in lists for k in ks))
 
 
 def _terms(x) -> dict:

@@ -1,0 +1,99 @@
+"""ELECTRA through the real CLI: both loss terms logged and falling, exact resume, 2 processes = 1
+process with accumulation 2 (two loss terms, each divided by its own global count), outputs that load
+in plain transformers (discriminator: AutoModel / AutoModelForSequenceClassification; generator:
+pipeline("fill-mask")), and the discriminator fine-tuned by run_finetune.py."""
+
+import json
+import shutil
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import FIXTURES, ROOT, read_log, run_cli, train_losses
+
+TINY = [str(ROOT / "recipes" / "electra" / "tiny-cpu.yaml"), "--train_file", str(FIXTURES / "text" / "corpus.txt"),
+        "--tokenizer_name", str(FIXTURES / "text" / "tokenizer"),
+        "--config_overrides", "hidden_size=64,embedding_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=128,"
+                              "max_position_embeddings=64",
+        "--max_seq_length", "64", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2",
+        "--max_steps", "12", "--save_steps", "6", "--eval_steps", "0", "--logging_steps", "2", "--learning_rate", "2e-3",
+        "--warmup_steps", "2", "--validation_split_percentage", "10", "--max_eval_batches", "2"]
+
+
+@pytest.fixture(scope="module")
+def electra(tmp_path_factory):
+    out = tmp_path_factory.mktemp("electra") / "out"
+    run_cli("run_pretrain.py", [*TINY, "--output_dir", out], env={"OMP_NUM_THREADS": "1"})
+    return out
+
+
+def test_both_terms_are_logged_and_the_run_learns(electra):
+    rows = [r for r in read_log(electra) if "loss" in r]
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    first, last = rows[0], rows[-1]
+    assert first["loss"] == pytest.approx(first["loss_generator"] + first["loss_discriminator"])
+    # lambda = 50 x BCE per real token: about 50 * ln 2 at the start.
+    assert 20 < first["loss_discriminator"] < 50
+    assert first["num_discriminator_targets"] > 4 * first["num_generator_targets"]  # all real tokens vs ~15%
+    assert sum(r["loss"] for r in rows[-3:]) < sum(r["loss"] for r in rows[:3])
+    for key in ("generator_accuracy", "discriminator_accuracy", "replaced_fraction"):
+        assert 0 <= last[key] <= 1
+    final = json.loads((electra / "train_results.json").read_text())
+    assert {"eval_loss", "eval_loss_generator", "eval_loss_discriminator", "eval_discriminator_accuracy"} <= set(final)
+
+
+def test_resume_reproduces_the_uninterrupted_run(electra, tmp_path):
+    out = tmp_path / "resumed"
+    shutil.copytree(electra, out)
+    for name in ("model.safetensors", "train_results.json"):
+        (out / name).unlink()
+    shutil.rmtree(out / "checkpoint-12")
+    run_cli("run_pretrain.py", [*TINY, "--output_dir", out, "--resume_from_checkpoint", "latest"], env={"OMP_NUM_THREADS": "1"})
+    assert train_losses(out) == train_losses(electra)  # bitwise, including the generator's samples
+    a, b = load_file(out / "model.safetensors"), load_file(electra / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_processes_match_one_process_with_accumulation(electra, tmp_path):
+    out = tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29523"]
+    run_cli("run_pretrain.py", [*TINY, "--output_dir", out, "--gradient_accumulation_steps", "1", "--save_steps", "0"],
+            launcher=torchrun, env={"OMP_NUM_THREADS": "1"})
+    one = {r["step"]: r for r in read_log(electra) if "loss" in r}
+    two = {r["step"]: r for r in read_log(out) if "loss" in r}
+    assert sorted(one) == sorted(two)
+    for step in one:
+        for key in ("loss", "loss_generator", "loss_discriminator"):
+            assert two[step][key] == pytest.approx(one[step][key], rel=1e-4, abs=1e-5), (step, key)
+        assert two[step]["num_discriminator_targets"] == one[step]["num_discriminator_targets"]
+
+
+def test_outputs_load_in_transformers(electra):
+    from transformers import AutoModel, AutoModelForSequenceClassification, ElectraForPreTraining, pipeline
+
+    assert type(ElectraForPreTraining.from_pretrained(electra)).__name__ == "ElectraForPreTraining"
+    assert type(AutoModel.from_pretrained(electra)).__name__ == "ElectraModel"
+    clf = AutoModelForSequenceClassification.from_pretrained(electra, num_labels=3)
+    assert clf.config.num_labels == 3
+    fill = pipeline("fill-mask", model=str(electra / "generator"))
+    out = fill(f"return the {fill.tokenizer.mask_token} of the list.")
+    assert len(out) == 5 and all(0 <= o["score"] <= 1 for o in out)
+    # The generator was trained with the discriminator's embeddings: saved copies are equal.
+    g, d = load_file(electra / "generator" / "model.safetensors"), load_file(electra / "model.safetensors")
+    assert torch.equal(g["electra.embeddings.word_embeddings.weight"], d["electra.embeddings.word_embeddings.weight"])
+    card = (electra / "README.md").read_text()
+    assert "ELECTRA" in card and "generator/" in card
+
+
+def test_the_discriminator_fine_tunes(electra, tmp_path):
+    topics = FIXTURES / "text" / "classification"
+    out = tmp_path / "cls"
+    run_cli("run_finetune.py", [ROOT / "recipes" / "finetune" / "text-classification-tiny-cpu.yaml", "--model_name_or_path", electra,
+                                "--output_dir", out, "--max_steps", "4", "--train_file", topics / "train.csv",
+                                "--validation_file", topics / "validation.csv", "--test_file", topics / "test.csv"],
+            env={"OMP_NUM_THREADS": "1"})
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["eval_samples"] == 40 and 0 <= results["eval_accuracy"] <= 1
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["ElectraForSequenceClassification"]

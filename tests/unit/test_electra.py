@@ -1,0 +1,116 @@
+"""ELECTRA's pieces: loss terms against hand computations, sampling never special tokens, a sample equal
+to the original counts as original, shared embeddings, the paper's generator sizes, config checks."""
+
+import math
+
+import pytest
+import torch
+from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
+
+from hfssl.errors import ConfigError
+from hfssl.objectives import load_config
+from hfssl.objectives.electra.loss import discriminator_loss, replaced_labels, sample_replacements
+from hfssl.objectives.electra.model import ElectraPretraining
+from hfssl.objectives.electra.objective import generator_config
+
+V, SPECIAL = 40, [0, 1, 2, 3]
+
+
+def _models(seed=0):
+    torch.manual_seed(seed)
+    disc = ElectraConfig(vocab_size=V, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    gen = generator_config(disc, 0.5, 1.0)
+    return ElectraForMaskedLM(gen), ElectraForPreTraining(disc)
+
+
+def test_discriminator_loss_by_hand():
+    logits = torch.tensor([[2.0, -1.0, 0.5, 9.0]])
+    labels = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
+    mask = torch.tensor([[1, 1, 1, 0]])  # the last token is padding: never scored
+    loss, correct = discriminator_loss(logits, labels, mask)
+    expected = math.log1p(math.exp(-2.0)) + math.log1p(math.exp(-1.0)) + math.log1p(math.exp(0.5))
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert correct.item() == 2  # 2.0 -> replaced (right), -1.0 -> original (right), 0.5 -> replaced (wrong)
+
+
+def test_a_sample_equal_to_the_original_counts_as_original():
+    original = torch.tensor([[5, 6, 7, 8, 0]])
+    corrupted = torch.tensor([[5, 9, 7, 10, 0]])  # position 2 was masked but the sample was 7 again
+    labels = replaced_labels(original, corrupted, torch.tensor([[1, 1, 1, 1, 0]]))
+    assert labels.tolist() == [[0.0, 1.0, 0.0, 1.0, 0.0]]
+
+
+def test_samples_are_never_special_tokens_and_follow_the_softmax():
+    torch.manual_seed(0)
+    logits = torch.zeros(20000, V)
+    logits[:, SPECIAL] = 50.0  # the generator "prefers" special tokens: they must still never come out
+    logits[:, 10] = 2.0
+    disallowed = torch.zeros(V, dtype=torch.bool)
+    disallowed[SPECIAL] = True
+    sampled = sample_replacements(logits, disallowed)
+    assert not torch.isin(sampled, torch.tensor(SPECIAL)).any()
+    # Among the allowed ids, id 10 has weight e^2 against 1 for each of the other 35.
+    p10 = math.exp(2) / (math.exp(2) + (V - len(SPECIAL) - 1))
+    assert (sampled == 10).float().mean().item() == pytest.approx(p10, abs=0.015)
+
+
+def test_forward_terms_equal_a_hand_computation():
+    gen, disc = _models()
+    model = ElectraPretraining(gen, disc, torch.tensor(SPECIAL), generator_weight=1.0, discriminator_weight=50.0)
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9, 2, 0], [1, 11, 12, 13, 2, 0, 0, 0]])
+    attention = (ids != 0).long()
+    labels = torch.full_like(ids, -100)
+    labels[0, 2], labels[0, 5], labels[1, 3] = 6, 9, 13
+    masked = ids.clone()
+    masked[labels != -100] = 4  # [MASK]
+    torch.manual_seed(123)
+    out = model(masked, attention, labels)
+
+    sel = labels != -100
+    with torch.no_grad():
+        gen_logits = gen(input_ids=masked, attention_mask=attention).logits[sel]  # full head: same numbers as the sparse one
+        gen_ce = torch.nn.functional.cross_entropy(gen_logits, labels[sel], reduction="sum")
+        torch.manual_seed(123)  # the same draw the forward made
+        disallowed = torch.zeros(V, dtype=torch.bool)
+        disallowed[SPECIAL] = True
+        sampled = sample_replacements(gen_logits, disallowed)
+        corrupted = ids.clone()
+        corrupted[sel] = sampled
+        d_logits = disc(input_ids=corrupted, attention_mask=attention).logits
+        real = attention.bool()
+        y = (corrupted != ids).float()
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(d_logits[real], y[real], reduction="sum")
+    assert out["loss_sum"]["generator"].item() == pytest.approx(gen_ce.item(), rel=1e-5)
+    assert out["loss_sum"]["discriminator"].item() == pytest.approx(50.0 * bce.item(), rel=1e-5)
+    assert out["replaced_fraction"].item() == pytest.approx(y[sel].mean().item())
+    assert list(out["loss_sum"]) == ["generator", "discriminator"]
+
+
+def test_embeddings_are_shared_and_the_generator_head_stays_tied():
+    gen, disc = _models()
+    ElectraPretraining(gen, disc, torch.tensor(SPECIAL))
+    assert gen.electra.embeddings is disc.electra.embeddings
+    assert gen.generator_lm_head.weight is disc.electra.embeddings.word_embeddings.weight
+    # The optimizer sees the shared table once and updates it with both models' gradients.
+    params = list(torch.nn.ModuleDict({"g": gen, "d": disc}).parameters())
+    shared = disc.electra.embeddings.word_embeddings.weight
+    assert sum(p is shared for p in params) == 1 and len({id(p) for p in params}) == len(params)
+
+
+def test_generator_config_follows_the_paper():
+    disc = ElectraConfig(hidden_size=256, num_hidden_layers=12, num_attention_heads=4, intermediate_size=1024, embedding_size=128)
+    small = generator_config(disc, 0.25, 1.0)  # ELECTRA-small: 1/4 width
+    assert (small.hidden_size, small.num_attention_heads, small.intermediate_size, small.num_hidden_layers, small.embedding_size) == (64, 1, 256, 12, 128)
+    base = generator_config(ElectraConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                                          embedding_size=768), 1 / 3, 1.0)
+    assert (base.hidden_size, base.num_attention_heads, base.intermediate_size) == (256, 4, 1024)
+
+
+def test_config_defaults_and_checks():
+    cfg = load_config(["--objective", "electra"])
+    assert (cfg.model_type, cfg.mask_replace_prob, cfg.random_replace_prob, cfg.discriminator_weight) == ("electra", 0.85, 0.0, 50.0)
+    with pytest.raises(ConfigError, match="model_type must be 'electra'"):
+        load_config(["--objective", "electra", "--model_type", "bert"])
+    with pytest.raises(ConfigError, match="generator_size"):
+        load_config(["--objective", "electra", "--generator_size", "1.5"])
