@@ -15,6 +15,7 @@ the members that protocol declares. Design choices, and why:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -23,17 +24,19 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, gather_object
+from accelerate.utils import ProjectConfiguration
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from hfssl.checkpointing import resolve_resume, save_checkpoint
-from hfssl.data.batching import Position, eval_batches, train_batches
+from hfssl.data.batching import Position, train_batches
+from hfssl.evaluate import evaluate_and_log
+from hfssl.loss_terms import accumulate, as_terms, per_target, reduce_sums
 from hfssl.errors import OutputDirError, RollbackRequested, TrainingStopped
 from hfssl.config import TrainingArguments, save_config
 from hfssl.objectives.base import Objective
@@ -70,291 +73,289 @@ class _Registered:
         self.put(state)
 
 
+@dataclass
+class _Run:
+    """What one training run holds while it goes: built by `_setup`, advanced by the steps of `train`."""
+
+    cfg: TrainingArguments
+    objective: Objective
+    accelerator: Accelerator
+    model: torch.nn.Module  # prepared (DDP/FSDP-wrapped, maybe compiled)
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    state: _State
+    steps_per_epoch: int
+    total_steps: int
+    out: Path
+    data: Optional[Iterator[dict]] = None  # this process's micro-batches for the rest of the epoch
+    window: list = field(default_factory=list)  # log rows since the last logging step
+    t_last: float = 0.0  # end of the previous update (throughput excludes evaluation and checkpointing)
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def log_path(self) -> Path:
+        return self.out / LOG_FILE
+
+
 def train(cfg: TrainingArguments, objective: Objective, accelerator: Optional[Accelerator] = None) -> dict:
     """Run training and final evaluation; save the model with `objective.save_pretrained`.
 
-    Returns the summary (final eval metrics, steps, inputs seen, output paths).
+    Returns the summary (final eval metrics, steps, inputs seen). The caller ends the run
+    (`accelerator.end_training()`): it may still evaluate across processes.
     """
-    accelerator = accelerator or make_accelerator(cfg)
-    out = Path(cfg.output_dir)
-    W, A = accelerator.num_processes, cfg.gradient_accumulation_steps
-    rank = accelerator.process_index
+    run = _setup(cfg, objective, accelerator or make_accelerator(cfg))
+    bar = tqdm(total=run.total_steps, initial=run.state.step, disable=not run.accelerator.is_local_main_process,
+               desc=objective.name, dynamic_ncols=True)
+    with _sigterm_flag() as stop, contextlib.closing(bar):  # the bar closes on errors too: messages start on a new line
+        while run.state.step < run.total_steps:
+            micro = _next_update(run)  # this process's A micro-batches, or None at the end of an epoch
+            if micro is None:
+                _next_epoch(run)
+                continue
+            loss, metrics, n_targets, n_inputs = _forward_backward(run, micro)
+            grad_norm = _optimizer_step(run, loss, n_targets, micro)  # or skip a non-finite update
+            _record_update(run, loss, metrics, grad_norm, n_targets, n_inputs)
+            bar.update(1)
+            if _health_check(run):  # True: rolled back to an earlier checkpoint
+                bar.reset(total=run.total_steps)
+                bar.update(run.state.step)
+                continue
+            _report(run, bar)
+            _evaluate_and_checkpoint(run, stop)
+            run.t_last = time.perf_counter()
+    return _finish(run)
 
-    model = objective.model
+
+# ----------------------------------------------------------------------------------- the steps
+
+def _setup(cfg, objective, accelerator) -> _Run:
+    """Optimizer, epoch size and scheduler, Accelerate wrapping, resume, output folder, trackers."""
+    W, A = accelerator.num_processes, cfg.gradient_accumulation_steps
     if cfg.gradient_checkpointing:
         objective.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(
-        _param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+        _param_groups(objective.model, cfg.weight_decay), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
         eps=cfg.adam_epsilon, fused=torch.cuda.is_available())
-
-    streaming = objective.streaming
-    if streaming:
+    if objective.streaming:
         steps_per_epoch = cfg.max_steps
     else:
-        steps_per_epoch = len(objective.batch_plan(0, cfg.seed)) // (W * A)
+        micro_batches = len(objective.batch_plan(0, cfg.seed))
+        steps_per_epoch = micro_batches // (W * A)
         if steps_per_epoch == 0:
             raise TrainingStopped(
-                f"The training set gives {len(objective.batch_plan(0, cfg.seed))} micro-batches per epoch, fewer than one "
-                f"update needs ({W} processes x {A} accumulation steps). Lower the batch size or add data.")
+                f"The training set gives {micro_batches} micro-batches per epoch, fewer than one update needs "
+                f"({W} processes x {A} accumulation steps). Lower the batch size or add data.")
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * steps_per_epoch)
     scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps)
 
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = accelerator.prepare(objective.model, optimizer)
     if cfg.torch_compile:
         model = torch.compile(model, dynamic=True)
-    state = _State()
     accelerator.register_for_checkpointing(scheduler)
     accelerator.register_for_checkpointing(_Registered(objective.state_dict, objective.load_state_dict))
+    run = _Run(cfg, objective, accelerator, model, optimizer, scheduler, _State(), steps_per_epoch, total_steps, Path(cfg.output_dir))
 
-    resume = resolve_resume(cfg.resume_from_checkpoint, out)
+    resume = resolve_resume(cfg.resume_from_checkpoint, run.out)
     if resume is not None:
-        state = _resume(accelerator, resume, state, cfg, W)
+        run.state = _resume(accelerator, resume, run.state, cfg, W)
     elif cfg.resume_from_checkpoint == "latest":
-        logger.warning("resume_from_checkpoint=latest: no complete checkpoint in %s, starting from scratch.", out)
+        logger.warning("resume_from_checkpoint=latest: no complete checkpoint in %s, starting from scratch.", run.out)
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "hfssl_config.yaml")
-        _trim_log(out / LOG_FILE, state.step)
+        run.out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run.out / "hfssl_config.yaml")
+        _trim_log(run.log_path, run.state.step)
     if cfg.trackers:
         accelerator.init_trackers(objective.name, config=_flat(cfg))
+    run.t_last = time.perf_counter()
+    return run
 
-    stop_requested = {"flag": False}
-    previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.update(flag=True)) if _main_thread() else None
 
-    bar = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_local_main_process, desc=objective.name, dynamic_ncols=True)
-    window: list[dict] = []
-    t_last = time.perf_counter()
-    data_iter = None
-    log_path = out / LOG_FILE
+def _next_update(run: _Run) -> Optional[list[dict]]:
+    """The next update's micro-batches for this process, or None when the epoch (or stream pass) ended."""
+    cfg, state, A = run.cfg, run.state, run.cfg.gradient_accumulation_steps
+    if run.data is None:
+        pos = Position(state.epoch, state.step_in_epoch, state.step - state.step_in_epoch, state.rollbacks)
+        run.data = train_batches(run.objective, cfg, pos, run.world, run.accelerator.process_index, run.total_steps, run.steps_per_epoch)
+    micro = [b for b in itertools.islice(run.data, A)]
+    ended = len(micro) < A  # a partial update group is dropped
+    if run.objective.streaming and run.world > 1:
+        # Each process reads its own shard of the stream, and shards end at different updates:
+        # agree first, so that no process waits alone in a collective for one that has moved on.
+        ended = run.accelerator.reduce(torch.tensor([float(ended)], device=run.accelerator.device), "sum").item() > 0
+    if not ended:
+        return micro
+    if run.objective.streaming and state.step_in_epoch == 0:
+        raise TrainingStopped(
+            f"The training stream gave no complete update: each process needs at least per_device_train_batch_size x "
+            f"gradient_accumulation_steps = {cfg.per_device_train_batch_size * A} examples. Add data or lower them.")
+    return None
 
-    try:  # close the bar on errors too, so a message printed after it starts on its own line
-        while state.step < total_steps:
-            if data_iter is None:
-                pos = Position(state.epoch, state.step_in_epoch, state.step - state.step_in_epoch, state.rollbacks)
-                data_iter = train_batches(objective, cfg, pos, W, rank, total_steps, steps_per_epoch)
-            micro = []
-            for _ in range(A):
-                batch = next(data_iter, None)
-                if batch is None:
-                    break
-                micro.append(batch)
-            ended = len(micro) < A  # end of epoch: a partial update group is dropped
-            if streaming and W > 1:
-                # Each process reads its own shard of the stream, and shards end at different updates:
-                # agree first, so that no process waits alone in a collective for one that has moved on.
-                ended = accelerator.reduce(torch.tensor([float(ended)], device=accelerator.device), "sum").item() > 0
-            if ended:
-                if streaming and state.step_in_epoch == 0:
-                    raise TrainingStopped(
-                        f"The training stream gave no complete update: each process needs at least per_device_train_batch_size x "
-                        f"gradient_accumulation_steps = {cfg.per_device_train_batch_size * A} examples. Add data or lower them.")
-                state.epoch += 1  # a stream starts over from its beginning, like a map-style dataset
-                state.step_in_epoch = 0
-                data_iter = None
-                continue
 
-            # Global number of targets per loss term in this update: one all-reduce before any backward.
-            counts = [_terms(b["num_targets"]) for b in micro]  # per micro-batch {term: targets}
-            names = list(counts[0])
-            local = [sum(c[k] for c in counts) for k in names] + [sum(b["num_inputs"] for b in micro)]
-            totals = accelerator.reduce(torch.tensor(local, dtype=torch.float64, device=accelerator.device), "sum").tolist()
-            n_targets, n_inputs = dict(zip(names, totals[:-1])), totals[-1]  # note: CPU-GPU sync point, once per update
-            # DDP averages gradients over W processes: scale by W so each term becomes sum / its global count.
-            scales = {k: W / max(n, 1.0) for k, n in n_targets.items()}
+def _next_epoch(run: _Run) -> None:
+    """A finished epoch; a stream starts over from its beginning, like a map-style dataset."""
+    run.state.epoch += 1
+    run.state.step_in_epoch = 0
+    run.data = None
 
-            sums: dict[str, torch.Tensor] = {}  # loss terms, then metrics weighted by their term's count
-            model.train()
-            for a, batch in enumerate(micro):
-                inputs = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-                torch.manual_seed(batch["seed"])  # dropout / Gumbel noise as a function of batch position
-                sync = contextlib.nullcontext() if a == A - 1 else accelerator.no_sync(model)
-                with sync, accelerator.autocast():
-                    outputs = model(**inputs)
-                    terms = _terms(outputs["loss_sum"])
-                    accelerator.backward(sum(terms[k] * scales[k] for k in names))
-                _accumulate(sums, outputs, terms, counts[a], names)
 
-            reduced = _reduce_sums(accelerator, sums)
-            term_losses = {k: reduced.pop(f"loss/{k}") / max(n_targets[k], 1.0) for k in names}
-            loss = sum(term_losses.values())
-            metrics = {k: v / max(n_targets[_term_of(k, names)], 1.0) for k, v in sorted(reduced.items())}
-            if len(names) > 1:
-                metrics.update({f"loss_{k}": v for k, v in term_losses.items()})
-                metrics.update({f"num_{k}_targets": int(n) for k, n in n_targets.items()})
-            grad_norm = None
-            finite = math.isfinite(loss) and sum(n_targets.values()) > 0
-            if finite:  # max_grad_norm 0: measure the norm (logged, checked) without clipping
-                grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf")))
-                finite = math.isfinite(grad_norm)
-            if finite:
-                optimizer.step()
-                scheduler.step()
-                state.bad_in_a_row = 0
-            else:
-                ids = sorted(i for b in micro for i in b["sample_ids"])
-                state.bad_in_a_row += 1
-                state.skipped_updates.append({"step": state.step + 1, "loss": loss, "grad_norm": grad_norm, "sample_ids": ids[:64]})
-                logger.warning("Update %d skipped: non-finite loss/gradient (loss=%s, grad_norm=%s, %d targets); samples %s",
-                               state.step + 1, loss, grad_norm, int(sum(n_targets.values())), ids[:64])
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            state.step_in_epoch += 1
-            state.inputs_seen += n_inputs
-            state.targets_seen += int(n_targets[names[0]])
-            extra = objective.on_update(state.step, total_steps) or {}
+def _forward_backward(run: _Run, micro: list[dict]):
+    """Gradients of the update: every loss term divided by its global target count (counted over all
+    micro-batches and processes before the first forward, one all-reduce).
 
-            now = time.perf_counter()
-            row = {"step": state.step, "epoch": state.epoch, "loss": loss, "lr": scheduler.get_last_lr()[0],
-                   "grad_norm": grad_norm, "num_targets": int(n_targets[names[0]]), **metrics, **extra,
-                   f"{objective.input_unit}_per_second": n_inputs / (now - t_last), "time": round(time.time(), 3)}
-            window.append(row)
-            if accelerator.is_main_process:
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-            bar.update(1)
+    Returns (loss, metrics incl. per-term losses, {term: global targets}, global inputs)."""
+    accelerator, model, W = run.accelerator, run.model, run.world
+    counts = [as_terms(b["num_targets"]) for b in micro]  # per micro-batch {term: targets}, collator's term order
+    names = list(counts[0])
+    local = [sum(c[k] for c in counts) for k in names] + [sum(b["num_inputs"] for b in micro)]
+    totals = accelerator.reduce(torch.tensor(local, dtype=torch.float64, device=accelerator.device), "sum").tolist()
+    n_targets, n_inputs = dict(zip(names, totals[:-1])), totals[-1]  # note: CPU-GPU sync point, once per update
+    # DDP averages gradients over W processes: scale by W so each term becomes sum / its global count.
+    scales = {k: W / max(n, 1.0) for k, n in n_targets.items()}
+    sums: dict[str, torch.Tensor] = {}
+    model.train()
+    for a, batch in enumerate(micro):
+        inputs = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        torch.manual_seed(batch["seed"])  # dropout / sampling noise as a function of batch position
+        sync = contextlib.nullcontext() if a == len(micro) - 1 else accelerator.no_sync(model)
+        with sync, accelerator.autocast():
+            outputs = model(**inputs)
+            terms = as_terms(outputs["loss_sum"])
+            accelerator.backward(sum(terms[k] * scales[k] for k in names))
+        accumulate(sums, outputs, counts[a])
+    metrics = per_target(reduce_sums(accelerator, sums), n_targets)
+    loss = metrics.pop("loss")
+    if len(names) > 1:
+        metrics.update({f"num_{k}_targets": int(n) for k, n in n_targets.items()})
+    return loss, metrics, n_targets, n_inputs
 
-            if state.bad_in_a_row >= cfg.max_bad_steps:
-                raise TrainingStopped(
-                    f"{state.bad_in_a_row} updates in a row had a non-finite loss or gradient (last at step {state.step}; "
-                    f"samples {state.skipped_updates[-1]['sample_ids']}). Lower the learning rate, use bf16 instead of fp16, "
-                    f"or check the data; the last checkpoint is in {out}.")
-            try:
-                problem = objective.check_health(window)
-            except RollbackRequested as request:
-                if state.rollbacks >= cfg.max_rollbacks:
-                    raise TrainingStopped(f"{request} Already rolled back {state.rollbacks} times (max_rollbacks); stopping.") from None
-                logger.warning("%s Rolling back to %s with fresh masks and noise.", request, request.checkpoint)
-                rollbacks = state.rollbacks + 1
-                state = _resume(accelerator, Path(request.checkpoint), state, cfg, W)
-                state.rollbacks = rollbacks
-                if accelerator.is_main_process:
-                    _trim_log(log_path, state.step)
-                bar.reset(total=total_steps)
-                bar.update(state.step)
-                data_iter, window = None, []
-                continue
-            if problem:
-                raise TrainingStopped(problem)
 
-            if state.step % cfg.logging_steps == 0 or state.step == total_steps:
-                avg = _average(window)
-                window.clear()
-                bar.set_postfix({k: f"{v:.4g}" for k, v in avg.items() if k in ("loss", "accuracy", "lr")})
-                if cfg.trackers:
-                    accelerator.log({f"train/{k}": v for k, v in avg.items()}, step=state.step)
+def _optimizer_step(run: _Run, loss: float, n_targets: dict, micro: list[dict]) -> Optional[float]:
+    """Clip and step; a non-finite loss or gradient norm skips the update (no weight changes) and is
+    reported with its sample ids; max_bad_steps in a row stop the run. Returns the gradient norm."""
+    cfg, state = run.cfg, run.state
+    grad_norm = None
+    finite = math.isfinite(loss) and sum(n_targets.values()) > 0
+    if finite:  # max_grad_norm 0: measure the norm (logged, checked) without clipping
+        grad_norm = float(run.accelerator.clip_grad_norm_(run.model.parameters(), cfg.max_grad_norm or float("inf")))
+        finite = math.isfinite(grad_norm)
+    if finite:
+        run.optimizer.step()
+        run.scheduler.step()
+        state.bad_in_a_row = 0
+    else:
+        ids = sorted(i for b in micro for i in b["sample_ids"])
+        state.bad_in_a_row += 1
+        state.skipped_updates.append({"step": state.step + 1, "loss": loss, "grad_norm": grad_norm, "sample_ids": ids[:64]})
+        logger.warning("Update %d skipped: non-finite loss/gradient (loss=%s, grad_norm=%s, %d targets); samples %s",
+                       state.step + 1, loss, grad_norm, int(sum(n_targets.values())), ids[:64])
+    run.optimizer.zero_grad(set_to_none=True)
+    return grad_norm
 
-            if cfg.eval_steps and state.step % cfg.eval_steps == 0 and state.step < total_steps and objective.eval_dataset is not None:
-                _evaluate_and_log(accelerator, model, objective, cfg, state.step, log_path)
-            if (cfg.save_steps and state.step % cfg.save_steps == 0) or stop_requested["flag"]:
-                save_checkpoint(accelerator, out, state.step, _trainer_state(state, cfg, W), cfg.save_total_limit)
-            if stop_requested["flag"]:
-                bar.close()
-                logger.warning("SIGTERM: checkpoint-%d written; exiting with 143. Resume with --resume_from_checkpoint latest.", state.step)
-                accelerator.end_training()
-                raise SystemExit(143)
-            t_last = time.perf_counter()  # throughput excludes evaluation and checkpointing
-    finally:
-        bar.close()
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
 
+def _record_update(run: _Run, loss, metrics, grad_norm, n_targets, n_inputs) -> None:
+    """Advance the counters and the objective's schedules; append the update's row to the log."""
+    state, first = run.state, next(iter(n_targets))
+    state.step += 1
+    state.step_in_epoch += 1
+    state.inputs_seen += n_inputs
+    state.targets_seen += int(n_targets[first])
+    extra = run.objective.on_update(state.step, run.total_steps)
+    row = {"step": state.step, "epoch": state.epoch, "loss": loss, "lr": run.scheduler.get_last_lr()[0],
+           "grad_norm": grad_norm, "num_targets": int(n_targets[first]), **metrics, **extra,
+           f"{run.objective.input_unit}_per_second": n_inputs / (time.perf_counter() - run.t_last), "time": round(time.time(), 3)}
+    run.window.append(row)
+    if run.accelerator.is_main_process:
+        with open(run.log_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def _health_check(run: _Run) -> bool:
+    """Stop after max_bad_steps non-finite updates in a row; then the objective's health check: stop
+    with its reason, or roll back to the checkpoint it names (with fresh masks and noise; returns True)."""
+    state = run.state
+    if state.bad_in_a_row >= run.cfg.max_bad_steps:
+        raise TrainingStopped(
+            f"{state.bad_in_a_row} updates in a row had a non-finite loss or gradient (last at step {state.step}; "
+            f"samples {state.skipped_updates[-1]['sample_ids']}). Lower the learning rate, use bf16 instead of fp16, "
+            f"or check the data; the last checkpoint is in {run.out}.")
+    try:
+        problem = run.objective.check_health(run.window)
+    except RollbackRequested as request:
+        if state.rollbacks >= run.cfg.max_rollbacks:
+            raise TrainingStopped(f"{request} Already rolled back {state.rollbacks} times (max_rollbacks); stopping.") from None
+        logger.warning("%s Rolling back to %s with fresh masks and noise.", request, request.checkpoint)
+        rollbacks = state.rollbacks + 1
+        run.state = _resume(run.accelerator, Path(request.checkpoint), state, run.cfg, run.world)
+        run.state.rollbacks = rollbacks
+        if run.accelerator.is_main_process:
+            _trim_log(run.log_path, run.state.step)
+        run.data, run.window = None, []
+        return True
+    if problem:
+        raise TrainingStopped(problem)
+    return False
+
+
+def _report(run: _Run, bar) -> None:
+    """Every logging_steps: averages of the window to the progress bar and the trackers."""
+    step = run.state.step
+    if step % run.cfg.logging_steps and step != run.total_steps:
+        return
+    avg = _average(run.window)
+    run.window.clear()
+    bar.set_postfix({k: f"{v:.4g}" for k, v in avg.items() if k in ("loss", "accuracy", "lr")})
+    if run.cfg.trackers:
+        run.accelerator.log({f"train/{k}": v for k, v in avg.items()}, step=step)
+
+
+def _evaluate_and_checkpoint(run: _Run, stop: dict) -> None:
+    """Periodic evaluation and checkpoints; after SIGTERM, a checkpoint and exit status 143."""
+    cfg, step = run.cfg, run.state.step
+    if cfg.eval_steps and step % cfg.eval_steps == 0 and step < run.total_steps and run.objective.eval_dataset is not None:
+        evaluate_and_log(run.accelerator, run.model, run.objective, cfg, step, run.log_path)
+    if (cfg.save_steps and step % cfg.save_steps == 0) or stop["flag"]:
+        save_checkpoint(run.accelerator, run.out, step, _trainer_state(run.state, cfg, run.world), cfg.save_total_limit)
+    if stop["flag"]:
+        logger.warning("SIGTERM: checkpoint-%d written; exiting with 143. Resume with --resume_from_checkpoint latest.", step)
+        run.accelerator.end_training()
+        raise SystemExit(143)
+
+
+def _finish(run: _Run) -> dict:
+    """Final evaluation; the main process saves the model, train_results.json and the curves."""
+    accelerator, objective, state, out = run.accelerator, run.objective, run.state, run.out
     final_eval = {}
     if objective.eval_dataset is not None:
-        final_eval = _evaluate_and_log(accelerator, model, objective, cfg, state.step, log_path)
+        final_eval = evaluate_and_log(accelerator, run.model, objective, run.cfg, state.step, run.log_path)
     summary = {"objective": objective.name, "steps": state.step, f"{objective.input_unit}_seen": state.inputs_seen,
                "targets_seen": state.targets_seen, "skipped_updates": len(state.skipped_updates), **final_eval}
     accelerator.wait_for_everyone()
-    objective.model = accelerator.unwrap_model(model)
+    objective.model = accelerator.unwrap_model(run.model)
     if accelerator.is_main_process:
         objective.save_pretrained(str(out), summary)
         (out / "train_results.json").write_text(json.dumps(summary, indent=1))
         from hfssl.plots import plot_training_curves
 
-        plot_training_curves(log_path, out / "training_curves.png", title=f"{objective.name}: {out.name}")
-    # The caller ends the run (accelerator.end_training()): it may still evaluate across processes.
+        plot_training_curves(run.log_path, out / "training_curves.png", title=f"{objective.name}: {out.name}")
     return summary
 
 
-@torch.no_grad()
-def evaluate(accelerator: Accelerator, model, objective: Objective, cfg: TrainingArguments) -> dict[str, float]:
-    """Loss (each term's sum / its targets, added up) and metrics over the eval set with fixed masks."""
-    W, rank = accelerator.num_processes, accelerator.process_index
-    # The unwrapped module: a DDP forward would wait for processes that have no batch left.
-    model = accelerator.unwrap_model(model).eval()
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, float] = {}
-    for batch in eval_batches(objective, cfg, W, rank):
-        inputs = {k: v.to(accelerator.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-        torch.manual_seed(batch["seed"])
-        with accelerator.autocast():
-            outputs = model(**inputs)
-        n = _terms(batch["num_targets"])
-        _accumulate(sums, outputs, _terms(outputs["loss_sum"]), n, list(n))
-        for k, v in n.items():
-            counts[k] = counts.get(k, 0.0) + v
-    # Processes may hold different batches (or none): agree on the names before reducing. Term order
-    # matters (metrics without a term prefix are weighted by the first term): keep the collator's.
-    names = _agreed(list(sums), W)
-    terms = _agreed(list(counts), W)
-    zero = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-    total = accelerator.reduce(torch.stack([sums.get(k, zero).double() for k in names]
-                                           + [zero + counts.get(k, 0.0) for k in terms]), "sum").tolist()
-    n_total = dict(zip(terms, total[len(names):]))
-    reduced = dict(zip(names, total[: len(names)]))
-    term_losses = {k: reduced.pop(f"loss/{k}") / max(n_total.get(k, 0.0), 1.0) for k in terms}
-    result = {"eval_loss": sum(term_losses.values())}
-    if len(terms) > 1:
-        result.update({f"eval_loss_{k}": v for k, v in term_losses.items()})
-    for k, v in reduced.items():
-        result[f"eval_{k}"] = v / max(n_total.get(_term_of(k, terms), 0.0), 1.0)
-    result["eval_targets"] = int(n_total.get(terms[0], 0)) if terms else 0
-    return objective.eval_summary(result)
+@contextlib.contextmanager
+def _sigterm_flag():
+    """{"flag": bool} set by SIGTERM (preemption): the loop checkpoints after the current update and exits."""
+    stop = {"flag": False}
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True)) if _main_thread() else None
+    try:
+        yield stop
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
-def _agreed(names: list[str], world: int) -> list[str]:
-    """The union of every process's names, in first-seen order (the same on every process)."""
-    lists = gather_object([names]) if world > 1 else [names]
-    return list(dict.fromkeys(k for ks in lists for k in ks))
-
-
-def _terms(x) -> dict:
-    """A loss sum or target count, for one term (a scalar) or several ({term: value}), as {term: value}."""
-    return dict(x) if isinstance(x, dict) else {"loss": x}
-
-
-def _term_of(metric: str, terms: list[str]) -> str:
-    """The loss term whose target count weights `metric`: its name prefix, else the first term."""
-    return next((t for t in terms if metric.startswith(t + "_")), terms[0])
-
-
-def _accumulate(sums: dict, outputs: dict, terms: dict, counts: dict, names: list[str]) -> None:
-    """Add one micro-batch to the running sums: 'loss/<term>' sums, and each metric (a per-target mean)
-    times its term's target count, so that dividing by the global count gives the global mean."""
-    for k in names:
-        sums[f"loss/{k}"] = sums.get(f"loss/{k}", 0.0) + terms[k].detach().double()
-    for k, v in outputs.items():
-        if k != "loss_sum":
-            sums[k] = sums.get(k, 0.0) + v.detach().double() * counts[_term_of(k, names)]
-
-
-def _reduce_sums(accelerator, sums: dict) -> dict[str, float]:
-    """Sum every running sum over processes in one all-reduce (one sync), as Python floats."""
-    names = sorted(sums)
-    total = accelerator.reduce(torch.stack([torch.as_tensor(sums[k], dtype=torch.float64, device=accelerator.device)
-                                            for k in names]), "sum").tolist()
-    return dict(zip(names, total))
-
-
-def _evaluate_and_log(accelerator, model, objective, cfg, step, log_path) -> dict:
-    result = evaluate(accelerator, model, objective, cfg)
-    if accelerator.is_main_process:
-        with open(log_path, "a") as f:
-            f.write(json.dumps({"step": step, **result}) + "\n")
-        logger.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in result.items()))
-        if cfg.trackers:
-            accelerator.log({k.replace("eval_", "eval/"): v for k, v in result.items()}, step=step)
-    return result
-
+# ----------------------------------------------------------------------------------- state, resume, setup helpers
 
 def _trainer_state(state: _State, cfg, W: int) -> dict:
     return {**state.__dict__, "world_size": W, "global_batch_size": cfg.per_device_train_batch_size * W * cfg.gradient_accumulation_steps,

@@ -1,0 +1,56 @@
+"""Evaluation inside the loop: loss and metrics over the eval set with fixed masks (the same at every
+evaluation, so curves compare), each loss term divided by its own target count."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import torch
+
+from hfssl.data.batching import eval_batches
+from hfssl.loss_terms import accumulate, agreed, as_terms, per_target
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def evaluate(accelerator, model, objective, cfg) -> dict[str, float]:
+    """`eval_loss` (sum over terms of term sum / term targets), `eval_loss_<term>` with several terms,
+    `eval_<metric>`, `eval_targets`; then the objective's `eval_summary`."""
+    W, rank = accelerator.num_processes, accelerator.process_index
+    # The unwrapped module: a DDP forward would wait for processes that have no batch left.
+    model = accelerator.unwrap_model(model).eval()
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, float] = {}
+    for batch in eval_batches(objective, cfg, W, rank):
+        inputs = {k: v.to(accelerator.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        torch.manual_seed(batch["seed"])
+        with accelerator.autocast():
+            outputs = model(**inputs)
+        n = as_terms(batch["num_targets"])
+        accumulate(sums, outputs, n)
+        for k, v in n.items():
+            counts[k] = counts.get(k, 0.0) + v
+    # Processes may hold different batches (or none): agree on the names before one all-reduce. Term
+    # order matters (metrics without a term prefix are weighted by the first term): keep the collator's.
+    names, terms = agreed(list(sums), W), agreed(list(counts), W)
+    zero = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    total = accelerator.reduce(torch.stack([torch.as_tensor(sums.get(k, zero), dtype=torch.float64, device=accelerator.device)
+                                            for k in names] + [zero + counts.get(k, 0.0) for k in terms]), "sum").tolist()
+    n_total = dict(zip(terms, total[len(names):]))
+    result = per_target(dict(zip(names, total[: len(names)])), n_total, prefix="eval_") if terms else {}
+    result["eval_targets"] = int(n_total[terms[0]]) if terms else 0
+    return objective.eval_summary(result)
+
+
+def evaluate_and_log(accelerator, model, objective, cfg, step: int, log_path) -> dict:
+    """Evaluate, append the result to the training log (main process), send it to the trackers."""
+    result = evaluate(accelerator, model, objective, cfg)
+    if accelerator.is_main_process:
+        with open(log_path, "a") as f:
+            f.write(json.dumps({"step": step, **result}) + "\n")
+        logger.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in result.items()))
+        if cfg.trackers:
+            accelerator.log({k.replace("eval_", "eval/"): v for k, v in result.items()}, step=step)
+    return result
