@@ -13,6 +13,9 @@ It is handed an objective (see `Objective`) and knows none by name. Design choic
 * Data order: each epoch the objective plans the global sequence of micro-batches; update `s` uses
   micro-batches s*W*A .. (s+1)*W*A-1 (W processes, A accumulation steps); process r takes every W-th.
   Resuming skips by index, never by reading data.
+* Checkpoints carry no code: the scheduler's and the objective's state go into trainer_state.json
+  (`Objective.state_dict` must be JSON), the rest through Accelerate (`hfssl.checkpointing`).
+  output_dir is locked and checked by `hfssl.run_dir` before the run starts.
 """
 
 from __future__ import annotations
@@ -35,11 +38,11 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, gather_object
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_scheduler
-
-from hfssl.checkpointing import resolve_resume, save_checkpoint
-from hfssl.errors import OutputDirError, RollbackRequested, TrainingStopped
+from hfssl.checkpointing import save_checkpoint, verify_on_main
+from hfssl.errors import RollbackRequested, TrainingStopped
 from hfssl.config import TrainingArguments, save_config
+from hfssl.run_dir import RunDir, close_run_dir, open_run_dir, save_final, trim_log
+from hfssl.schedules import build_scheduler, steps_on_eval_loss
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +62,7 @@ class Objective(Protocol):
     def batch_plan(self, epoch: int, seed: int) -> list[list[int]]: ...
     def eval_plan(self) -> list[list[int]]: ...
     def on_update(self, step: int, total_steps: int) -> dict[str, float]: ...
-    def state_dict(self) -> dict: ...
+    def state_dict(self) -> dict: ...  # JSON: saved in trainer_state.json
     def load_state_dict(self, state: dict) -> None: ...
     def eval_summary(self, metrics: dict[str, float]) -> dict[str, float]: ...
     def save_pretrained(self, output_dir: str, summary: dict) -> None: ...
@@ -135,25 +138,21 @@ class _State:
     skipped_updates: list = field(default_factory=list)
 
 
-class _Registered:
-    """Adapter so Accelerate's save_state/load_state carries the scheduler-free extra state."""
-
-    def __init__(self, get: Callable[[], dict], put: Callable[[dict], None]):
-        self.get, self.put = get, put
-
-    def state_dict(self):
-        return self.get()
-
-    def load_state_dict(self, state):
-        self.put(state)
-
-
 def train(cfg: TrainingArguments, objective: Objective, accelerator: Optional[Accelerator] = None) -> dict:
     """Run training and final evaluation; save the model with `objective.save_pretrained`.
 
-    Returns the summary (final eval metrics, steps, inputs seen, output paths).
+    Returns the summary (final eval metrics, steps, inputs seen, output paths). output_dir is
+    opened (locked, checked) here unless the entry point already opened it.
     """
     accelerator = accelerator or make_accelerator(cfg)
+    run = open_run_dir(cfg, accelerator)
+    try:
+        return _train(cfg, objective, accelerator, run)
+    finally:
+        close_run_dir(run)
+
+
+def _train(cfg: TrainingArguments, objective: Objective, accelerator: Accelerator, run: RunDir) -> dict:
     out = Path(cfg.output_dir)
     W, A = accelerator.num_processes, cfg.gradient_accumulation_steps
     rank = accelerator.process_index
@@ -175,24 +174,22 @@ def train(cfg: TrainingArguments, objective: Objective, accelerator: Optional[Ac
                 f"The training set gives {len(objective.batch_plan(0, cfg.seed))} micro-batches per epoch, fewer than one "
                 f"update needs ({W} processes x {A} accumulation steps). Lower the batch size or add data.")
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * steps_per_epoch)
-    scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps)
+    scheduler = build_scheduler(cfg, optimizer, total_steps)
+    on_eval_loss = steps_on_eval_loss(scheduler)
+    if on_eval_loss and objective.eval_dataset is None:
+        raise TrainingStopped("lr_scheduler_type reduce_lr_on_plateau steps on the eval loss, but this run has no evaluation "
+                              "set: give validation data (or a validation_split_percentage > 0) or choose another scheduler.")
 
     model, optimizer = accelerator.prepare(model, optimizer)
     if cfg.torch_compile:
         model = torch.compile(model, dynamic=True)
     state = _State()
-    accelerator.register_for_checkpointing(scheduler)
-    accelerator.register_for_checkpointing(_Registered(objective.state_dict, objective.load_state_dict))
-
-    resume = resolve_resume(cfg.resume_from_checkpoint, out)
-    if resume is not None:
-        state = _resume(accelerator, resume, state, cfg, W)
-    elif cfg.resume_from_checkpoint == "latest":
-        logger.warning("resume_from_checkpoint=latest: no complete checkpoint in %s, starting from scratch.", out)
+    if run.resume is not None:
+        state = _resume(accelerator, run.resume, cfg, W, scheduler, objective)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "hfssl_config.yaml")
-        _trim_log(out / LOG_FILE, state.step)
+        trim_log(out / LOG_FILE, state.step)
     if cfg.trackers:
         accelerator.init_trackers(objective.name, config=_flat(cfg))
 
@@ -260,7 +257,8 @@ def train(cfg: TrainingArguments, objective: Objective, accelerator: Optional[Ac
                 finite = math.isfinite(grad_norm)
             if finite:
                 optimizer.step()
-                scheduler.step()
+                if not on_eval_loss:
+                    scheduler.step()
                 state.bad_in_a_row = 0
             else:
                 ids = sorted(i for b in micro for i in b["sample_ids"])
@@ -298,10 +296,10 @@ def train(cfg: TrainingArguments, objective: Objective, accelerator: Optional[Ac
                     raise TrainingStopped(f"{request} Already rolled back {state.rollbacks} times (max_rollbacks); stopping.") from None
                 logger.warning("%s Rolling back to %s with fresh masks and noise.", request, request.checkpoint)
                 rollbacks = state.rollbacks + 1
-                state = _resume(accelerator, Path(request.checkpoint), state, cfg, W)
+                state = _resume(accelerator, Path(request.checkpoint), cfg, W, scheduler, objective)
                 state.rollbacks = rollbacks
                 if accelerator.is_main_process:
-                    _trim_log(log_path, state.step)
+                    trim_log(log_path, state.step)
                 bar.reset(total=total_steps)
                 bar.update(state.step)
                 data_iter, window = None, []
@@ -317,9 +315,12 @@ def train(cfg: TrainingArguments, objective: Objective, accelerator: Optional[Ac
                     accelerator.log({f"train/{k}": v for k, v in avg.items()}, step=state.step)
 
             if cfg.eval_steps and state.step % cfg.eval_steps == 0 and state.step < total_steps and objective.eval_dataset is not None:
-                _evaluate_and_log(accelerator, model, objective, cfg, state.step, log_path)
+                result = _evaluate_and_log(accelerator, model, objective, cfg, state.step, log_path)
+                if on_eval_loss:
+                    scheduler.step(result["eval_loss"])
             if (cfg.save_steps and state.step % cfg.save_steps == 0) or stop_requested["flag"]:
-                save_checkpoint(accelerator, out, state.step, _trainer_state(state, cfg, W), cfg.save_total_limit)
+                save_checkpoint(accelerator, out, state.step, _trainer_state(state, cfg, W, scheduler, objective),
+                                cfg.save_total_limit, run.run_id)
             if stop_requested["flag"]:
                 bar.close()
                 logger.warning("SIGTERM: checkpoint-%d written; exiting with 143. Resume with --resume_from_checkpoint latest.", state.step)
@@ -338,9 +339,13 @@ def train(cfg: TrainingArguments, objective: Objective, accelerator: Optional[Ac
                "targets_seen": state.targets_seen, "skipped_updates": len(state.skipped_updates), **final_eval}
     accelerator.wait_for_everyone()
     objective.model = accelerator.unwrap_model(model)
+    _refuse_non_finite(accelerator, objective.model, out)
     if accelerator.is_main_process:
-        objective.save_pretrained(str(out), summary)
-        (out / "train_results.json").write_text(json.dumps(summary, indent=1))
+        def write(folder: str) -> None:
+            objective.save_pretrained(folder, summary)
+            (Path(folder) / "train_results.json").write_text(json.dumps(summary, indent=1))
+
+        save_final(write, out)
         from hfssl.plots import plot_training_curves
 
         plot_training_curves(log_path, out / "training_curves.png", title=f"{objective.name}: {out.name}")
@@ -430,37 +435,50 @@ def _stream_iterator(objective, cfg, state, W, A, rank, total_steps):
             yield batch
 
 
-def _trainer_state(state: _State, cfg, W: int) -> dict:
+def _trainer_state(state: _State, cfg, W: int, scheduler, objective) -> dict:
     return {**state.__dict__, "world_size": W, "global_batch_size": cfg.per_device_train_batch_size * W * cfg.gradient_accumulation_steps,
-            "per_device_train_batch_size": cfg.per_device_train_batch_size, "gradient_accumulation_steps": cfg.gradient_accumulation_steps, "seed": cfg.seed}
+            "per_device_train_batch_size": cfg.per_device_train_batch_size, "gradient_accumulation_steps": cfg.gradient_accumulation_steps, "seed": cfg.seed,
+            "scheduler": scheduler.state_dict(), "objective": objective.state_dict()}
 
 
-def _resume(accelerator, path: Path, state: _State, cfg, W) -> _State:
-    saved = json.loads((path / "trainer_state.json").read_text())
+def _resume(accelerator, path: Path, cfg, W, scheduler, objective) -> _State:
+    """Load checkpoint `path` (verified again here: a rollback target was never checked) and return its loop state."""
+    saved = verify_on_main(accelerator, path)
     global_batch = cfg.per_device_train_batch_size * W * cfg.gradient_accumulation_steps
-    if saved["global_batch_size"] != global_batch or saved["seed"] != cfg.seed:
+    if saved["global_batch_size"] != global_batch:
         raise TrainingStopped(
             f"Checkpoint {path} was written with global batch size {saved['global_batch_size']} (per device "
             f"{saved['per_device_train_batch_size']} x {saved['world_size']} processes x {saved['gradient_accumulation_steps']} "
-            f"accumulation) and seed {saved['seed']}; this run has {global_batch} and seed {cfg.seed}. Exact resume needs the "
-            f"same global batch and seed: change per_device_train_batch_size/gradient_accumulation_steps to match.")
+            f"accumulation); this run has {global_batch}. Exact resume needs the same global batch: change "
+            f"per_device_train_batch_size/gradient_accumulation_steps to match.")
+    if saved["seed"] != cfg.seed:
+        raise TrainingStopped(f"Checkpoint {path} was written with seed {saved['seed']}; this run has seed {cfg.seed}. "
+                              f"Exact resume needs the same seed: set --seed {saved['seed']}.")
     if saved["world_size"] != W:
         logger.warning("Resuming %s on %d processes (saved with %d): same global batch, so the data order and masks are unchanged.",
                        path, W, saved["world_size"])
-    accelerator.load_state(str(path))
+    # Model weights load from safetensors; optimizer and RNG states with weights_only (and were
+    # loaded that way by verify_checkpoint first): nothing in a checkpoint can run code.
+    accelerator.load_state(str(path), load_kwargs={"weights_only": True})
+    scheduler.load_state_dict(saved["scheduler"])
+    objective.load_state_dict(saved["objective"])
     fields = {k: v for k, v in saved.items() if k in _State.__dataclass_fields__}
     logger.info("Resumed from %s at step %d.", path, saved["step"])
     return _State(**fields)
 
 
-def _trim_log(path: Path, step: int) -> None:
-    """On resume drop log rows written after the checkpoint (by the interrupted run)."""
-    if not path.exists():
-        return
-    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(r + "\n" for r in rows))
-    os.replace(tmp, path)
+def _refuse_non_finite(accelerator, model, out: Path) -> None:
+    """Never save a final model with NaN/inf weights: stop (exit 2) naming them and the last checkpoint."""
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    count = accelerator.reduce(torch.tensor([float(len(bad))], device=accelerator.device), "sum").item()
+    if count:
+        from hfssl.checkpointing import list_checkpoints
+
+        saved = list_checkpoints(out)
+        raise TrainingStopped(
+            f"The final weights are not finite ({', '.join(bad[:5]) or 'on another process'}{' ...' if len(bad) > 5 else ''}): "
+            f"the model was not saved. Last checkpoint: {saved[-1] if saved else 'none'}. Lower the learning rate or "
+            f"max_grad_norm, use bf16 instead of fp16, or check the data.")
 
 
 def make_accelerator(cfg: TrainingArguments) -> Accelerator:
@@ -505,13 +523,3 @@ def _main_thread() -> bool:
 
     return threading.current_thread() is threading.main_thread()
 
-
-def check_output_dir(cfg: TrainingArguments) -> None:
-    """Refuse to write into a folder holding an earlier run unless asked (overwrite or resume)."""
-    out = Path(cfg.output_dir)
-    if out.exists() and not out.is_dir():
-        raise OutputDirError(f"output_dir '{out}' exists and is a file.")
-    if out.is_dir() and any(out.iterdir()) and not cfg.overwrite_output_dir and not cfg.resume_from_checkpoint:
-        raise OutputDirError(
-            f"output_dir '{out}' already holds files from an earlier run. Use --overwrite_output_dir to write into it, "
-            f"--resume_from_checkpoint latest to continue it, or choose another --output_dir.")

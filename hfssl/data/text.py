@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import logging
-import os
 import sys
 import sysconfig
 from pathlib import Path
@@ -300,8 +299,3 @@ def pc_list_lengths(column) -> np.ndarray:
     import pyarrow.compute as pc
 
     return pc.list_value_length(column).to_numpy(zero_copy_only=False)
-
-
-def default_num_proc() -> Optional[int]:
-    n = os.cpu_count() or 1
-    return None if n <= 2 else min(8, n)

@@ -6,6 +6,7 @@ Parsed like every hfssl recipe (flat YAML + `--key value` overrides) by
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -13,7 +14,6 @@ from typing import Literal, Optional
 from hfssl.config import AudioDataArguments, TrainingArguments, _help
 from hfssl.errors import ConfigError
 
-TASKS = ("text-classification", "audio-classification", "speech-recognition-ctc")
 TABLE_EXTENSIONS = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 
 
@@ -53,7 +53,9 @@ class FinetuneConfig(TrainingArguments, AudioDataArguments):
     max_length_seconds: float = _help("Audio classification: random crop of training clips to this length (evaluation uses whole clips).", 1.0)
     freeze_feature_encoder: bool = _help("Keep the convolutional feature encoder frozen.", True)
     # --- CTC
-    chars_to_ignore: str = _help("Characters removed from transcripts before building the vocabulary (regex character class contents).", r",?.!\-;:\"“%‘”'")
+    chars_to_ignore: str = _help("Characters removed from transcripts before building the vocabulary and scoring: the contents of a "
+                                 "regex character class (escape '-' as \\- or put it last). Apostrophes are kept, as in LibriSpeech scoring.",
+                                 r",?.!\-;:\"“%‘”")
     lowercase: bool = _help("Lowercase transcripts.", True)
     word_delimiter_token: str = _help("Token standing for the space between words.", "|")
     ctc_zero_infinity: bool = _help("Zero infinite CTC losses (a transcript too long for its audio) instead of NaN.", True)
@@ -114,6 +116,11 @@ class FinetuneConfig(TrainingArguments, AudioDataArguments):
                 raise ConfigError(f"{key} must be in [0, 1), got {getattr(self, key)}.")
         if self.mask_time_length < 1 or self.mask_feature_length < 1:
             raise ConfigError("mask_time_length and mask_feature_length must be >= 1.")
+        try:
+            re.compile(f"[{self.chars_to_ignore}]")
+        except re.error as e:
+            raise ConfigError(f"chars_to_ignore: '[{self.chars_to_ignore}]' is not a regex character class ({e}); escape "
+                              f"special characters such as ] \\ ^ with a backslash.") from None
         if len(self.word_delimiter_token) != 1:
             raise ConfigError(f"word_delimiter_token must be one character, got '{self.word_delimiter_token}'.")
         if self.probe and self.probe_hidden_size < 0:

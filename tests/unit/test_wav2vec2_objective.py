@@ -15,7 +15,6 @@ from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
 from hfssl.collators.speech import AudioPretrainingCollator
 from hfssl.config import load_config
 from hfssl.data.audio import num_frames
-from hfssl.masking.spans import flatten_negative_indices
 from hfssl.objectives.wav2vec2 import Wav2Vec2Objective, Wav2Vec2Pretraining, gumbel_temperature
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +35,12 @@ def make_batch(collator, lengths, seed=0):
     rng = np.random.default_rng(seed)
     examples = [{"input_values": rng.standard_normal(n).astype(np.float32), "id": i} for i, n in enumerate(lengths)]
     return collator(examples, seed=seed)
+
+
+def _flat(negatives: torch.Tensor) -> torch.Tensor:
+    """(B, T, K) per-utterance time indices -> Wav2Vec2ForPreTraining's flattened b * T + t."""
+    batch, frames, _ = negatives.shape
+    return negatives + (torch.arange(batch) * frames)[:, None, None]
 
 
 def tensors(batch):
@@ -60,7 +65,7 @@ def test_contrastive_and_diversity_losses_match_transformers(layer_norm):
         out = ours(**tensors(batch))
         ref = model(batch["input_values"], attention_mask=batch.get("attention_mask"),
                     mask_time_indices=batch["mask_time_indices"],
-                    sampled_negative_indices=flatten_negative_indices(batch["sampled_negative_indices"]))
+                    sampled_negative_indices=_flat(batch["sampled_negative_indices"]))
     torch.testing.assert_close(out["contrastive_loss"] * n, ref.contrastive_loss, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(out["diversity_loss"] * n, ref.diversity_loss, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out["codebook_perplexity"], ref.codevector_perplexity, rtol=1e-5, atol=1e-5)
@@ -82,7 +87,7 @@ def test_negatives_identical_to_the_positive_are_ignored():
     with torch.no_grad():
         out = ours(**tensors(batch))
         ref = model(batch["input_values"], mask_time_indices=batch["mask_time_indices"],
-                    sampled_negative_indices=flatten_negative_indices(batch["sampled_negative_indices"]))
+                    sampled_negative_indices=_flat(batch["sampled_negative_indices"]))
     assert out["contrastive_loss"].item() == 0.0 and ref.contrastive_loss.item() == 0.0
     assert out["perplexity_g0"].item() == pytest.approx(1.0) and out["perplexity_g1"].item() == pytest.approx(1.0)
 
@@ -222,12 +227,18 @@ def test_collapse_is_detected_and_handled(objective, caplog):
     for mode in ("warn", "stop", "rollback"):
         obj.cfg.on_collapse = mode
         obj.load_state_dict({"gumbel_temperature": 2.0})
-        results = [obj.check_health([row]) for row in healthy + collapsed]
-        assert results[:4] == [None] * 4  # patience 3: the third collapsed update triggers
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="hfssl"):
+            results = [obj.check_health([row]) for row in healthy + collapsed]
+            assert results[:4] == [None] * 4  # patience 3: the third collapsed update triggers
+            if mode == "warn":
+                assert obj.check_health([{**collapsed[-1], "step": 6}]) is None  # still collapsed: training goes on
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         if mode == "warn":
-            with caplog.at_level(logging.WARNING):
-                assert obj.check_health([{**collapsed[-1], "step": 6}]) is None
             assert results[4] is None
+            # Warned once, at step 5, naming the group; not again at step 6 while the collapse lasts.
+            assert len(warnings) == 1, warnings
+            assert "Codebook collapse at step 5" in warnings[0] and "perplexity_g0" in warnings[0] and "on_collapse=warn" in warnings[0]
         elif mode == "stop":
             assert "Codebook collapse at step 5" in results[4] and "perplexity_g0" in results[4] and "on_collapse=stop" in results[4]
         else:
