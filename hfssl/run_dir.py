@@ -92,7 +92,7 @@ class OutputDirLock:
             holder = None if created else _read_holder(self.path)
             if not created and not self._stale(holder, flocked):
                 os.close(fd)
-                raise OutputDirError(_busy(self.path, holder, other_host=True))
+                raise OutputDirError(_busy(self.path, holder, other_host=bool(holder) and holder.get("host") != socket.gethostname()))
             if holder:
                 logger.warning("Taking over the lock %s left by pid %s on %s (started %s): that run is gone.",
                                self.path, holder.get("pid"), holder.get("host"), holder.get("started"))

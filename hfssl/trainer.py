@@ -38,7 +38,8 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, gather_object
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from hfssl.checkpointing import save_checkpoint, verify_on_main
+
+from hfssl.checkpointing import list_checkpoints, save_checkpoint, verify_on_main
 from hfssl.errors import RollbackRequested, TrainingStopped
 from hfssl.config import TrainingArguments, save_config
 from hfssl.run_dir import RunDir, close_run_dir, open_run_dir, save_final, trim_log
@@ -472,8 +473,6 @@ def _refuse_non_finite(accelerator, model, out: Path) -> None:
     bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
     count = accelerator.reduce(torch.tensor([float(len(bad))], device=accelerator.device), "sum").item()
     if count:
-        from hfssl.checkpointing import list_checkpoints
-
         saved = list_checkpoints(out)
         raise TrainingStopped(
             f"The final weights are not finite ({', '.join(bad[:5]) or 'on another process'}{' ...' if len(bad) > 5 else ''}): "
@@ -522,4 +521,3 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from hfssl.config import AudioDataArguments, TrainingArguments, _help
+from hfssl.config import MAX_LEARNING_RATE, AudioDataArguments, TrainingArguments, _help
 from hfssl.errors import ConfigError
 
 TABLE_EXTENSIONS = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
@@ -107,6 +107,8 @@ class FinetuneConfig(TrainingArguments, AudioDataArguments):
         for f in self.fractions:
             if not 0 < f <= 1:
                 raise ConfigError(f"label_fractions: each budget must be in (0, 1], got {f}.")
+        if self.scratch_learning_rate is not None and not 0 < self.scratch_learning_rate <= MAX_LEARNING_RATE:
+            raise ConfigError(f"scratch_learning_rate must be in (0, {MAX_LEARNING_RATE:g}], got {self.scratch_learning_rate}.")
         if self.max_seq_length < 4:
             raise ConfigError("max_seq_length must be >= 4.")
         if self.max_length_seconds <= 0:

@@ -149,6 +149,8 @@ def test_probe_weights_softmax_and_frozen_upstream():
     (["--config_name", "m", "--train_file", str(TOPICS / "train.csv"), "--dataset_name", "x"], "Can't provide both dataset_name and train_file"),
     (["--config_name", "m", "--train_file", str(TOPICS / "train.csv"), "--label_fractions", "0.1,1.5"], "label_fractions"),
     (["--config_name", "m", "--train_file", str(TOPICS / "train.csv"), "--compare_with_scratch", "true"], "compare_with_scratch needs model_name_or_path"),
+    (["--config_name", "m", "--scratch_learning_rate", "1e30"], "scratch_learning_rate must be in"),
+    (["--config_name", "m", "--scratch_learning_rate", "inf"], "scratch_learning_rate: expected a finite number"),
 ])
 def test_config_errors(args, message):
     with pytest.raises(ConfigError, match=message):
