@@ -8,8 +8,10 @@ tensors ready for ``Wav2Vec2ForPreTraining(mask_time_indices=..., sampled_negati
   for the int32 negatives (the model indexes with int64, so the cast is paid either way). This is the
   cheapest faithful conversion; transformers' example collator uses ``torch.tensor(...)``, which
   copies both and would only make the reference slower.
-* hfssl: ``compute_span_mask`` + ``sample_negatives(..., flat=True)`` (same flattened ``b * T + t``
-  int64 layout as the reference), seeded with a ``torch.Generator``.
+* hfssl: ``compute_span_mask`` + ``sample_negatives``, seeded with a ``torch.Generator``, then the
+  per-utterance indices shifted to the model's flattened ``b * T + t`` int64 layout (one add). The
+  results of 2026-11-23 in benchmarks/results were measured with a former ``flat=True`` option of
+  ``sample_negatives`` that wrote this layout directly.
 
 Both run in the same process, interleaved repetition by repetition so that machine noise hits both
 alike. Default is one torch thread: masks are made in DataLoader workers, where torch runs with one
@@ -82,7 +84,8 @@ def _ours(lengths, generator, args):
         lengths, args.frames, args.mask_prob, args.mask_length, min_masks=args.min_masks, generator=generator
     )
     t1 = time.perf_counter_ns()
-    negatives = sample_negatives(mask, args.negatives, generator=generator, flat=True)
+    negatives = sample_negatives(mask, args.negatives, generator=generator)
+    negatives += (torch.arange(mask.shape[0]) * mask.shape[1])[:, None, None]  # (B, T, K) -> b * T + t
     return mask, negatives, t1
 
 

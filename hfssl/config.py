@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import os
 import sys
@@ -23,6 +24,8 @@ import yaml
 
 from hfssl.errors import ConfigError
 
+logger = logging.getLogger(__name__)
+
 
 def _help(text: str, default: Any = dataclasses.MISSING, **kw) -> Any:
     if isinstance(default, (dict, list)):
@@ -34,6 +37,17 @@ SCHEDULERS = (
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
     "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay",
 )
+# Scheduler settings and the schedulers that read them: setting one for another scheduler is an error
+# (it would be silently ignored).
+SCHEDULER_SETTINGS = {
+    "min_lr": ("cosine_with_min_lr", "warmup_stable_decay"),
+    "num_decay_steps": ("warmup_stable_decay",),
+    "num_cycles": ("cosine_with_restarts",),
+    "plateau_factor": ("reduce_lr_on_plateau",),
+    "plateau_patience": ("reduce_lr_on_plateau",),
+}
+# No AdamW run learns anything at a learning rate above this; larger values are typos (1e30, 3e4).
+MAX_LEARNING_RATE = 1.0
 
 
 @dataclass
@@ -41,8 +55,9 @@ class TrainingArguments:
     """Settings of the one training loop, shared by every objective and by fine-tuning."""
 
     output_dir: str = _help("Where checkpoints, logs and the final model are written.", "outputs/run")
-    overwrite_output_dir: bool = _help("Allow writing into an output_dir that holds an earlier run.", False)
-    seed: int = _help("Seed for initialization, data order, masks and dropout.", 42)
+    overwrite_output_dir: bool = _help("Start over in an output_dir that holds an earlier run: its files are moved aside to "
+                                       "the sibling folder <output_dir>.overwritten-<time> (delete it when no longer needed).", False)
+    seed: int = _help("Seed for initialization, data order, masks and dropout (0 to 2**32 - 1).", 42)
     max_steps: int = _help("Number of optimizer updates; -1 means num_train_epochs decides.", -1)
     num_train_epochs: float = _help("Epochs over the training set when max_steps is -1.", 1.0)
     per_device_train_batch_size: int = _help("Examples per process per micro-batch.", 8)
@@ -53,8 +68,18 @@ class TrainingArguments:
     adam_beta1: float = _help("AdamW beta1.", 0.9)
     adam_beta2: float = _help("AdamW beta2.", 0.999)
     adam_epsilon: float = _help("AdamW epsilon.", 1e-8)
-    lr_scheduler_type: str = _help("A transformers scheduler name: " + ", ".join(SCHEDULERS), "linear")
+    lr_scheduler_type: str = _help("A transformers scheduler name: " + ", ".join(SCHEDULERS) + ". reduce_lr_on_plateau "
+                                   "steps on the eval loss at each evaluation (needs eval_steps).", "linear")
     warmup_steps: int = _help("Linear warmup updates.", 0)
+    min_lr: Optional[float] = _help("cosine_with_min_lr (required): the learning rate the cosine ends at; warmup_stable_decay: "
+                                    "the rate the decay ends at (default 0). Below learning_rate.", None)
+    num_decay_steps: Optional[int] = _help("warmup_stable_decay (required): updates of the final decay; the stable phase "
+                                           "lasts the rest after warmup.", None)
+    num_cycles: Optional[int] = _help("cosine_with_restarts: number of hard restarts (default 1, which is plain cosine).", None)
+    plateau_factor: Optional[float] = _help("reduce_lr_on_plateau: multiply the learning rate by this when the eval loss "
+                                            "stops improving (default 0.1).", None)
+    plateau_patience: Optional[int] = _help("reduce_lr_on_plateau: evaluations without improvement before lowering the "
+                                            "learning rate (default 10).", None)
     max_grad_norm: float = _help("Gradient clipping norm; 0 disables clipping.", 1.0)
     mixed_precision: Literal["no", "fp16", "bf16"] = _help("Autocast precision.", "no")
     torch_compile: bool = _help("Compile the model with torch.compile.", False)
@@ -64,7 +89,12 @@ class TrainingArguments:
     max_eval_batches: int = _help("Cap on eval batches per evaluation; 0 means the whole set.", 0)
     save_steps: int = _help("Write a resumable checkpoint every N updates; 0 disables.", 500)
     save_total_limit: Optional[int] = _help("Keep at most this many checkpoints (oldest removed).", None)
-    resume_from_checkpoint: Optional[str] = _help("A checkpoint folder, or 'latest' for the newest complete one in output_dir.", None)
+    resume_from_checkpoint: Optional[str] = _help("A checkpoint folder, or 'latest' for the newest one in output_dir that verifies "
+                                                  "(an empty or missing output_dir starts from scratch).", None)
+    on_no_good_checkpoint: Literal["error", "start_over"] = _help(
+        "resume_from_checkpoint latest when output_dir holds checkpoints or a final model but no checkpoint that verifies: "
+        "error (exit 2, naming what is damaged) or start_over (move the earlier files aside, as overwrite_output_dir does, "
+        "and train from step 0).", "error")
     max_bad_steps: int = _help("Stop after this many updates in a row with a non-finite loss or gradient.", 3)
     max_rollbacks: int = _help("Most rollbacks to an earlier checkpoint an objective may ask for (e.g. wav2vec2 on_collapse=rollback).", 3)
     dataloader_num_workers: int = _help("DataLoader worker processes.", 0)
@@ -78,19 +108,64 @@ class TrainingArguments:
         for key in positive:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}.")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}.")
+        if not 0 < self.learning_rate <= MAX_LEARNING_RATE:
+            raise ConfigError(f"learning_rate must be in (0, {MAX_LEARNING_RATE:g}], got {self.learning_rate}.")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be in [0, 2**32 - 1], got {self.seed}.")
+        if not 0 <= self.weight_decay <= 1:
+            raise ConfigError(f"weight_decay must be in [0, 1], got {self.weight_decay}.")
+        if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
+            raise ConfigError(f"adam_beta1 and adam_beta2 must be in [0, 1), got {self.adam_beta1} and {self.adam_beta2}.")
+        if not 0 < self.adam_epsilon < 1:
+            raise ConfigError(f"adam_epsilon must be in (0, 1), got {self.adam_epsilon}.")
+        if self.max_grad_norm < 0:
+            raise ConfigError(f"max_grad_norm must be >= 0 (0 disables clipping), got {self.max_grad_norm}.")
+        if self.overwrite_output_dir and self.resume_from_checkpoint:
+            raise ConfigError("overwrite_output_dir moves the earlier run aside and starts over, resume_from_checkpoint "
+                              "continues it: choose one.")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ConfigError(f"max_steps must be -1 (use num_train_epochs) or >= 1, got {self.max_steps}.")
         if self.max_steps == -1 and self.num_train_epochs <= 0:
             raise ConfigError("num_train_epochs must be > 0 when max_steps is -1.")
         if self.lr_scheduler_type not in SCHEDULERS:
             raise ConfigError(f"lr_scheduler_type '{self.lr_scheduler_type}' is unknown; choose one of: {', '.join(SCHEDULERS)}.")
+        self._check_scheduler_settings()
         for key in ("eval_steps", "save_steps", "warmup_steps", "max_eval_batches", "dataloader_num_workers"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}.")
         if self.save_total_limit is not None and self.save_total_limit < 1:
             raise ConfigError("save_total_limit must be >= 1 or unset.")
+
+    def _check_scheduler_settings(self) -> None:
+        kind = self.lr_scheduler_type
+        for key, users in SCHEDULER_SETTINGS.items():
+            if getattr(self, key) is not None and kind not in users:
+                raise ConfigError(f"{key} is a setting of {' and '.join(users)}, not of lr_scheduler_type {kind}: unset it "
+                                  f"(--{key} none) or choose one of those schedulers.")
+        if kind == "cosine_with_min_lr" and self.min_lr is None:
+            raise ConfigError("lr_scheduler_type cosine_with_min_lr needs min_lr, the learning rate it ends at (e.g. --min_lr 1e-5).")
+        if self.min_lr is not None and not 0 <= self.min_lr < self.learning_rate:
+            raise ConfigError(f"min_lr must be in [0, learning_rate={self.learning_rate}), got {self.min_lr}.")
+        if kind == "warmup_stable_decay" and self.num_decay_steps is None:
+            raise ConfigError("lr_scheduler_type warmup_stable_decay needs num_decay_steps, the updates of its final decay "
+                              "(e.g. 10% of max_steps).")
+        if self.num_decay_steps is not None and self.num_decay_steps < 1:
+            raise ConfigError(f"num_decay_steps must be >= 1, got {self.num_decay_steps}.")
+        if kind == "warmup_stable_decay" and self.max_steps > 0 and self.warmup_steps + self.num_decay_steps > self.max_steps:
+            raise ConfigError(f"warmup_steps ({self.warmup_steps}) + num_decay_steps ({self.num_decay_steps}) exceed "
+                              f"max_steps ({self.max_steps}): nothing is left for the stable phase.")
+        if self.num_cycles is not None and self.num_cycles < 1:
+            raise ConfigError(f"num_cycles must be >= 1, got {self.num_cycles}.")
+        if self.plateau_factor is not None and not 0 < self.plateau_factor < 1:
+            raise ConfigError(f"plateau_factor must be in (0, 1), got {self.plateau_factor}.")
+        if self.plateau_patience is not None and self.plateau_patience < 0:
+            raise ConfigError(f"plateau_patience must be >= 0, got {self.plateau_patience}.")
+        if kind == "reduce_lr_on_plateau":
+            if not self.eval_steps:
+                raise ConfigError("lr_scheduler_type reduce_lr_on_plateau lowers the learning rate when the eval loss stops "
+                                  "improving, so it needs evaluations during training: set eval_steps (e.g. 500).")
+            if self.warmup_steps:
+                raise ConfigError("reduce_lr_on_plateau has no warmup: set warmup_steps 0 or choose another scheduler.")
 
     @property
     def trackers(self) -> list[str]:
@@ -137,10 +212,10 @@ def convert_value(key: str, value: Any, tp: Any) -> Any:
             number = float(value) if tp is float else int(float(value)) if _is_integral(value) else None
         except (TypeError, ValueError, OverflowError):  # OverflowError: int('inf')
             number = None
-        if number is not None and math.isnan(number):
+        if number is not None and not math.isfinite(number):  # nan and inf never make sense as a setting
             number = None
         if number is None:
-            raise ConfigError(f"{key}: expected {'an integer' if tp is int else 'a number'}, got '{value}'.")
+            raise ConfigError(f"{key}: expected {'an integer' if tp is int else 'a finite number'}, got '{value}'.")
         return number
     if tp is dict:
         if isinstance(value, dict):
@@ -171,11 +246,24 @@ def _is_integral(value: Any) -> bool:
 
 # ----------------------------------------------------------------------------------- loading
 
+# Keys that together say where the data comes from, and where the model comes from. Setting any key of
+# a group on the command line replaces the recipe's whole group: a recipe's example data or model
+# must not survive next to the user's own (its test_file beside their train_file, its
+# model_name_or_path beside their config_name).
+SOURCE_GROUPS = {
+    "data source": ("dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file",
+                    "train_dir", "validation_dir", "test_dir"),
+    "model source": ("model_name_or_path", "config_name"),
+}
+
+
 def load_config(argv: list[str], configs: dict[str, type], default_objective: str = "mlm") -> TrainingArguments:
     """Build a config from `[RECIPE.yaml] [--key value ...]`.
 
     The recipe's `objective` key (or `--objective`) picks the config class; CLI values override
-    the recipe. Raises ConfigError on unknown keys or bad values, before any work.
+    the recipe, and a CLI value for a key of a `SOURCE_GROUPS` group drops the recipe's other keys
+    of that group (`--key none` unsets that one key only). Raises ConfigError on unknown keys or bad values,
+    before any work.
     """
     argv = list(argv)
     recipe: dict[str, Any] = {}
@@ -195,7 +283,18 @@ def load_config(argv: list[str], configs: dict[str, type], default_objective: st
                 close = difflib.get_close_matches(key, names, n=1)
                 hint = f" Did you mean '{close[0]}'?" if close else ""
                 raise ConfigError(f"Unknown key '{key}' in {where} for objective '{objective}'.{hint} Run with --help for the list.")
-    return cls(**{**recipe, **overrides})
+    return cls(**{**_without_replaced_groups(recipe, overrides), **overrides})
+
+
+def _without_replaced_groups(recipe: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The recipe without the groups the command line gives a value of its own (`--key none` only unsets that key)."""
+    given = {k for k, v in overrides.items() if not (isinstance(v, str) and v.lower() in ("none", "null"))}
+    dropped = [key for keys in SOURCE_GROUPS.values() if given.intersection(keys)
+               for key in keys if key in recipe and key not in overrides]
+    if dropped:
+        logger.warning("The command line sets the data/model source, so the recipe's %s %s not used.",
+                       ", ".join(dropped), "is" if len(dropped) == 1 else "are")
+    return {k: v for k, v in recipe.items() if k not in dropped}
 
 
 def read_recipe(path: str) -> dict[str, Any]:
@@ -234,7 +333,12 @@ def parse_cli(argv: list[str]) -> dict[str, Any]:
 
 def config_help(cls: type) -> str:
     hints = typing.get_type_hints(cls)
-    lines = [f"{cls.__name__}: {cls.__doc__.strip()}", ""]
+    names = {f.name for f in dataclasses.fields(cls)}
+    groups = "; ".join(f"{what}: {', '.join(k for k in keys if k in names)}" for what, keys in SOURCE_GROUPS.items()
+                       if any(k in names for k in keys))
+    lines = [f"{cls.__name__}: {cls.__doc__.strip()}",
+             f"  Setting one key of a group on the command line replaces all of the recipe's keys of that group ({groups}); "
+             f"unset a single key with --key none.", ""]
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         tp = getattr(hints[f.name], "__name__", str(hints[f.name]).replace("typing.", ""))

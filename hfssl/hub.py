@@ -11,9 +11,10 @@ import yaml
 
 logger = logging.getLogger(__name__)
 
-# Never uploaded: resumable checkpoints (optimizer state, RNG) and the run's working copy of the
-# tokenizer (the same files sit at the top level) are for resuming the run, not for using the model.
-UPLOAD_IGNORE = ("checkpoint-*", ".tmp-checkpoint-*", "*.tmp", "runs", "runs/*", "tokenizer", "tokenizer/*")
+# Never uploaded: resumable checkpoints (optimizer state, RNG), unfinished saves, the run's lock and
+# id, and its working copy of the tokenizer (the same files sit at the top level) are for running
+# and resuming, not for using the model.
+UPLOAD_IGNORE = ("checkpoint-*", ".tmp-*", "*.tmp", ".hfssl.lock", "hfssl_run.json", "runs", "runs/*", "tokenizer", "tokenizer/*")
 
 
 def write_model_card(output_dir: str, objective: str, pipeline_tag: str, summary: dict, details: dict[str, str],
@@ -26,7 +27,7 @@ def write_model_card(output_dir: str, objective: str, pipeline_tag: str, summary
     if model_index:
         meta["model-index"] = model_index
     lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "", f"# {Path(output_dir).resolve().name}", "",
-             f"Trained with [hfssl](https://github.com/) — objective: **{objective}**.", "", "| | |", "|---|---|"]
+             f"Trained with hfssl — objective: **{objective}**.", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in details.items()]
     metrics = {k: v for k, v in summary.items() if k.startswith("eval_")}
     if metrics:

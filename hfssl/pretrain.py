@@ -30,15 +30,19 @@ def main(argv: list[str]) -> int:
 @guarded
 def run(cfg) -> int:
     from hfssl.objectives import build_objective
-    from hfssl.trainer import check_output_dir, make_accelerator, train
+    from hfssl.run_dir import close_run_dir, open_run_dir
+    from hfssl.trainer import make_accelerator, train
 
     setup_logging()
-    check_output_dir(cfg)
     accelerator = make_accelerator(cfg)
     if not accelerator.is_main_process:
         logging.getLogger("hfssl").setLevel(logging.WARNING)
-    objective = build_objective(cfg, accelerator)
-    summary = train(cfg, objective, accelerator)
+    run_dir = open_run_dir(cfg, accelerator)  # lock and check output_dir before the objective writes to it
+    try:
+        objective = build_objective(cfg, accelerator)
+        summary = train(cfg, objective, accelerator)
+    finally:
+        close_run_dir(run_dir)
     accelerator.end_training()
     if accelerator.is_main_process:
         shown = {k: v for k, v in summary.items() if k.startswith("eval_") or k in ("steps",)}

@@ -11,6 +11,9 @@ the members that protocol declares. Design choices, and why:
 * Randomness and data order are functions of position (`hfssl.data.batching`): resume is exact
   without replaying data, and 2 processes see the same batches, masks and dropout as 1 process with
   gradient accumulation 2.
+* Checkpoints carry no code: the scheduler's and the objective's state go into trainer_state.json
+  (`Objective.state_dict` must be JSON), the rest through Accelerate (`hfssl.checkpointing`).
+  output_dir is locked and checked by `hfssl.run_dir` before the run starts.
 """
 from __future__ import annotations
 
@@ -24,22 +27,23 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
-from hfssl.checkpointing import resolve_resume, save_checkpoint
+from hfssl.checkpointing import list_checkpoints, load_objective_tensors, save_checkpoint, verify_on_main
 from hfssl.data.batching import Position, train_batches
 from hfssl.evaluate import evaluate_and_log
 from hfssl.loss_terms import accumulate, as_terms, per_target, reduce_sums
-from hfssl.errors import OutputDirError, RollbackRequested, TrainingStopped
+from hfssl.errors import RollbackRequested, TrainingStopped
 from hfssl.config import TrainingArguments, save_config
 from hfssl.objectives.base import Objective
+from hfssl.run_dir import RunDir, close_run_dir, open_run_dir, save_final, trim_log
+from hfssl.schedules import build_scheduler, steps_on_eval_loss
 
 logger = logging.getLogger(__name__)
 
@@ -60,19 +64,6 @@ class _State:
     skipped_updates: list = field(default_factory=list)
 
 
-class _Registered:
-    """Adapter so Accelerate's save_state/load_state carries the scheduler-free extra state."""
-
-    def __init__(self, get: Callable[[], dict], put: Callable[[dict], None]):
-        self.get, self.put = get, put
-
-    def state_dict(self):
-        return self.get()
-
-    def load_state_dict(self, state):
-        self.put(state)
-
-
 @dataclass
 class _Run:
     """What one training run holds while it goes: built by `_setup`, advanced by the steps of `train`."""
@@ -87,6 +78,8 @@ class _Run:
     steps_per_epoch: int
     total_steps: int
     out: Path
+    run_id: str
+    on_eval_loss: bool  # the scheduler steps on the eval loss (reduce_lr_on_plateau), not per update
     data: Optional[Iterator[dict]] = None  # this process's micro-batches for the rest of the epoch
     window: list = field(default_factory=list)  # log rows since the last logging step
     t_last: float = 0.0  # end of the previous update (throughput excludes evaluation and checkpointing)
@@ -103,10 +96,21 @@ class _Run:
 def train(cfg: TrainingArguments, objective: Objective, accelerator: Optional[Accelerator] = None) -> dict:
     """Run training and final evaluation; save the model with `objective.save_pretrained`.
 
-    Returns the summary (final eval metrics, steps, inputs seen). The caller ends the run
+    Returns the summary (final eval metrics, steps, inputs seen). output_dir is opened (locked,
+    checked) here unless the entry point already opened it. The caller ends the run
     (`accelerator.end_training()`): it may still evaluate across processes.
     """
-    run = _setup(cfg, objective, accelerator or make_accelerator(cfg))
+    accelerator = accelerator or make_accelerator(cfg)
+    run_dir = open_run_dir(cfg, accelerator)
+    try:
+        return _train(_setup(cfg, objective, accelerator, run_dir))
+    finally:
+        close_run_dir(run_dir)
+
+
+def _train(run: "_Run") -> dict:
+    """The loop: one optimizer update per iteration, until total_steps."""
+    objective = run.objective
     bar = tqdm(total=run.total_steps, initial=run.state.step, disable=not run.accelerator.is_local_main_process,
                desc=objective.name, dynamic_ncols=True)
     with _sigterm_flag() as stop, contextlib.closing(bar):  # the bar closes on errors too: messages start on a new line
@@ -131,7 +135,7 @@ def train(cfg: TrainingArguments, objective: Objective, accelerator: Optional[Ac
 
 # ----------------------------------------------------------------------------------- the steps
 
-def _setup(cfg, objective, accelerator) -> _Run:
+def _setup(cfg, objective, accelerator, run_dir: RunDir) -> _Run:
     """Optimizer, epoch size and scheduler, Accelerate wrapping, resume, output folder, trackers."""
     W, A = accelerator.num_processes, cfg.gradient_accumulation_steps
     if cfg.gradient_checkpointing:
@@ -149,24 +153,23 @@ def _setup(cfg, objective, accelerator) -> _Run:
                 f"The training set gives {micro_batches} micro-batches per epoch, fewer than one update needs "
                 f"({W} processes x {A} accumulation steps). Lower the batch size or add data.")
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * steps_per_epoch)
-    scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps)
+    scheduler = build_scheduler(cfg, optimizer, total_steps)
+    on_eval_loss = steps_on_eval_loss(scheduler)
+    if on_eval_loss and objective.eval_dataset is None:
+        raise TrainingStopped("lr_scheduler_type reduce_lr_on_plateau steps on the eval loss, but this run has no evaluation "
+                              "set: give validation data (or a validation_split_percentage > 0) or choose another scheduler.")
 
     model, optimizer = accelerator.prepare(objective.model, optimizer)
     if cfg.torch_compile:
         model = torch.compile(model, dynamic=True)
-    accelerator.register_for_checkpointing(scheduler)
-    accelerator.register_for_checkpointing(_Registered(objective.state_dict, objective.load_state_dict))
-    run = _Run(cfg, objective, accelerator, model, optimizer, scheduler, _State(), steps_per_epoch, total_steps, Path(cfg.output_dir))
-
-    resume = resolve_resume(cfg.resume_from_checkpoint, run.out)
-    if resume is not None:
-        run.state = _resume(accelerator, resume, run.state, cfg, W)
-    elif cfg.resume_from_checkpoint == "latest":
-        logger.warning("resume_from_checkpoint=latest: no complete checkpoint in %s, starting from scratch.", run.out)
+    run = _Run(cfg, objective, accelerator, model, optimizer, scheduler, _State(), steps_per_epoch, total_steps,
+               Path(cfg.output_dir), run_dir.run_id, on_eval_loss)
+    if run_dir.resume is not None:
+        run.state = _resume(run, run_dir.resume)
     if accelerator.is_main_process:
         run.out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.out / "hfssl_config.yaml")
-        _trim_log(run.log_path, run.state.step)
+        trim_log(run.log_path, run.state.step)
     if cfg.trackers:
         accelerator.init_trackers(objective.name, config=_flat(cfg))
     run.t_last = time.perf_counter()
@@ -243,7 +246,8 @@ def _optimizer_step(run: _Run, loss: float, n_targets: dict, micro: list[dict]) 
         finite = math.isfinite(grad_norm)
     if finite:
         run.optimizer.step()
-        run.scheduler.step()
+        if not run.on_eval_loss:
+            run.scheduler.step()
         state.bad_in_a_row = 0
     else:
         ids = sorted(i for b in micro for i in b["sample_ids"])
@@ -288,10 +292,10 @@ def _health_check(run: _Run) -> bool:
             raise TrainingStopped(f"{request} Already rolled back {state.rollbacks} times (max_rollbacks); stopping.") from None
         logger.warning("%s Rolling back to %s with fresh masks and noise.", request, request.checkpoint)
         rollbacks = state.rollbacks + 1
-        run.state = _resume(run.accelerator, Path(request.checkpoint), state, run.cfg, run.world)
+        run.state = _resume(run, Path(request.checkpoint))
         run.state.rollbacks = rollbacks
         if run.accelerator.is_main_process:
-            _trim_log(run.log_path, run.state.step)
+            trim_log(run.log_path, run.state.step)
         run.data, run.window = None, []
         return True
     if problem:
@@ -315,9 +319,11 @@ def _evaluate_and_checkpoint(run: _Run, stop: dict) -> None:
     """Periodic evaluation and checkpoints; after SIGTERM, a checkpoint and exit status 143."""
     cfg, step = run.cfg, run.state.step
     if cfg.eval_steps and step % cfg.eval_steps == 0 and step < run.total_steps and run.objective.eval_dataset is not None:
-        evaluate_and_log(run.accelerator, run.model, run.objective, cfg, step, run.log_path)
+        result = evaluate_and_log(run.accelerator, run.model, run.objective, cfg, step, run.log_path)
+        if run.on_eval_loss:
+            run.scheduler.step(result["eval_loss"])
     if (cfg.save_steps and step % cfg.save_steps == 0) or stop["flag"]:
-        save_checkpoint(run.accelerator, run.out, step, _trainer_state(run.state, cfg, run.world), cfg.save_total_limit)
+        _checkpoint(run)
     if stop["flag"]:
         logger.warning("SIGTERM: checkpoint-%d written; exiting with 143. Resume with --resume_from_checkpoint latest.", step)
         run.accelerator.end_training()
@@ -334,9 +340,13 @@ def _finish(run: _Run) -> dict:
                "targets_seen": state.targets_seen, "skipped_updates": len(state.skipped_updates), **final_eval}
     accelerator.wait_for_everyone()
     objective.model = accelerator.unwrap_model(run.model)
+    _refuse_non_finite(accelerator, objective.model, out)
     if accelerator.is_main_process:
-        objective.save_pretrained(str(out), summary)
-        (out / "train_results.json").write_text(json.dumps(summary, indent=1))
+        def write(folder: str) -> None:
+            objective.save_pretrained(folder, summary)
+            (Path(folder) / "train_results.json").write_text(json.dumps(summary, indent=1))
+
+        save_final(write, out)  # written aside, then moved in: never a half-saved model
         from hfssl.plots import plot_training_curves
 
         plot_training_curves(run.log_path, out / "training_curves.png", title=f"{objective.name}: {out.name}")
@@ -357,37 +367,57 @@ def _sigterm_flag():
 
 # ----------------------------------------------------------------------------------- state, resume, setup helpers
 
-def _trainer_state(state: _State, cfg, W: int) -> dict:
-    return {**state.__dict__, "world_size": W, "global_batch_size": cfg.per_device_train_batch_size * W * cfg.gradient_accumulation_steps,
-            "per_device_train_batch_size": cfg.per_device_train_batch_size, "gradient_accumulation_steps": cfg.gradient_accumulation_steps, "seed": cfg.seed}
+def _checkpoint(run: _Run) -> None:
+    """checkpoint-<step>: trainer_state.json holds the loop counters, the batch geometry resume checks,
+    the scheduler and the objective's plain values (JSON); the objective's tensors (e.g. an EMA teacher)
+    go to safetensors. Nothing in a checkpoint can carry code."""
+    cfg, W = run.cfg, run.world
+    objective = run.objective.state_dict()
+    tensors = {k: v for k, v in objective.items() if isinstance(v, torch.Tensor)}
+    state = {**run.state.__dict__, "world_size": W, "global_batch_size": cfg.per_device_train_batch_size * W * cfg.gradient_accumulation_steps,
+             "per_device_train_batch_size": cfg.per_device_train_batch_size, "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+             "seed": cfg.seed, "scheduler": run.scheduler.state_dict(),
+             "objective": {k: v for k, v in objective.items() if k not in tensors}}
+    save_checkpoint(run.accelerator, run.out, run.state.step, state, cfg.save_total_limit, run.run_id, tensors)
 
 
-def _resume(accelerator, path: Path, state: _State, cfg, W) -> _State:
-    saved = json.loads((path / "trainer_state.json").read_text())
+def _resume(run: _Run, path: Path) -> _State:
+    """Load checkpoint `path` (verified again here: a rollback target was never checked) and return its loop state."""
+    accelerator, cfg, W = run.accelerator, run.cfg, run.world
+    saved = verify_on_main(accelerator, path)
     global_batch = cfg.per_device_train_batch_size * W * cfg.gradient_accumulation_steps
-    if saved["global_batch_size"] != global_batch or saved["seed"] != cfg.seed:
+    if saved["global_batch_size"] != global_batch:
         raise TrainingStopped(
             f"Checkpoint {path} was written with global batch size {saved['global_batch_size']} (per device "
             f"{saved['per_device_train_batch_size']} x {saved['world_size']} processes x {saved['gradient_accumulation_steps']} "
-            f"accumulation) and seed {saved['seed']}; this run has {global_batch} and seed {cfg.seed}. Exact resume needs the "
-            f"same global batch and seed: change per_device_train_batch_size/gradient_accumulation_steps to match.")
+            f"accumulation); this run has {global_batch}. Exact resume needs the same global batch: change "
+            f"per_device_train_batch_size/gradient_accumulation_steps to match.")
+    if saved["seed"] != cfg.seed:
+        raise TrainingStopped(f"Checkpoint {path} was written with seed {saved['seed']}; this run has seed {cfg.seed}. "
+                              f"Exact resume needs the same seed: set --seed {saved['seed']}.")
     if saved["world_size"] != W:
         logger.warning("Resuming %s on %d processes (saved with %d): same global batch, so the data order and masks are unchanged.",
                        path, W, saved["world_size"])
-    accelerator.load_state(str(path))
+    # Model weights load from safetensors; optimizer and RNG states with weights_only (and were
+    # loaded that way by verify_checkpoint first): nothing in a checkpoint can run code.
+    accelerator.load_state(str(path), load_kwargs={"weights_only": True})
+    run.scheduler.load_state_dict(saved["scheduler"])
+    run.objective.load_state_dict({**saved["objective"], **load_objective_tensors(path)})
     fields = {k: v for k, v in saved.items() if k in _State.__dataclass_fields__}
     logger.info("Resumed from %s at step %d.", path, saved["step"])
     return _State(**fields)
 
 
-def _trim_log(path: Path, step: int) -> None:
-    """On resume drop log rows written after the checkpoint (by the interrupted run)."""
-    if not path.exists():
-        return
-    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(r + "\n" for r in rows))
-    os.replace(tmp, path)
+def _refuse_non_finite(accelerator, model, out: Path) -> None:
+    """Never save a final model with NaN/inf weights: stop (exit 2) naming them and the last checkpoint."""
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    count = accelerator.reduce(torch.tensor([float(len(bad))], device=accelerator.device), "sum").item()
+    if count:
+        saved = list_checkpoints(out)
+        raise TrainingStopped(
+            f"The final weights are not finite ({', '.join(bad[:5]) or 'on another process'}{' ...' if len(bad) > 5 else ''}): "
+            f"the model was not saved. Last checkpoint: {saved[-1] if saved else 'none'}. Lower the learning rate or "
+            f"max_grad_norm, use bf16 instead of fp16, or check the data.")
 
 
 def make_accelerator(cfg: TrainingArguments) -> Accelerator:
@@ -431,14 +461,3 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-def check_output_dir(cfg: TrainingArguments) -> None:
-    """Refuse to write into a folder holding an earlier run unless asked (overwrite or resume)."""
-    out = Path(cfg.output_dir)
-    if out.exists() and not out.is_dir():
-        raise OutputDirError(f"output_dir '{out}' exists and is a file.")
-    if out.is_dir() and any(out.iterdir()) and not cfg.overwrite_output_dir and not cfg.resume_from_checkpoint:
-        raise OutputDirError(
-            f"output_dir '{out}' already holds files from an earlier run. Use --overwrite_output_dir to write into it, "
-            f"--resume_from_checkpoint latest to continue it, or choose another --output_dir.")

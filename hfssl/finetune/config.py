@@ -6,15 +6,15 @@ Parsed like every hfssl recipe (flat YAML + `--key value` overrides) by
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from hfssl.config import TrainingArguments, _help
+from hfssl.config import MAX_LEARNING_RATE, TrainingArguments, _help
 from hfssl.errors import ConfigError
 from hfssl.objectives.speech_base import AudioDataArguments
 
-TASKS = ("text-classification", "audio-classification", "speech-recognition-ctc")
 TABLE_EXTENSIONS = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 
 
@@ -54,7 +54,9 @@ class FinetuneConfig(TrainingArguments, AudioDataArguments):
     max_length_seconds: float = _help("Audio classification: random crop of training clips to this length (evaluation uses whole clips).", 1.0)
     freeze_feature_encoder: bool = _help("Keep the convolutional feature encoder frozen.", True)
     # --- CTC
-    chars_to_ignore: str = _help("Characters removed from transcripts before building the vocabulary (regex character class contents).", r",?.!\-;:\"“%‘”'")
+    chars_to_ignore: str = _help("Characters removed from transcripts before building the vocabulary and scoring: the contents of a "
+                                 "regex character class (escape '-' as \\- or put it last). Apostrophes are kept, as in LibriSpeech scoring.",
+                                 r",?.!\-;:\"“%‘”")
     lowercase: bool = _help("Lowercase transcripts.", True)
     word_delimiter_token: str = _help("Token standing for the space between words.", "|")
     ctc_zero_infinity: bool = _help("Zero infinite CTC losses (a transcript too long for its audio) instead of NaN.", True)
@@ -106,6 +108,8 @@ class FinetuneConfig(TrainingArguments, AudioDataArguments):
         for f in self.fractions:
             if not 0 < f <= 1:
                 raise ConfigError(f"label_fractions: each budget must be in (0, 1], got {f}.")
+        if self.scratch_learning_rate is not None and not 0 < self.scratch_learning_rate <= MAX_LEARNING_RATE:
+            raise ConfigError(f"scratch_learning_rate must be in (0, {MAX_LEARNING_RATE:g}], got {self.scratch_learning_rate}.")
         if self.max_seq_length < 4:
             raise ConfigError("max_seq_length must be >= 4.")
         if self.max_length_seconds <= 0:
@@ -115,6 +119,11 @@ class FinetuneConfig(TrainingArguments, AudioDataArguments):
                 raise ConfigError(f"{key} must be in [0, 1), got {getattr(self, key)}.")
         if self.mask_time_length < 1 or self.mask_feature_length < 1:
             raise ConfigError("mask_time_length and mask_feature_length must be >= 1.")
+        try:
+            re.compile(f"[{self.chars_to_ignore}]")
+        except re.error as e:
+            raise ConfigError(f"chars_to_ignore: '[{self.chars_to_ignore}]' is not a regex character class ({e}); escape "
+                              f"special characters such as ] \\ ^ with a backslash.") from None
         if len(self.word_delimiter_token) != 1:
             raise ConfigError(f"word_delimiter_token must be one character, got '{self.word_delimiter_token}'.")
         if self.probe and self.probe_hidden_size < 0:

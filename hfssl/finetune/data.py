@@ -201,11 +201,26 @@ def stratified_indices(keys: Sequence[str], fraction: float, seed: int, at_least
     return sorted(chosen), sorted(rest)
 
 
+# Classes with fewer training examples than this get a warning when validation is carved from train.
+FEW_EXAMPLES = 5
+
+
 def hold_out_validation(train: datasets.Dataset, keys: Sequence[str], percentage: float, seed: int, source: str):
-    """Carve a (stratified) validation split from train."""
+    """Carve a stratified validation split from train: about `percentage` of each class, at least one
+    example of every class with two or more, and never a class's last training example (a class
+    with a single example stays in training and is missing from validation)."""
     if len(train) < 4:
         raise DataError(f"{source} has {len(train)} training examples: too few to hold out a validation split. Give validation_file.")
-    val, keep = stratified_indices(keys, percentage / 100, seed)
+    # Choosing the TRAINING side with at_least_one keeps one training example per class.
+    keep, val = stratified_indices(keys, 1 - percentage / 100, seed)
+    counts: dict[str, int] = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
+    few = sorted((n, k) for k, n in counts.items() if n < FEW_EXAMPLES)
+    if few:
+        logger.warning("%d label(s) have fewer than %d examples before the validation split: %s. Their validation scores rest on "
+                       "one or two examples (a single example stays in training, so that label is not validated); add examples "
+                       "or give validation_file.", len(few), FEW_EXAMPLES, ", ".join(f"{k!r} ({n})" for n, k in few[:20]))
     logger.info("No validation set given: holding out %d of %d training examples (%.0f%%, stratified).", len(val), len(train), percentage)
     return train.select(keep), train.select(val)
 

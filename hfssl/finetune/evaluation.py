@@ -21,8 +21,8 @@ def predict(accelerator, model, dataset, collator, batch_size: int, plan=None, d
     """(loss sum, labeled examples, per-example outputs in dataset order) over `dataset`.
 
     `plan`: a function dataset -> batches of indices (default: consecutive batches of batch_size).
-    `distributed=False`: this process does every batch alone (no collective calls), for use after
-    `hfssl.trainer.train`, which ends the process group."""
+    `distributed=False`: this process does every batch alone (no collective calls), e.g. in a
+    single-process run or where the other processes are not evaluating."""
     from accelerate.utils import gather_object
 
     W, rank = (accelerator.num_processes, accelerator.process_index) if distributed else (1, 0)

@@ -25,6 +25,21 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, multi_label:
     return F.cross_entropy(logits, labels, reduction="sum")
 
 
+def ctc_loss_sum(logits: torch.Tensor, labels: torch.Tensor, frame_lengths: torch.Tensor, blank_id: int,
+                 zero_infinity: bool) -> torch.Tensor:
+    """CTC loss SUMMED over utterances (the loop divides by their count), for the CTC head and the probe.
+
+    logits: (B, T, V); labels: (B, U) token ids, -100 (any negative) after each transcript's end;
+    frame_lengths: (B,) real frames. zero_infinity: a transcript too long for its frames gives 0
+    instead of inf (the config's ctc_zero_infinity).
+    """
+    keep = labels >= 0
+    log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (T, B, V)
+    with torch.backends.cudnn.flags(enabled=False):  # cuDNN's CTC has other input requirements and results
+        return F.ctc_loss(log_probs, labels[keep], frame_lengths, keep.sum(-1), blank=blank_id,
+                          reduction="sum", zero_infinity=zero_infinity)
+
+
 def classification_accuracy(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool) -> torch.Tensor:
     if multi_label:
         return ((logits > 0) == (labels > 0.5)).all(-1).float().mean()
@@ -161,13 +176,7 @@ class CTCRecognizer(SpeechEncoderMixin, torch.nn.Module):
         return self.model.lm_head(self.model.dropout(hidden))  # (B, T, V)
 
     def _loss(self, logits, labels, frame_lengths):
-        keep = labels >= 0
-        target_lengths = keep.sum(-1)
-        targets = labels[keep]  # (sum U,) concatenated targets
-        log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (T, B, V)
-        with torch.backends.cudnn.flags(enabled=False):
-            return F.ctc_loss(log_probs, targets, frame_lengths, target_lengths, blank=self.blank_id,
-                              reduction="sum", zero_infinity=self.zero_infinity)
+        return ctc_loss_sum(logits, labels, frame_lengths, self.blank_id, self.zero_infinity)
 
     def forward(self, labels, **inputs):
         logits = self._logits(**inputs)
@@ -193,7 +202,7 @@ class LayerProbe(torch.nn.Module):
 
     def __init__(self, upstream: torch.nn.Module, num_hidden_states: int, hidden_size: int, num_outputs: int,
                  probe_hidden_size: int = 0, kind: str = "classification", multi_label: bool = False,
-                 blank_id: int = 0, conv: Optional[tuple] = None):
+                 blank_id: int = 0, conv: Optional[tuple] = None, zero_infinity: bool = True):
         super().__init__()
         self.upstream = upstream.requires_grad_(False)
         self.layer_logits = torch.nn.Parameter(torch.zeros(num_hidden_states))
@@ -201,6 +210,7 @@ class LayerProbe(torch.nn.Module):
             if probe_hidden_size else [torch.nn.Linear(hidden_size, num_outputs)]
         self.head = torch.nn.Sequential(*layers)
         self.kind, self.multi_label, self.blank_id, self.conv = kind, multi_label, blank_id, conv
+        self.zero_infinity = zero_infinity  # CTC only
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -235,9 +245,7 @@ class LayerProbe(torch.nn.Module):
     def _loss(self, out, labels, lengths):
         if self.kind != "ctc":
             return classification_loss(out, labels, self.multi_label)
-        keep = labels >= 0
-        log_probs = F.log_softmax(out.float(), dim=-1).transpose(0, 1)
-        return F.ctc_loss(log_probs, labels[keep], lengths, keep.sum(-1), blank=self.blank_id, reduction="sum", zero_infinity=True)
+        return ctc_loss_sum(out, labels, lengths, self.blank_id, self.zero_infinity)
 
     def forward(self, labels, **inputs):
         out, lengths = self._outputs(inputs)

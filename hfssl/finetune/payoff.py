@@ -31,17 +31,25 @@ PRIMARY = {"text-classification": ("accuracy", True), "audio-classification": ("
 def run_payoff(cfg) -> int:
     from hfssl.finetune.pipeline import finetune
     from hfssl.pretrain import setup_logging
-    from hfssl.trainer import check_output_dir
+    from hfssl.run_dir import close_run_dir, open_run_dir
 
     setup_logging()
     out = Path(cfg.output_dir)
-    records = []
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # hfssl.trainer.train ends the process group after each run, so a second run in the
-        # same processes cannot synchronize.
+        # `finetune` ends the process group after each run (accelerator.end_training()), so a second
+        # run in the same processes cannot synchronize.
         raise ConfigError("compare_with_scratch runs several trainings in one process: launch it as a single process "
                           "(python run_finetune.py ...), or run the pretrained and --config_name runs separately.")
-    check_output_dir(cfg)
+    run_dir = open_run_dir(cfg)  # the report's folder; each run below locks its own subfolder
+    try:
+        _compare(cfg, out, finetune)
+    finally:
+        close_run_dir(run_dir)
+    return 0
+
+
+def _compare(cfg, out: Path, finetune) -> None:
+    records = []
     for fraction in cfg.fractions:
         for init in ("pretrained", "scratch"):
             sub = dataclasses.replace(
@@ -49,7 +57,7 @@ def run_payoff(cfg) -> int:
                 model_name_or_path=cfg.model_name_or_path if init == "pretrained" else None,
                 config_name=None if init == "pretrained" else cfg.model_name_or_path,
                 learning_rate=cfg.learning_rate if init == "pretrained" else (cfg.scratch_learning_rate or cfg.learning_rate),
-                overwrite_output_dir=True, push_to_hub=False)
+                overwrite_output_dir=True, resume_from_checkpoint=None, push_to_hub=False)
             logger.info("Payoff run: %s, label budget %g -> %s", init, fraction, sub.output_dir)
             results = finetune(sub)
             if results is None:  # not the main process
@@ -59,7 +67,6 @@ def run_payoff(cfg) -> int:
         report = write_report(out, cfg.task, records, source=cfg.model_name_or_path)
         print("\n" + report["markdown"])
         print(f"payoff report written to: {out.resolve()}")
-    return 0
 
 
 def write_report(out: Path, task: str, records: list[dict], source: str = "") -> dict:

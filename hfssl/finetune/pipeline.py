@@ -34,16 +34,33 @@ def finetune(cfg) -> dict | None:
     Returns the results on the main process (None on the others). Raises ConfigError/DataError
     for bad input before any training.
     """
-    from accelerate.utils import set_seed
+    from hfssl.run_dir import close_run_dir, open_run_dir
+    from hfssl.trainer import make_accelerator
 
-    from hfssl.finetune.evaluation import evaluate_split, write_split_outputs
-    from hfssl.trainer import check_output_dir, make_accelerator, train
-
-    if cfg.do_train:
-        check_output_dir(cfg)
     accelerator = make_accelerator(cfg)
     if not accelerator.is_main_process:
         logging.getLogger("hfssl").setLevel(logging.WARNING)
+    run_dir = open_run_dir(cfg, accelerator, train=cfg.do_train)  # locked until the last result file is written
+    try:
+        summary, task, results = _train_and_evaluate(cfg, accelerator)
+        if accelerator.is_main_process:
+            report = task.probe_report()
+            if report:
+                results["probe_layer_weights"] = report["layer_weights"]
+            if cfg.do_train:
+                write_card(cfg, task, {**summary, **results})
+    finally:
+        close_run_dir(run_dir)
+    accelerator.end_training()
+    return results if accelerator.is_main_process else None
+
+
+def _train_and_evaluate(cfg, accelerator) -> tuple[dict, object, dict]:
+    from accelerate.utils import set_seed
+
+    from hfssl.finetune.evaluation import evaluate_split, write_split_outputs
+    from hfssl.trainer import train
+
     set_seed(cfg.seed)  # head / from-scratch initialization
     task = build_task(cfg, accelerator)
     summary = train(cfg, task, accelerator) if cfg.do_train else {}
@@ -60,15 +77,7 @@ def finetune(cfg) -> dict | None:
             write_split_outputs(cfg.output_dir, task, split, result, rows)
         results.update(result)
     accelerator.wait_for_everyone()
-    accelerator.end_training()
-    if not accelerator.is_main_process:
-        return None
-    report = task.probe_report()
-    if report:
-        results["probe_layer_weights"] = report["layer_weights"]
-    if cfg.do_train:
-        write_card(cfg, task, {**summary, **results})
-    return results
+    return summary, task, results
 
 
 def write_card(cfg, task, results: dict) -> None:

@@ -9,8 +9,10 @@ Hub datasets), is validated in full before training and resampled to the feature
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable, Optional
@@ -91,13 +93,12 @@ class SpeechTask(Task):
     def _load_audio(self, cfg, main: bool) -> dict:
         splits = {}
         if cfg.do_train:
-            train, validation, report = build_audio_splits(cfg, cfg.output_dir if main else None, self.min_samples)
+            train, validation, _ = build_audio_splits(cfg, cfg.output_dir if main else None, self.min_samples)
             if not isinstance(train, AudioDataset):
                 raise ConfigError("Fine-tuning needs a map-style audio set; streaming is for pretraining.")
             splits["train"] = train
             if validation is not None:
                 splits["validation"] = validation
-            self.audio_report = report
         elif cfg.validation_dir or cfg.validation_file:
             splits["validation"] = self._scan(cfg, cfg.validation_dir, cfg.validation_file, "validation")
         if cfg.test_dir or cfg.test_file:
@@ -164,7 +165,8 @@ class SpeechTask(Task):
         upstream = load_or_init(AutoModel, self.cfg, self.config, self.pretrained, self.source)
         return LayerProbe(upstream, self.config.num_hidden_layers + 1, self.config.hidden_size, num_outputs,
                           self.cfg.probe_hidden_size, kind=kind, blank_id=blank_id,
-                          conv=(list(self.config.conv_kernel), list(self.config.conv_stride)))
+                          conv=(list(self.config.conv_kernel), list(self.config.conv_stride)),
+                          zero_infinity=self.cfg.ctc_zero_infinity)
 
     # ------------------------------------------------------------------ loop hooks
     def batch_plan(self, epoch: int, seed: int) -> list[list[int]]:
@@ -257,7 +259,7 @@ class AudioClassificationTask(SpeechTask):
         for row, ref in zip(rows, refs):
             row["label"] = names[int(ref)]
         self.last_confusion = confusion_matrix(pred, refs, len(names))
-        return classification_metrics(pred, refs, len(names)), rows
+        return classification_metrics(pred, refs, names), rows
 
     def save_pretrained(self, output_dir: str, summary: dict) -> None:
         self._save_model(output_dir)
@@ -278,12 +280,20 @@ def _budget(keys: list[str], cfg) -> Optional[list[int]]:
 # ----------------------------------------------------------------------------------- CTC
 
 def normalize_transcript(text: str, lowercase: bool, chars_to_ignore: str) -> str:
-    """Lowercase (optionally), drop the ignored characters, collapse whitespace."""
+    """Lowercase (optionally), drop the characters of the regex character class `[chars_to_ignore]`,
+    collapse whitespace."""
     if lowercase:
         text = text.lower()
     if chars_to_ignore:
-        text = text.translate({ord(c): None for c in chars_to_ignore})
+        text = ignored_characters(chars_to_ignore).sub("", text)
     return " ".join(text.split())
+
+
+@functools.lru_cache(maxsize=8)
+def ignored_characters(chars_to_ignore: str) -> re.Pattern:
+    """`chars_to_ignore` is the contents of a regex character class: `\\-` or a final `-` is a
+    hyphen, `a-z` a range. Raises re.error when it is not a valid class."""
+    return re.compile(f"[{chars_to_ignore}]")
 
 
 def build_vocab(transcripts: list[str], word_delimiter: str) -> dict[str, int]:

@@ -21,7 +21,6 @@ logger = logging.getLogger(__name__)
 class TextClassificationTask(Task):
     name = "text-classification"
     input_unit = "examples"
-    pipeline_tag = "text-classification"
 
     def __init__(self, cfg, accelerator=None):
         from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
@@ -165,7 +164,7 @@ class TextClassificationTask(Task):
         refs = np.asarray([r["labels"] for r in self._labels_of(split)])
         for row, ref in zip(rows, refs):
             row["label"] = [names[j] for j in np.flatnonzero(ref)] if self.labels.multi_label else names[int(ref)]
-        metrics = classification_metrics(pred, refs, len(names), self.labels.multi_label)
+        metrics = classification_metrics(pred, refs, names, self.labels.multi_label)
         if not self.labels.multi_label:
             from hfssl.finetune.metrics import confusion_matrix
 

@@ -11,7 +11,6 @@ from hfssl.masking.tokens import (
 from hfssl.masking.spans import (
     compute_span_mask,
     expected_masked_fraction,
-    flatten_negative_indices,
     sample_negatives,
     span_mask_stats,
 )

@@ -27,7 +27,6 @@ __all__ = [
     "compute_span_mask",
     "span_mask_stats",
     "sample_negatives",
-    "flatten_negative_indices",
     "expected_masked_fraction",
 ]
 
@@ -171,9 +170,7 @@ def span_mask_stats(mask: torch.Tensor, lengths: torch.Tensor) -> dict[str, floa
     }
 
 
-def sample_negatives(
-    mask: torch.Tensor, num_negatives: int, generator: torch.Generator | None = None, *, flat: bool = False
-) -> torch.Tensor:
+def sample_negatives(mask: torch.Tensor, num_negatives: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Sample contrastive distractors among the masked frames of the same utterance.
 
     For a masked frame t of utterance b with ``M_b`` masked frames, each of the K negatives is
@@ -182,9 +179,8 @@ def sample_negatives(
     ``mask_time_indices``). Only masked frames are candidates, so padding is never sampled as long
     as ``mask`` does not mark padding (:func:`compute_span_mask` never does).
 
-    Unmasked frames get index 0 (``b * T`` when ``flat``) for every negative, as in transformers: a
-    valid index whose value carries no meaning (the contrastive loss is only computed on masked
-    frames).
+    Unmasked frames get index 0 for every negative, as in transformers: a valid index whose value
+    carries no meaning (the contrastive loss is only computed on masked frames).
 
     Degenerate utterances: with ``M_b == 1`` there is no other masked frame, so all K negatives of
     that frame are the frame itself. Objectives must ignore negatives equal to the positive, as
@@ -198,14 +194,10 @@ def sample_negatives(
         mask: (B, T) bool, True = masked (the frames the contrastive loss is computed on).
         num_negatives: K >= 1.
         generator: optional ``torch.Generator`` making the draw reproducible.
-        flat: return transformers' flattened form ``b * T + t`` (what
-            ``Wav2Vec2ForPreTraining(sampled_negative_indices=...)`` takes) directly. Same values as
-            ``flatten_negative_indices(sample_negatives(mask, K, generator))`` from the same generator
-            state, without the extra pass over the (B, T, K) output.
 
     Returns:
-        (B, T, K) long tensor on ``mask.device``: time indices in ``[0, T)`` into the same utterance,
-        or ``b * T + t`` if ``flat``.
+        (B, T, K) long tensor on ``mask.device``: time indices in ``[0, T)`` into the same utterance
+        (``Wav2Vec2ForPreTraining`` takes ``b * T + t`` instead).
     """
     if num_negatives < 1:
         raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
@@ -214,12 +206,7 @@ def sample_negatives(
     mask = mask.bool()
     device = mask.device
     batch, num_frames = mask.shape
-    if flat:
-        offsets = torch.arange(batch, device=device) * num_frames  # (B,) = b * T
-        negatives = offsets[:, None].expand(batch, num_frames * num_negatives).contiguous()
-        negatives = negatives.view(batch, num_frames, num_negatives)
-    else:
-        negatives = torch.zeros(batch, num_frames, num_negatives, dtype=torch.long, device=device)
+    negatives = torch.zeros(batch, num_frames, num_negatives, dtype=torch.long, device=device)
     batch_idx, time_idx = mask.nonzero(as_tuple=True)  # (N,) each, N = masked frames in the batch
     if batch_idx.numel() == 0:
         return negatives
@@ -236,8 +223,6 @@ def sample_negatives(
     masked_pos.scatter_(1, torch.where(mask, csum - 1, num_frames), frames.expand(batch, -1))
     slots = torch.arange(2 * num_frames, device=device)
     table = masked_pos.gather(1, slots[None, :] % num_masked.clamp_min(1)[:, None])  # (B, 2T)
-    if flat:
-        table += offsets[:, None]
 
     # Flat position of each masked frame's own slot + 1 in the flattened table. int32 index
     # arithmetic (index_select accepts it) halves the memory traffic of the (N, K) passes; the
@@ -254,23 +239,6 @@ def sample_negatives(
         0, batch_idx * num_frames + time_idx, picked.view(-1, num_negatives)
     )
     return negatives
-
-
-def flatten_negative_indices(negatives: torch.Tensor) -> torch.Tensor:
-    """Convert per-utterance negatives to transformers' flattened form.
-
-    ``Wav2Vec2ForPreTraining(..., sampled_negative_indices=...)`` indexes the (B*T, C) flattened
-    features, so utterance b's time index t becomes ``b * T + t``.
-
-    Args:
-        negatives: (B, T, K) integer time indices in ``[0, T)``, as from :func:`sample_negatives`.
-
-    Returns:
-        (B, T, K) long tensor with values ``b * T + negatives[b, t, k]``.
-    """
-    batch, num_frames, _ = negatives.shape
-    offsets = torch.arange(batch, device=negatives.device, dtype=torch.long) * num_frames
-    return negatives.long() + offsets[:, None, None]
 
 
 def _log_comb(n: int, k: int) -> float:

@@ -69,7 +69,8 @@ class Objective:
         return None
 
     def state_dict(self) -> dict:
-        """Objective state that a checkpoint must carry (plain JSON-able values) for exact resume."""
+        """Objective state that a checkpoint must carry for exact resume: JSON values (saved in
+        trainer_state.json) and top-level tensors (saved as safetensors, e.g. an EMA teacher's weights)."""
         return {}
 
     def load_state_dict(self, state: dict) -> None:

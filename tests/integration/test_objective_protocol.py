@@ -54,6 +54,19 @@ class ToyObjective(Objective):
         x = torch.randn(N_EXAMPLES, DIM, generator=g)
         self.train_dataset = [{"x": x[i], "y": float(x[i] @ torch.tensor([0.5, -0.5, 0.25, 0.1]))} for i in range(N_EXAMPLES)]
         self.model = ToyModel()
+        # Objective state with a tensor (like an EMA teacher) and a plain number: checkpointed, resumed exactly.
+        self.ema, self.updates = torch.zeros(DIM), 0
+
+    def on_update(self, step, total_steps):
+        self.ema = 0.9 * self.ema + 0.1 * self.model.recon.weight.detach().sum(0)
+        self.updates += 1
+        return {"ema_norm": float(self.ema.norm())}
+
+    def state_dict(self):
+        return {"ema": self.ema.clone(), "updates": self.updates}
+
+    def load_state_dict(self, state):
+        self.ema, self.updates = state["ema"].clone(), state["updates"]
 
     def collator(self, rows, seed, progress=0.0):
         x = torch.stack([r["x"] for r in rows])
@@ -64,7 +77,8 @@ class ToyObjective(Objective):
     def save_pretrained(self, output_dir: str, summary: dict) -> None:
         from safetensors.torch import save_file
 
-        save_file(self.model.state_dict(), str(Path(output_dir) / "toy.safetensors"))
+        save_file({**self.model.state_dict(), "ema": self.ema}, str(Path(output_dir) / "toy.safetensors"),
+                  metadata={"updates": str(self.updates)})
 
 
 register("toy", ToyConfig, ToyObjective)  # the one line that makes `objective: toy` exist
@@ -92,8 +106,28 @@ def test_toy_objective_trains_through_run_pretrain(tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert {"loss_fit", "loss_recon", "num_fit_targets", "num_recon_targets"} <= set(rows[0])
     assert rows[-1]["loss"] < rows[0]["loss"]
-    assert set(load_file(out / "toy.safetensors")) == {"fit.weight", "fit.bias", "recon.weight", "recon.bias"}
+    assert set(load_file(out / "toy.safetensors")) == {"fit.weight", "fit.bias", "recon.weight", "recon.bias", "ema"}
     assert (out / "checkpoint-6").is_dir()
+
+
+def test_objective_tensor_state_is_checkpointed_and_resumed_exactly(tmp_path):
+    import shutil
+
+    from safetensors import safe_open
+
+    from hfssl.pretrain import main
+
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    assert main(_recipe(tmp_path, output_dir=full)) == 0
+    shutil.copytree(full, resumed)
+    for name in ("toy.safetensors", "train_results.json"):
+        (resumed / name).unlink()
+    shutil.rmtree(resumed / "checkpoint-6")
+    assert (resumed / "checkpoint-3" / "objective_tensors.safetensors").is_file()
+    assert main(_recipe(tmp_path, output_dir=resumed, resume_from_checkpoint="latest")) == 0
+    assert [r["ema_norm"] for r in _log(resumed)] == [r["ema_norm"] for r in _log(full)]
+    with safe_open(str(full / "toy.safetensors"), "pt") as a, safe_open(str(resumed / "toy.safetensors"), "pt") as b:
+        assert torch.equal(a.get_tensor("ema"), b.get_tensor("ema")) and a.metadata() == b.metadata() == {"updates": "6"}
 
 
 def test_each_term_is_divided_by_its_own_count(tmp_path):

@@ -72,8 +72,8 @@ def test_sigterm_writes_a_complete_checkpoint_and_exits_143(tmp_path):
     assert proc.wait(timeout=120) == 143
     from hfssl.checkpointing import find_latest_checkpoint, verify_checkpoint
 
-    ckpt = find_latest_checkpoint(out)
-    assert ckpt is not None
+    ckpt, damaged = find_latest_checkpoint(out)
+    assert ckpt is not None and not damaged
     assert verify_checkpoint(ckpt)["step"] == max(train_losses(out))
 
 
@@ -91,6 +91,41 @@ def test_half_written_checkpoint_is_never_resumed(uninterrupted, tmp_path):
     assert "Skipping damaged checkpoint" in proc.stderr and str(weights) in proc.stderr
     resumed_from = max(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if p != newest and int(p.name.split("-")[1]) < int(newest.name.split("-")[1]))
     assert f"Resumed from {out / f'checkpoint-{resumed_from}'}" in proc.stderr
+
+
+def test_two_runs_started_together_one_trains_the_other_is_refused(tmp_path):
+    out = tmp_path / "shared"
+    cmd = [sys.executable, str(ROOT / "run_pretrain.py"), *map(str, RUN), "--max_steps", "4", "--save_steps", "2",
+           "--output_dir", str(out)]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for code, err in results if code == 2)
+    assert "is in use by another run (pid" in refused and f"lock file {out / '.hfssl.lock'}" in refused
+    # The winner's run is whole: one log of 4 updates, its own checkpoints, no lock left behind.
+    assert sorted(train_losses(out)) == [1, 2, 3, 4]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert not (out / ".hfssl.lock").exists()
+
+
+def test_resume_after_kill_without_the_run_tokenizer_restores_it(tmp_path):
+    """The run trains its own tokenizer (no --tokenizer_name): after a kill, a missing tokenizer folder
+    comes back from the checkpoint instead of a newly trained one whose ids mean other tokens."""
+    args = [a for a in RUN if a not in ("--tokenizer_name", str(ROOT / "tests" / "fixtures" / "text" / "tokenizer"))]
+    out = tmp_path / "own-tokenizer"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_pretrain.py"), *map(str, args), "--output_dir", str(out)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for_step(out, proc, 10)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model.safetensors").exists(), "the run finished before the kill; the test proves nothing"
+    saved = (out / "tokenizer" / "tokenizer.json").read_text()
+    shutil.rmtree(out / "tokenizer")
+    resumed = run_cli("run_pretrain.py", [*args, "--output_dir", out, "--resume_from_checkpoint", "latest"])
+    assert "restoring it from the checkpoint" in resumed.stderr
+    assert (out / "tokenizer" / "tokenizer.json").read_text() == saved
+    assert (out / "tokenizer.json").read_text() == saved  # the final model's tokenizer is the run's
 
 
 def test_resume_with_another_global_batch_is_refused(uninterrupted, tmp_path):

@@ -15,12 +15,16 @@ from hfssl.checkpointing import (
     MANIFEST,
     STATE,
     CheckpointError,
-    find_latest_checkpoint,
+    file_hash,
     list_checkpoints,
-    resolve_resume,
     save_checkpoint,
     verify_checkpoint,
 )
+from hfssl.checkpointing import find_latest_checkpoint as _find_latest
+
+
+def find_latest_checkpoint(output_dir):
+    return _find_latest(output_dir)[0]
 
 
 @pytest.fixture(scope="module")
@@ -47,18 +51,20 @@ def _train_step(model, optimizer, accelerator):
 def _save(setup, out: Path, step: int, limit=None) -> Path:
     accelerator, model, optimizer = setup
     _train_step(model, optimizer, accelerator)
-    return save_checkpoint(accelerator, out, step, {"global_step": step, "epoch": 0}, total_limit=limit)
+    return save_checkpoint(accelerator, out, step, {"step": step, "epoch": 0}, total_limit=limit, run_id="run-a")
 
 
 def test_save_then_verify_and_restore(setup, tmp_path):
     accelerator, model, optimizer = setup
     path = _save(setup, tmp_path, 10)
     assert path == tmp_path / "checkpoint-10" and path.is_dir()
-    assert verify_checkpoint(path) == {"global_step": 10, "epoch": 0}
+    assert verify_checkpoint(path) == {"step": 10, "epoch": 0}
     manifest = json.loads((path / MANIFEST).read_text())
-    assert manifest["step"] == 10
-    on_disk = {str(p.relative_to(path)): p.stat().st_size for p in path.rglob("*") if p.is_file() and p.name != MANIFEST}
+    assert manifest["step"] == 10 and manifest["run_id"] == "run-a" and manifest["format"] == 2
+    on_disk = {str(p.relative_to(path)): {"size": p.stat().st_size, "xxh3_128": file_hash(p)}
+               for p in path.rglob("*") if p.is_file() and p.name != MANIFEST}
     assert manifest["files"] == on_disk
+    assert not any(n.startswith("custom_checkpoint") for n in on_disk)  # no pickled objects of ours
     assert STATE in on_disk and any(n.endswith(".safetensors") for n in on_disk)
     assert not list(tmp_path.glob(".tmp-checkpoint-*"))  # renamed into place
     # The checkpoint really restores the weights it saved.
@@ -89,7 +95,7 @@ def test_deleted_file_names_the_file(setup, tmp_path):
 def test_missing_manifest_is_incomplete(setup, tmp_path):
     path = _save(setup, tmp_path, 10)
     (path / MANIFEST).unlink()
-    with pytest.raises(CheckpointError, match="incomplete"):
+    with pytest.raises(CheckpointError, match="not a complete hfssl checkpoint"):
         verify_checkpoint(path)
     assert list_checkpoints(tmp_path) == []
     assert find_latest_checkpoint(tmp_path) is None
@@ -113,10 +119,8 @@ def test_latest_falls_back_to_previous_good_checkpoint(setup, tmp_path):
     assert find_latest_checkpoint(tmp_path) == tmp_path / "checkpoint-20"
     (tmp_path / "checkpoint-20" / MANIFEST).unlink()  # also the next one is unusable
     assert find_latest_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
-    assert resolve_resume("latest", tmp_path) == tmp_path / "checkpoint-10"
     with pytest.raises(CheckpointError):
-        resolve_resume(str(tmp_path / "checkpoint-30"), tmp_path)
-    assert resolve_resume(None, tmp_path) is None
+        verify_checkpoint(tmp_path / "checkpoint-30")
 
 
 def test_leftover_tmp_folder_is_never_returned(setup, tmp_path):
@@ -129,7 +133,7 @@ def test_leftover_tmp_folder_is_never_returned(setup, tmp_path):
     # Saving that step again replaces the leftover.
     path = _save(setup, tmp_path, 20)
     assert not (tmp_path / ".tmp-checkpoint-20").exists()
-    assert verify_checkpoint(path)["global_step"] == 20
+    assert verify_checkpoint(path)["step"] == 20
     assert find_latest_checkpoint(tmp_path) == path
 
 
@@ -157,3 +161,155 @@ def test_no_limit_keeps_everything(setup, tmp_path):
         _save(setup, tmp_path, step)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
     assert list_checkpoints(tmp_path / "nothing-here") == []
+
+
+# ----------------------------------------------------------------------------------- damage of the same size
+
+def _flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _damage(kind: str, path: Path) -> Path:
+    """Damage checkpoint `path` without changing any file's size; returns the damaged file."""
+    if kind == "weights_data":
+        victim = path / "model.safetensors"
+        _flip_byte(victim, victim.stat().st_size - 3)  # inside a tensor
+    elif kind == "weights_header":
+        victim = path / "model.safetensors"
+        _flip_byte(victim, 12)  # inside the JSON header
+    elif kind == "optimizer":
+        victim = path / "optimizer.bin"
+        _flip_byte(victim, victim.stat().st_size // 2)
+    elif kind == "manifest_list":
+        victim = path / MANIFEST
+        victim.write_text(json.dumps([1, 2, 3]))
+    elif kind == "manifest_types":
+        victim = path / MANIFEST
+        manifest = json.loads(victim.read_text())
+        manifest["files"] = {k: v["size"] for k, v in manifest["files"].items()}  # sizes only
+        victim.write_text(json.dumps(manifest))
+    elif kind == "state_step":
+        victim = path / STATE
+        state = json.loads(victim.read_text())
+        state["step"] += 1
+        victim.write_text(json.dumps(state))
+        _rewrite_manifest(path)  # a consistent manifest: the step disagreement alone must be caught
+    else:
+        raise ValueError(kind)
+    return victim
+
+
+def _rewrite_manifest(path: Path) -> None:
+    """What someone who edits a checkpoint's files and then its manifest does (sizes and hashes updated)."""
+    manifest = json.loads((path / MANIFEST).read_text())
+    files = {}
+    for p in sorted(path.rglob("*")):
+        if p.is_file() and p.name != MANIFEST:
+            rel = str(p.relative_to(path))
+            old = manifest["files"].get(rel)
+            files[rel] = p.stat().st_size if isinstance(old, int) else {"size": p.stat().st_size, "xxh3_128": file_hash(p)}
+    manifest["files"] = files
+    (path / MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("kind", ["weights_data", "weights_header", "optimizer", "manifest_list", "manifest_types", "state_step"])
+def test_same_size_damage_falls_back_to_the_previous_checkpoint_naming_the_file(setup, tmp_path, kind, caplog):
+    for step in (10, 20):
+        _save(setup, tmp_path, step)
+    newest = tmp_path / "checkpoint-20"
+    victim = _damage(kind, newest)
+    with pytest.raises(CheckpointError) as err:
+        verify_checkpoint(newest)
+    assert str(victim) in str(err.value)
+    found, damaged = _find_latest(tmp_path)
+    assert found == tmp_path / "checkpoint-10"
+    assert len(damaged) == 1 and str(victim) in damaged[0]
+    assert "Skipping damaged checkpoint" in caplog.text and str(victim) in caplog.text
+
+
+def test_file_not_in_the_manifest_is_refused(setup, tmp_path):
+    path = _save(setup, tmp_path, 10)
+    (path / "custom_checkpoint_0.pkl").write_bytes(b"not from the save")
+    with pytest.raises(CheckpointError, match="custom_checkpoint_0.pkl' is not in the manifest"):
+        verify_checkpoint(path)
+
+
+def test_checkpoint_of_another_run_is_refused(setup, tmp_path):
+    path = _save(setup, tmp_path, 10)
+    verify_checkpoint(path, run_id="run-a")
+    with pytest.raises(CheckpointError, match="belongs to run run-a, not to this output_dir's run run-b"):
+        verify_checkpoint(path, run_id="run-b")
+
+
+# ----------------------------------------------------------------------------------- no code from checkpoints
+
+class _Hostile:
+    """Unpickling this creates a file: what a malicious checkpoint would do with os.system."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("name", ["optimizer.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl"])
+def test_hostile_pickle_in_a_checkpoint_never_runs(setup, tmp_path, name):
+    path = _save(setup, tmp_path, 10)
+    marker = tmp_path / "pwned"
+    torch.save({"state": _Hostile(marker)}, path / name)
+    _rewrite_manifest(path)
+    manifest = json.loads((path / MANIFEST).read_text())
+    manifest["files"].setdefault(name, {"size": (path / name).stat().st_size, "xxh3_128": file_hash(path / name)})
+    (path / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=f"{name}' is not plain tensors and numbers"):
+        verify_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_fsdp_sharded_metadata_is_read_without_code(tmp_path):
+    import torch.distributed.checkpoint as dcp
+
+    from hfssl.checkpointing import check_no_code
+
+    shards = tmp_path / "pytorch_model_fsdp_0"
+    with pytest.warns(UserWarning):  # "torch.distributed is disabled ... single process"
+        dcp.save({"w": torch.randn(3, 4), "b": torch.zeros(2, dtype=torch.bfloat16), "groups": [{"lr": 0.1, "betas": (0.9, 0.99)}]},
+                 checkpoint_id=str(shards))
+    check_no_code(shards / ".metadata")  # torch's own metadata classes, sizes and dtypes are allowed
+    marker = tmp_path / "pwned"
+    import pickle
+
+    (shards / ".metadata").write_bytes(pickle.dumps(_Hostile(marker)))
+    with pytest.raises(CheckpointError, match="could run code"):
+        check_no_code(shards / ".metadata")
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------------- full disk
+
+def test_disk_full_names_the_file_and_keeps_the_previous_checkpoint(setup, tmp_path, monkeypatch):
+    import errno
+
+    from hfssl.errors import TrainingStopped
+
+    previous = _save(setup, tmp_path, 10)
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):  # writes part of the file, then the disk is full
+        if str(f).endswith("optimizer.bin"):
+            Path(f).write_bytes(b"\0" * 100)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(TrainingStopped) as err:
+        _save(setup, tmp_path, 20)
+    message = str(err.value)
+    assert message.startswith(f"Disk full while writing {tmp_path / '.tmp-checkpoint-20' / 'optimizer.bin'}; ")
+    assert " bytes free; " in message and f"previous checkpoint {previous} is intact" in message
+    assert not (tmp_path / ".tmp-checkpoint-20").exists()  # the partial save is removed, freeing its space
+    monkeypatch.setattr(torch, "save", real_save)
+    assert verify_checkpoint(previous)["step"] == 10

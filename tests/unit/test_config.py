@@ -258,3 +258,61 @@ def test_streaming_audio_refuses_duration_batches(tmp_path):
     with pytest.raises(ConfigError, match="max_batch_seconds needs every file's duration"):
         load_config(["--objective", "wav2vec2", "--train_dir", str(tmp_path), "--streaming", "true", "--max_steps", "5",
                      "--max_batch_seconds", "60"])
+
+
+# ----------------------------------------------------------------------------------- values that ruin a run
+
+@pytest.mark.parametrize("args, key", [
+    (["--learning_rate", "inf"], "learning_rate"), (["--learning_rate", "1e30"], "learning_rate"),
+    (["--learning_rate", "-inf"], "learning_rate"), (["--num_train_epochs", "inf"], "num_train_epochs"),
+    (["--seed", "-1"], "seed"), (["--seed", str(2**32)], "seed"), (["--weight_decay", "1e9"], "weight_decay"),
+    (["--adam_beta2", "1"], "adam_beta2"), (["--adam_epsilon", "0"], "adam_epsilon"), (["--max_grad_norm", "-1"], "max_grad_norm"),
+])
+def test_non_finite_and_absurd_values_are_rejected_at_load(args, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config(args)
+
+
+def test_overwrite_and_resume_together_are_refused():
+    with pytest.raises(ConfigError, match="overwrite_output_dir .* resume_from_checkpoint"):
+        load_config(["--overwrite_output_dir", "true", "--resume_from_checkpoint", "latest"])
+
+
+# ----------------------------------------------------------------------------------- source groups of a recipe
+
+FINETUNE_TINY = REPO / "recipes" / "finetune" / "text-classification-tiny-cpu.yaml"
+
+
+def _finetune(args, monkeypatch):
+    from hfssl.finetune.config import FinetuneConfig
+
+    monkeypatch.chdir(REPO)
+    return hfconfig.load_config([str(FINETUNE_TINY.relative_to(REPO)), *args], configs={"finetune": FinetuneConfig}, default_objective="finetune")
+
+
+def test_own_data_on_the_command_line_replaces_the_recipe_data(tmp_path, monkeypatch, caplog):
+    train = tmp_path / "train.csv"
+    train.write_text("text,label\na,x\nb,y\n")
+    recipe = yaml.safe_load(FINETUNE_TINY.read_text())
+    cfg = _finetune(["--train_file", str(train)], monkeypatch)
+    assert cfg.train_file == str(train) and cfg.validation_file is None and cfg.test_file is None  # not the fixtures'
+    assert "validation_file, test_file are not used" in caplog.text
+    assert cfg.model_name_or_path == recipe["model_name_or_path"]  # another group: kept
+
+
+def test_own_model_source_on_the_command_line_replaces_the_recipe_model(tmp_path, monkeypatch):
+    # A scratch baseline: config_name alone, without "Can't provide both model_name_or_path and config_name".
+    cfg = _finetune(["--config_name", "some/config"], monkeypatch)
+    assert cfg.config_name == "some/config" and cfg.model_name_or_path is None
+    assert cfg.test_file.endswith("test.csv")  # the data group is untouched
+    recipe = yaml.safe_load(FINETUNE_TINY.read_text())
+    cfg = _finetune(["--test_file", "none"], monkeypatch)  # unsets that key only
+    assert cfg.test_file is None and cfg.train_file == recipe["train_file"] and cfg.validation_file == recipe["validation_file"]
+
+
+def test_help_says_how_groups_and_unsetting_work():
+    from hfssl.config import config_help
+
+    text = config_help(MLMConfig)
+    assert "replaces all of the recipe's keys of that group" in text and "--key none" in text
+    assert "data source: dataset_name, dataset_config_name, train_file, validation_file;" in text

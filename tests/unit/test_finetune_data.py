@@ -149,6 +149,8 @@ def test_probe_weights_softmax_and_frozen_upstream():
     (["--config_name", "m", "--train_file", str(TOPICS / "train.csv"), "--dataset_name", "x"], "Can't provide both dataset_name and train_file"),
     (["--config_name", "m", "--train_file", str(TOPICS / "train.csv"), "--label_fractions", "0.1,1.5"], "label_fractions"),
     (["--config_name", "m", "--train_file", str(TOPICS / "train.csv"), "--compare_with_scratch", "true"], "compare_with_scratch needs model_name_or_path"),
+    (["--config_name", "m", "--scratch_learning_rate", "1e30"], "scratch_learning_rate must be in"),
+    (["--config_name", "m", "--scratch_learning_rate", "inf"], "scratch_learning_rate: expected a finite number"),
 ])
 def test_config_errors(args, message):
     with pytest.raises(ConfigError, match=message):
@@ -236,3 +238,54 @@ def test_ctc_wrapper_applies_collator_specaugment_and_sums_over_utterances():
     assert out["loss_sum"].item() > 0
     wrapper.restore_config()
     assert model.config.mask_feature_prob == 0.3
+
+
+def test_validation_carved_from_train_keeps_a_training_example_of_every_class(caplog):
+    keys = ["big"] * 40 + ["pair"] * 2 + ["single"] + ["four"] * 4
+    train = datasets.Dataset.from_dict({"label": keys, "i": list(range(len(keys)))})
+    kept, validation = fdata.hold_out_validation(train, keys, 10, seed=0, source="train.csv")
+    kept_labels, validation_labels = list(kept["label"]), list(validation["label"])
+    assert sorted(list(kept["i"]) + list(validation["i"])) == list(range(len(keys)))
+    assert set(kept_labels) == {"big", "pair", "single", "four"}  # the single example stays in training
+    assert validation_labels.count("big") == 4 and validation_labels.count("pair") == 1
+    assert validation_labels.count("four") == 1 and "single" not in validation_labels
+    assert "3 label(s) have fewer than 5 examples" in caplog.text and "'single' (1)" in caplog.text and "'pair' (2)" in caplog.text
+
+
+def test_chars_to_ignore_is_a_regex_class_and_keeps_apostrophes():
+    from hfssl.finetune.config import FinetuneConfig
+
+    default = FinetuneConfig(config_name="x").chars_to_ignore
+    assert normalize_transcript("Don't STOP, e.g. \\ now!", True, default) == "don't stop eg \\ now"
+    assert normalize_transcript("well-known a-b", True, default) == "wellknown ab"  # \- is a hyphen, not '\' and '-'
+    assert normalize_transcript("x1 y22 z", True, "0-9") == "x y z"  # a range, as a class
+    with pytest.raises(ConfigError, match="chars_to_ignore"):
+        FinetuneConfig(config_name="x", chars_to_ignore="a]b[")
+
+
+@pytest.mark.parametrize("zero_infinity", [True, False])
+def test_the_ctc_probe_honours_ctc_zero_infinity(zero_infinity):
+    from types import SimpleNamespace
+
+    from transformers import Wav2Vec2Config
+
+    from hfssl.finetune.heads import ctc_loss_sum
+    from hfssl.finetune.speech import SpeechTask
+
+    config = Wav2Vec2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, conv_dim=(8, 8),
+                            conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2)
+    cfg = SimpleNamespace(ctc_zero_infinity=zero_infinity, probe_hidden_size=0)
+    task = SimpleNamespace(cfg=cfg, config=config, pretrained=False, source="x")
+    probe = SpeechTask._upstream_probe(task, 6, "ctc", 0).train()  # as CTCTask builds it with probe true, as the loop runs it
+    torch.manual_seed(0)
+    audio = torch.randn(2, 400)  # 39 frames each
+    labels = torch.tensor([[1, 2, 3] + [-100] * 57, [4] * 60])  # the second transcript cannot fit 39 frames
+    loss = probe(labels=labels, input_values=audio)["loss_sum"]
+    if zero_infinity:
+        assert torch.isfinite(loss) and loss > 0
+    else:
+        assert loss == float("inf")
+    # The probe's loss is the one CTC loss function the CTC head uses.
+    logits = torch.randn(2, 39, 6)
+    assert ctc_loss_sum(logits, labels, torch.tensor([39, 39]), 0, False) == float("inf")
+    assert torch.isfinite(ctc_loss_sum(logits, labels, torch.tensor([39, 39]), 0, True))

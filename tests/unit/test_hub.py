@@ -40,7 +40,8 @@ def model_dir(tmp_path_factory) -> Path:
                      tags=["bert"])
     for rel in ("checkpoint-10/model.safetensors", "checkpoint-10/hfssl_checkpoint.json",
                 "checkpoint-20/optimizer.bin", ".tmp-checkpoint-30/model.safetensors",
-                "config.json.tmp", "runs/events.out.tfevents.1", "runs/sub/events.out.tfevents.2"):
+                "config.json.tmp", "runs/events.out.tfevents.1", "runs/sub/events.out.tfevents.2",
+                ".tmp-final/run/model.safetensors", ".hfssl.lock", "hfssl_run.json"):
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         (out / rel).write_text("x")
     return out
@@ -69,6 +70,10 @@ def test_model_card_has_parsable_metadata(model_dir):
     assert "Updates: 12." in text and "| Corpus | tiny |" in text
     recipe = text.split("```yaml\n", 1)[1].split("```", 1)[0]
     assert yaml.safe_load(recipe)["max_steps"] == 12
+
+
+def test_model_card_links_nowhere_it_cannot_name(model_dir):
+    assert "https://github.com/)" not in (model_dir / "README.md").read_text()
 
 
 def test_model_card_minimal(tmp_path):

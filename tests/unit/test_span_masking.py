@@ -1,8 +1,10 @@
 """Tests for hfssl.masking.spans (wav2vec 2.0 span masks and negatives).
 
-transformers' private ``_compute_mask_indices`` is imported here only as the statistical reference.
-All draws are seeded, so the statistical tolerances below are deterministic checks; they are set at
-several standard errors of the measured quantity so that a change of seed would not break them.
+The statistical reference is `_reference_mask` below: the wav2vec 2.0 masking recipe written as a
+plain loop over utterances and spans (numpy), independent of the vectorized implementation and of
+any library's private functions. All draws are seeded, so the statistical tolerances below are
+deterministic checks; they are set at several standard errors of the measured quantity so that a
+change of seed would not break them.
 """
 
 from __future__ import annotations
@@ -10,12 +12,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
 from hfssl.masking.spans import (
     compute_span_mask,
     expected_masked_fraction,
-    flatten_negative_indices,
     sample_negatives,
     span_mask_stats,
 )
@@ -34,17 +34,28 @@ def _ours_stats(lengths: torch.Tensor, num_frames: int, draws: int, seed: int = 
     return span_mask_stats(masks, lengths.repeat(draws))
 
 
+def _reference_mask(lengths, num_frames: int, mask_prob: float, mask_length: int, min_masks: int, rng) -> np.ndarray:
+    """The wav2vec 2.0 recipe, one utterance and one span at a time: n = floor(mask_prob * L /
+    mask_length + u), u ~ U[0, 1) per utterance; at least min_masks; at most num_frames // mask_length
+    (spans side by side must fit the padded axis) and L - mask_length + 1 (the possible starts); n
+    distinct starts drawn uniformly; each masks mask_length frames. (B, T) bool."""
+    mask = np.zeros((len(lengths), num_frames), dtype=bool)
+    for b, length in enumerate(int(x) for x in lengths):
+        starts = length - mask_length + 1
+        n = int(np.floor(mask_prob * length / mask_length + rng.random()))
+        n = min(max(n, min_masks), num_frames // mask_length, max(starts, 0))
+        for start in rng.choice(max(starts, 1), size=n, replace=False):
+            mask[b, start : start + mask_length] = True
+    return mask
+
+
 def _reference_stats(lengths: torch.Tensor, num_frames: int, draws: int, seed: int = 0) -> dict[str, float]:
-    np.random.seed(seed)
-    attention = (torch.arange(num_frames)[None, :] < lengths[:, None]).long()
-    masks = [
-        _compute_mask_indices((len(lengths), num_frames), PROB, SPAN, attention_mask=attention, min_masks=2)
-        for _ in range(draws)
-    ]
+    rng = np.random.default_rng(seed)
+    masks = [_reference_mask(lengths, num_frames, PROB, SPAN, 2, rng) for _ in range(draws)]
     return span_mask_stats(torch.from_numpy(np.concatenate(masks)), lengths.repeat(draws))
 
 
-def test_masked_fraction_and_span_length_match_paper_and_transformers():
+def test_masked_fraction_and_span_length_match_paper_and_reference():
     lengths = torch.full((BATCH,), FRAMES)
     ours = _ours_stats(lengths, FRAMES, draws=200)
     ref = _reference_stats(lengths, FRAMES, draws=200)
@@ -56,7 +67,7 @@ def test_masked_fraction_and_span_length_match_paper_and_transformers():
     assert ours["mean_span_length"] == pytest.approx(ref["mean_span_length"], abs=0.3)
 
 
-def test_variable_lengths_match_transformers_and_analytic_expectation():
+def test_variable_lengths_match_reference_and_analytic_expectation():
     lengths = torch.tensor([780, 600, 451, 300, 203, 120, 57, 25])
     draws = 300
     ours = _ours_stats(lengths, FRAMES, draws)
@@ -131,11 +142,10 @@ def test_span_counts_rounding_and_min_masks():
     assert (masked == 2 * SPAN).any() and (masked < 2 * SPAN).any()  # overlaps happen
 
 
-def test_span_count_caps_match_transformers():
-    # min_masks=8 spans of 2 frames on a 10-frame axis: transformers caps the count at T // span = 5
+def test_span_count_caps_match_reference():
+    # min_masks=8 spans of 2 frames on a 10-frame axis: the count is capped at T // span = 5
     # (spans would not fit side by side), not only at the 9 possible starts.
-    np.random.seed(0)
-    ref = _compute_mask_indices((4000, 10), 0.0, 2, min_masks=8).mean()
+    ref = _reference_mask([10] * 4000, 10, 0.0, 2, 8, np.random.default_rng(0)).mean()
     lengths = torch.full((4000,), 10)
     ours = compute_span_mask(lengths, 10, 0.0, 2, min_masks=8, generator=_gen(9)).double().mean().item()
     assert ours == pytest.approx(ref, abs=0.01)
@@ -234,21 +244,16 @@ def test_negatives_are_seeded():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-def test_flatten_negative_indices_matches_transformers_layout():
+def test_negatives_index_the_same_vectors_as_the_flattened_layout():
+    # Wav2Vec2ForPreTraining indexes features.view(B*T, C) with b * T + t: per-utterance indices
+    # shifted by b * T give the same vectors.
     mask = compute_span_mask(torch.tensor([40, 33, 20]), 40, PROB, SPAN, generator=_gen(41))
     negatives = sample_negatives(mask, 7, generator=_gen(42))
-    flat = flatten_negative_indices(negatives)
-    assert flat.shape == negatives.shape and flat.dtype == torch.long
-    assert torch.equal(flat - negatives, (torch.arange(3) * 40)[:, None, None].expand_as(flat))
-    # Wav2Vec2ForPreTraining indexes features.view(B*T, C) with it: same vectors as per utterance.
+    flat = negatives + (torch.arange(3) * 40)[:, None, None]
     features = torch.randn(3, 40, 5)
     by_flat = features.view(-1, 5)[flat.view(-1)].view(3, 40, 7, 5)
     by_utterance = torch.stack([features[i][negatives[i]] for i in range(3)])
     assert torch.equal(by_flat, by_utterance)
-    # flat=True gives the same values directly (unmasked frames: b * T, as in transformers).
-    assert torch.equal(sample_negatives(mask, 7, generator=_gen(42), flat=True), flat)
-    none_masked = torch.zeros(2, 5, dtype=torch.bool)
-    assert torch.equal(sample_negatives(none_masked, 3, flat=True)[:, :, 0], torch.tensor([[0] * 5, [5] * 5]))
 
 
 def test_float32_rank_draw_stays_below_its_bound():

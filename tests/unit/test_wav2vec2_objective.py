@@ -15,7 +15,6 @@ from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
 from hfssl.collators.speech import AudioPretrainingCollator
 from hfssl.objectives import load_config
 from hfssl.data.audio.geometry import num_frames
-from hfssl.masking.spans import flatten_negative_indices
 from hfssl.objectives.wav2vec2.loss import gumbel_temperature
 from hfssl.objectives.wav2vec2.model import Wav2Vec2Pretraining
 from hfssl.objectives.wav2vec2.objective import Wav2Vec2Objective
@@ -40,6 +39,12 @@ def make_batch(collator, lengths, seed=0):
     return collator(examples, seed=seed)
 
 
+def _flat(negatives: torch.Tensor) -> torch.Tensor:
+    """(B, T, K) per-utterance time indices -> Wav2Vec2ForPreTraining's flattened b * T + t."""
+    batch, frames, _ = negatives.shape
+    return negatives + (torch.arange(batch) * frames)[:, None, None]
+
+
 def tensors(batch):
     return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
 
@@ -62,7 +67,7 @@ def test_contrastive_and_diversity_losses_match_transformers(layer_norm):
         out = ours(**tensors(batch))
         ref = model(batch["input_values"], attention_mask=batch.get("attention_mask"),
                     mask_time_indices=batch["mask_time_indices"],
-                    sampled_negative_indices=flatten_negative_indices(batch["sampled_negative_indices"]))
+                    sampled_negative_indices=_flat(batch["sampled_negative_indices"]))
     torch.testing.assert_close(out["contrastive_loss"] * n, ref.contrastive_loss, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(out["diversity_loss"] * n, ref.diversity_loss, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out["codebook_perplexity"], ref.codevector_perplexity, rtol=1e-5, atol=1e-5)
@@ -84,7 +89,7 @@ def test_negatives_identical_to_the_positive_are_ignored():
     with torch.no_grad():
         out = ours(**tensors(batch))
         ref = model(batch["input_values"], mask_time_indices=batch["mask_time_indices"],
-                    sampled_negative_indices=flatten_negative_indices(batch["sampled_negative_indices"]))
+                    sampled_negative_indices=_flat(batch["sampled_negative_indices"]))
     assert out["contrastive_loss"].item() == 0.0 and ref.contrastive_loss.item() == 0.0
     assert out["perplexity_g0"].item() == pytest.approx(1.0) and out["perplexity_g1"].item() == pytest.approx(1.0)
 
@@ -224,12 +229,18 @@ def test_collapse_is_detected_and_handled(objective, caplog):
     for mode in ("warn", "stop", "rollback"):
         obj.cfg.on_collapse = mode
         obj.load_state_dict({"gumbel_temperature": 2.0})
-        results = [obj.check_health([row]) for row in healthy + collapsed]
-        assert results[:4] == [None] * 4  # patience 3: the third collapsed update triggers
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="hfssl"):
+            results = [obj.check_health([row]) for row in healthy + collapsed]
+            assert results[:4] == [None] * 4  # patience 3: the third collapsed update triggers
+            if mode == "warn":
+                assert obj.check_health([{**collapsed[-1], "step": 6}]) is None  # still collapsed: training goes on
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         if mode == "warn":
-            with caplog.at_level(logging.WARNING):
-                assert obj.check_health([{**collapsed[-1], "step": 6}]) is None
             assert results[4] is None
+            # Warned once, at step 5, naming the group; not again at step 6 while the collapse lasts.
+            assert len(warnings) == 1, warnings
+            assert "Codebook collapse at step 5" in warnings[0] and "perplexity_g0" in warnings[0] and "on_collapse=warn" in warnings[0]
         elif mode == "stop":
             assert "Codebook collapse at step 5" in results[4] and "perplexity_g0" in results[4] and "on_collapse=stop" in results[4]
         else:

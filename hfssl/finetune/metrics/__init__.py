@@ -26,18 +26,19 @@ def load(name: str, config_name: str | None = None):
     return evaluate.load(str(METRICS_DIR / name), config_name)
 
 
-def classification_metrics(predictions: np.ndarray, references: np.ndarray, num_labels: int, multi_label: bool = False) -> dict[str, float]:
-    """accuracy and macro-F1; plus matthews_correlation for binary single-label tasks.
+def classification_metrics(predictions: np.ndarray, references: np.ndarray, names: Sequence[str], multi_label: bool = False) -> dict:
+    """accuracy and macro-F1 (`f1_labels`: the label names it averages, see the f1 module); plus
+    matthews_correlation for binary single-label tasks.
 
-    predictions/references: (N,) class ids, or (N, L) 0/1 for multi-label.
+    predictions/references: (N,) class ids, or (N, L) 0/1 for multi-label; names: the L label names.
     """
     config = "multilabel" if multi_label else None
     preds, refs = np.asarray(predictions).astype(int).tolist(), np.asarray(references).astype(int).tolist()
-    out = {**load("accuracy", config).compute(predictions=preds, references=refs),
-           **load("f1", config).compute(predictions=preds, references=refs, num_labels=num_labels, average="macro")}
-    if num_labels == 2 and not multi_label:
+    f1 = load("f1", config).compute(predictions=preds, references=refs, num_labels=len(names), average="macro")
+    out = {**load("accuracy", config).compute(predictions=preds, references=refs), "f1": f1["f1"]}
+    if len(names) == 2 and not multi_label:
         out.update(load("matthews_correlation").compute(predictions=preds, references=refs))
-    return {k: float(v) for k, v in out.items()}
+    return {**{k: float(v) for k, v in out.items()}, "f1_labels": [names[i] for i in f1["f1_labels"]]}
 
 
 def asr_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:

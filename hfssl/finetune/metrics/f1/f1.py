@@ -1,8 +1,11 @@
 """F1 (macro by default) as a local `evaluate` module: works offline.
 
-average='macro' is the unweighted mean over labels of 2PR/(P+R), with F1 = 0 for a label that is
-neither predicted nor present (scikit-learn's zero_division=0). Multi-label (config 'multilabel')
-treats each label column as its own binary problem.
+average='macro' is the unweighted mean over labels of 2PR/(P+R), as scikit-learn's f1_score (and
+`evaluate`'s "f1") computes it: for single-label ids, over the labels that occur in the references
+or the predictions (a label absent from both is not averaged, so an evaluation split without some
+classes is not understated); for multi-label (config 'multilabel', each label column its own binary
+problem), over every column, a column with no positives in either counting as F1 = 0. The result
+names the labels averaged: {"f1": ..., "f1_labels": [label ids]}.
 """
 
 import datasets
@@ -22,14 +25,17 @@ class F1(evaluate.Metric):
         p, r = np.asarray(predictions), np.asarray(references)
         if p.ndim == 1:
             k = int(num_labels or (max(p.max(initial=0), r.max(initial=0)) + 1))
+            labels = np.union1d(p, r).astype(int)  # present in references or predictions
             p = np.eye(k, dtype=bool)[p]
             r = np.eye(k, dtype=bool)[r]
-        p, r = p.astype(bool), r.astype(bool)
-        tp = (p & r).sum(0).astype(float)
+        else:
+            labels = np.arange(p.shape[1])
+        p, r = p[:, labels].astype(bool), r[:, labels].astype(bool)
+        tp = (p & r).sum(0).astype(float)  # (L,) per averaged label
         fp = (p & ~r).sum(0).astype(float)
         fn = (~p & r).sum(0).astype(float)
         if average == "micro":
             tp, fp, fn = tp.sum(), fp.sum(), fn.sum()
         denom = 2 * tp + fp + fn
         f1 = np.divide(2 * tp, denom, out=np.zeros_like(denom, dtype=float), where=denom > 0)
-        return {"f1": float(np.mean(f1))}
+        return {"f1": float(np.mean(f1)) if f1.size else 0.0, "f1_labels": labels.tolist()}

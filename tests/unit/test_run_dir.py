@@ -1,0 +1,291 @@
+"""output_dir safety: the lock, overwriting, what `latest` resumes, the run's tokenizer, the log,
+and the loop's checkpoints under damage, hostile files, a full disk and non-finite weights."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from hfssl.checkpointing import MANIFEST, file_hash, list_checkpoints
+from hfssl.errors import CheckpointError, OutputDirError, TrainingStopped
+from hfssl.run_dir import LOCK_FILE, RUN_FILE, STALE_AFTER_S, OutputDirLock, close_run_dir, open_run_dir, trim_log
+from hfssl.trainer import train
+from test_trainer_guards import ToyObjective, _cfg
+
+# ----------------------------------------------------------------------------------- the lock
+
+_HOLD = """
+import sys, time
+from hfssl.run_dir import OutputDirLock
+lock = OutputDirLock(sys.argv[1]); lock.acquire(); print("locked", flush=True); time.sleep(60)
+"""
+
+
+def test_a_second_run_is_refused_naming_the_holder(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(OutputDirError) as err:
+            OutputDirLock(tmp_path).acquire()
+        assert f"pid {holder.pid} on host {socket.gethostname()}" in str(err.value) and "in use by another run" in str(err.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder was killed (no clean-up): its lock is stale and is taken over.
+    lock = OutputDirLock(tmp_path)
+    lock.acquire()
+    assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    lock.release()
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
+def _race(path, barrier, results):
+    barrier.wait()
+    try:
+        OutputDirLock(path).acquire()
+        results.put("locked")
+        time.sleep(2)  # hold it while the other one tries
+    except OutputDirError as e:
+        results.put(f"refused: {e}")
+
+
+def test_two_runs_started_together_one_gets_the_lock(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_race, args=(str(tmp_path), barrier, results)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    outcomes = sorted(results.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    assert outcomes[0] == "locked" and all(o.startswith("refused: ") and "in use by another run" in o for o in outcomes[1:]), outcomes
+
+
+def test_lock_from_another_host_is_refused_while_fresh_and_taken_when_stale(tmp_path, caplog):
+    lock_file = tmp_path / LOCK_FILE
+    lock_file.write_text(json.dumps({"pid": 1, "host": "some-other-node", "started": "earlier"}))
+    with pytest.raises(OutputDirError, match="pid 1 on host some-other-node.*If that run is gone"):
+        OutputDirLock(tmp_path).acquire()
+    old = time.time() - STALE_AFTER_S - 10
+    os.utime(lock_file, (old, old))
+    lock = OutputDirLock(tmp_path)
+    lock.acquire()
+    assert "Taking over the lock" in caplog.text and "some-other-node" in caplog.text
+    lock.release()
+
+
+def test_lock_of_a_dead_process_on_this_host_is_taken_over(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "earlier"}))
+    lock = OutputDirLock(tmp_path)
+    lock.acquire()
+    lock.release()
+
+
+# ----------------------------------------------------------------------------------- opening output_dir
+
+def test_training_refuses_an_output_dir_in_use(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path / "o")], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(OutputDirError, match="in use by another run"):
+            train(_cfg(tmp_path), ToyObjective())
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_overwrite_moves_the_earlier_run_aside_and_its_checkpoints_never_mix(tmp_path, caplog):
+    out = tmp_path / "o"
+    train(_cfg(tmp_path, max_steps=8, save_steps=2), ToyObjective())  # earlier run: checkpoints 2..8
+    earlier = {p.name for p in out.iterdir()}
+    train(_cfg(tmp_path, max_steps=4, save_steps=2, save_total_limit=2, overwrite_output_dir=True), ToyObjective())
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-4"]  # not the earlier run's 6 and 8
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("o.overwritten-")]
+    assert len(aside) == 1 and {p.name for p in aside[0].iterdir()} == earlier
+    assert f"to {aside[0]}" in caplog.text
+    # Each checkpoint names the run that wrote it, the run output_dir holds.
+    run_id = json.loads((out / RUN_FILE).read_text())["run_id"]
+    assert all(json.loads((p / MANIFEST).read_text())["run_id"] == run_id for p in list_checkpoints(out))
+    assert json.loads((aside[0] / "checkpoint-8" / MANIFEST).read_text())["run_id"] != run_id
+
+
+def test_latest_skips_checkpoints_of_another_run(tmp_path, caplog):
+    out = tmp_path / "o"
+    train(_cfg(tmp_path, max_steps=4, save_steps=2), ToyObjective())
+    (out / RUN_FILE).write_text(json.dumps({"run_id": "someone-else"}))  # output_dir now holds another run
+    with pytest.raises(CheckpointError, match="belongs to run"):
+        train(_cfg(tmp_path, max_steps=6, save_steps=2, resume_from_checkpoint="latest"), ToyObjective())
+
+
+def test_latest_without_a_good_checkpoint_refuses_and_changes_nothing(tmp_path):
+    out = tmp_path / "o"
+    train(_cfg(tmp_path, max_steps=4, save_steps=2), ToyObjective())
+    for ckpt in list_checkpoints(out):
+        weights = ckpt / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:50])
+    before = {p.relative_to(out): p.stat().st_mtime_ns for p in out.rglob("*") if p.name != LOCK_FILE}
+    with pytest.raises(CheckpointError) as err:
+        train(_cfg(tmp_path, max_steps=6, save_steps=2, resume_from_checkpoint="latest"), ToyObjective())
+    message = str(err.value)
+    assert str(out / "checkpoint-4" / "model.safetensors") in message and str(out / "checkpoint-2" / "model.safetensors") in message
+    assert "train_results.json" in message and "--on_no_good_checkpoint start_over" in message
+    assert {p.relative_to(out): p.stat().st_mtime_ns for p in out.rglob("*") if p.name != LOCK_FILE} == before
+    # Asked to start over: the damaged run is moved aside and training starts at step 0.
+    summary = train(_cfg(tmp_path, max_steps=2, save_steps=2, resume_from_checkpoint="latest", on_no_good_checkpoint="start_over"),
+                    ToyObjective())
+    assert summary["steps"] == 2 and [p.name for p in list_checkpoints(out)] == ["checkpoint-2"]
+    assert any(p.name.startswith("o.overwritten-") for p in tmp_path.iterdir())
+
+
+def test_latest_on_an_empty_output_dir_starts_from_scratch(tmp_path):
+    assert train(_cfg(tmp_path, resume_from_checkpoint="latest"), ToyObjective())["steps"] == 4
+
+
+def test_stale_partial_saves_are_removed_at_start(tmp_path):
+    out = tmp_path / "o"
+    (out / ".tmp-checkpoint-7").mkdir(parents=True)
+    (out / ".tmp-checkpoint-7" / "optimizer.bin").write_bytes(b"\0" * 1000)
+    (out / ".tmp-final" / "o").mkdir(parents=True)
+    run = open_run_dir(_cfg(tmp_path, resume_from_checkpoint="latest"))
+    close_run_dir(run)
+    assert not (out / ".tmp-checkpoint-7").exists() and not (out / ".tmp-final").exists()
+
+
+def test_the_run_tokenizer_comes_back_from_the_checkpoint(tmp_path, caplog):
+    out = tmp_path / "o"
+    (out / "tokenizer").mkdir(parents=True)
+    (out / "tokenizer" / "tokenizer.json").write_text('{"model": {"vocab": {"a": 0, "b": 1}}}')
+    (out / "tokenizer" / "tokenizer_config.json").write_text("{}")
+    train(_cfg(tmp_path, max_steps=4, save_steps=2, resume_from_checkpoint="latest"), ToyObjective())
+    saved = (out / "checkpoint-4" / "tokenizer" / "tokenizer.json").read_text()
+    for damage in ("missing", "truncated"):
+        if damage == "missing":
+            (out / "tokenizer" / "tokenizer.json").unlink()
+        else:
+            (out / "tokenizer" / "tokenizer.json").write_text(saved[:10])
+        run = open_run_dir(_cfg(tmp_path, max_steps=6, resume_from_checkpoint="latest"))
+        close_run_dir(run)
+        assert (out / "tokenizer" / "tokenizer.json").read_text() == saved
+        assert f"{out / 'tokenizer' / 'tokenizer.json'} {'is missing' if damage == 'missing' else 'differs'}" in caplog.text
+
+
+# ----------------------------------------------------------------------------------- the log
+
+def test_a_partial_last_log_line_is_dropped_on_resume(tmp_path, caplog):
+    log = tmp_path / "training_log.jsonl"
+    log.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    trim_log(log, 2)
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2]
+    assert "dropping its last line" in caplog.text
+    log.write_text('{"step": 1}\n{"ste\n{"step": 2}\n')
+    with pytest.raises(CheckpointError, match="line 2 is not JSON"):
+        trim_log(log, 2)
+
+
+def test_resume_after_a_kill_during_a_log_write(tmp_path):
+    out = tmp_path / "o"
+    train(_cfg(tmp_path, max_steps=4, save_steps=2), ToyObjective())
+    with open(out / "training_log.jsonl", "a") as f:
+        f.write('{"step": 5, "loss": 0.')
+    (out / "train_results.json").unlink()
+    summary = train(_cfg(tmp_path, max_steps=6, save_steps=2, resume_from_checkpoint="latest"), ToyObjective())
+    assert summary["steps"] == 6
+    steps = [json.loads(line)["step"] for line in (out / "training_log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+# ----------------------------------------------------------------------------------- checkpoints in the loop
+
+def _rewrite_manifest(path: Path) -> None:
+    manifest = json.loads((path / MANIFEST).read_text())
+    for p in path.rglob("*"):
+        rel = str(p.relative_to(path))
+        if p.is_file() and p.name != MANIFEST:
+            old = manifest["files"].get(rel)
+            manifest["files"][rel] = p.stat().st_size if isinstance(old, int) else {"size": p.stat().st_size, "xxh3_128": file_hash(p)}
+    (path / MANIFEST).write_text(json.dumps(manifest))
+
+
+class _Hostile:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_resuming_a_hostile_checkpoint_runs_no_code(tmp_path):
+    out = tmp_path / "o"
+    train(_cfg(tmp_path, max_steps=4, save_steps=4), ToyObjective())
+    ckpt = out / "checkpoint-4"
+    marker = tmp_path / "pwned"
+    torch.save({"state": _Hostile(marker)}, ckpt / "custom_checkpoint_0.pkl")  # what Accelerate unpickles for registered objects
+    _rewrite_manifest(ckpt)
+    with pytest.raises(CheckpointError):
+        train(_cfg(tmp_path, max_steps=6, resume_from_checkpoint=str(ckpt)), ToyObjective())
+    assert not marker.exists()
+
+
+def test_a_byte_flipped_in_the_optimizer_state_falls_back_to_the_previous_checkpoint(tmp_path, caplog):
+    out = tmp_path / "o"
+    train(_cfg(tmp_path, max_steps=8, save_steps=4), ToyObjective())
+    victim = out / "checkpoint-8" / "optimizer.bin"
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    (out / "train_results.json").unlink()
+    with caplog.at_level(logging.INFO):
+        summary = train(_cfg(tmp_path, max_steps=10, save_steps=4, resume_from_checkpoint="latest"), ToyObjective())
+    assert f"Resumed from {out / 'checkpoint-4'} at step 4" in caplog.text
+    assert "Skipping damaged checkpoint" in caplog.text and str(victim) in caplog.text
+    assert summary["steps"] == 10
+
+
+class _SavesThenDiskFull(ToyObjective):
+    def save_pretrained(self, output_dir, summary):
+        (Path(output_dir) / "config.json").write_text("{}")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_disk_full_at_the_final_save_leaves_output_dir_as_it_was(tmp_path):
+    out = tmp_path / "o"
+    with pytest.raises(TrainingStopped) as err:
+        train(_cfg(tmp_path, max_steps=4, save_steps=4), _SavesThenDiskFull())
+    assert str(err.value).startswith(f"Disk full while writing {out / '.tmp-final' / 'o' / 'config.json'}; ")
+    assert f"previous checkpoint {out / 'checkpoint-4'} is intact" in str(err.value)
+    assert not (out / "config.json").exists() and not (out / ".tmp-final").exists()
+
+
+class _DivergesAtTheEnd(ToyObjective):
+    """The last update leaves non-finite weights (too few bad updates for max_bad_steps to stop the run)."""
+
+    def on_update(self, step, total):
+        if step == total:
+            with torch.no_grad():
+                self.model.w.weight.fill_(float("nan"))
+        return super().on_update(step, total)
+
+    def save_pretrained(self, output_dir, summary):
+        (Path(output_dir) / "model.safetensors").write_text("weights")
+
+
+def test_a_final_model_with_non_finite_weights_is_not_saved(tmp_path):
+    out = tmp_path / "o"
+    with pytest.raises(TrainingStopped, match=r"final weights are not finite \(w.weight\): the model was not saved"):
+        train(_cfg(tmp_path, max_steps=4, save_steps=2), _DivergesAtTheEnd())
+    assert not (out / "model.safetensors").exists() and not (out / "train_results.json").exists()
