@@ -526,3 +526,26 @@ def test_stream_lists_each_skipped_file_once_across_passes_and_resumes(tmp_path)
     strict = AudioStream(stream, "audio", 16000, 400, None, "error", "folder")
     with pytest.raises(Exception, match=r"bad\.wav: empty.*found while streaming"):
         list(strict)
+
+
+def test_streamed_dataset_with_a_validation_split_needs_no_torchcodec(tmp_path):
+    """A streamed `dataset_name` with a validation split: its first examples become a scanned validation
+    set. Building it must not re-encode the audio (datasets would need torchcodec + FFmpeg for that)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hfssl.data.audio.splits import build_audio_splits
+    from hfssl.objectives.wav2vec2.config import Wav2Vec2PretrainConfig
+
+    clips = sorted((Path(__file__).resolve().parents[1] / "fixtures" / "speech" / "unlabeled").rglob("*.flac"))[:6]
+    hf_features = {"info": {"features": {"audio": {"_type": "Audio"}, "speaker": {"dtype": "string", "_type": "Value"}}}}
+    for split, part in (("train", clips[:4]), ("validation", clips[4:])):
+        table = pa.table({"audio": [{"bytes": p.read_bytes(), "path": p.name} for p in part], "speaker": [p.parent.name for p in part]})
+        (tmp_path / "hub" / "data").mkdir(parents=True, exist_ok=True)
+        pq.write_table(table.replace_schema_metadata({"huggingface": json.dumps(hf_features)}),
+                       tmp_path / "hub" / "data" / f"{split}-00000-of-00001.parquet")
+    cfg = Wav2Vec2PretrainConfig(dataset_name=str(tmp_path / "hub"), streaming=True, max_steps=2, output_dir=str(tmp_path / "out"))
+    train, validation, report = build_audio_splits(cfg, None, 400)
+    assert report["validation"]["kept"] == 2 and len(validation) == 2
+    expected = load_audio(clips[4], 16000)
+    assert np.allclose(validation.decode(0), expected)  # the first validation clip, decoded from its bytes

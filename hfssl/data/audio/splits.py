@@ -269,7 +269,11 @@ def _stream_hub(train_raw, val_raw, cfg, output_dir, min_samples: int):
     report = {"train": None, "validation": None, "skipped_report": None}
     validation = None
     if val_raw is not None:
-        subset = datasets.Dataset.from_list(list(val_raw.take(2000)), features=val_raw.features)
+        # The audio column as the plain {bytes, path} struct it is when not decoded: building a Dataset
+        # with the Audio feature would re-encode every clip (datasets needs torchcodec + FFmpeg for that).
+        features = val_raw.features.copy()
+        features[cfg.audio_column_name] = {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}
+        subset = datasets.Dataset.from_list(list(val_raw.take(2000)), features=features)
         val_rows = _rows_from_hf(subset, cfg.audio_column_name, f"{name}[validation]")
         good, bad, num_long = _scan_rows(val_rows, cfg, min_samples, subset)
         validation = AudioDataset(good, sr, subset, cfg.audio_column_name) if good else None
