@@ -65,6 +65,7 @@ class SpeechTask(Task):
 
     input_unit = "audio_seconds"
     label_key: str = "label"
+    stratified_validation = False  # classification: a validation split carved from train keeps every class in training
 
     def __init__(self, cfg, accelerator=None):
         from transformers import AutoFeatureExtractor, Wav2Vec2FeatureExtractor
@@ -93,9 +94,15 @@ class SpeechTask(Task):
     def _load_audio(self, cfg, main: bool) -> dict:
         splits = {}
         if cfg.do_train:
-            train, validation, _ = build_audio_splits(cfg, cfg.output_dir if main else None, self.min_samples)
+            carve = self.stratified_validation and cfg.validation_split_percentage > 0 and not (cfg.validation_dir or cfg.validation_file)
+            source = dataclasses.replace(cfg, validation_split_percentage=0) if carve else cfg
+            train, validation, _ = build_audio_splits(source, cfg.output_dir if main else None, self.min_samples)
             if not isinstance(train, AudioDataset):
                 raise ConfigError("Fine-tuning needs a map-style audio set; streaming is for pretraining.")
+            if carve and validation is None:  # no validation split came with the data: a stratified one from train
+                keys = [fdata.label_key(v) for v in self._column(train, cfg.label_column_name, "label_column_name", "train")]
+                where = cfg.train_dir or cfg.train_file or cfg.dataset_name
+                train, validation = fdata.hold_out_validation(train, keys, cfg.validation_split_percentage, cfg.seed, where)
             splits["train"] = train
             if validation is not None:
                 splits["validation"] = validation
@@ -199,6 +206,7 @@ class AudioClassificationTask(SpeechTask):
     name = "audio-classification"
     _key_name = "label_column_name"
     head_suffix = "ForSequenceClassification"
+    stratified_validation = True
 
     def __init__(self, cfg, accelerator=None):
         from transformers import AutoModelForAudioClassification

@@ -289,3 +289,32 @@ def test_the_ctc_probe_honours_ctc_zero_infinity(zero_infinity):
     logits = torch.randn(2, 39, 6)
     assert ctc_loss_sum(logits, labels, torch.tensor([39, 39]), 0, False) == float("inf")
     assert torch.isfinite(ctc_loss_sum(logits, labels, torch.tensor([39, 39]), 0, True))
+
+
+def test_audio_classification_validation_carved_from_train_keeps_every_class(tmp_path):
+    """A validation split held out of an audio folder is stratified: a class with a single clip keeps it
+    in training (a random hold-out could send it to validation and the class would never be trained)."""
+    import shutil
+    from pathlib import Path
+
+    from transformers import Wav2Vec2Config
+
+    from hfssl.finetune.config import FinetuneConfig
+    from hfssl.finetune.speech import AudioClassificationTask
+
+    keywords = Path(__file__).resolve().parents[1] / "fixtures" / "speech" / "keywords"
+    for label, n in (("yes", 8), ("no", 8), ("stop", 1)):
+        (tmp_path / "audio" / label).mkdir(parents=True)
+        for clip in sorted((keywords / label).glob("*.flac"))[:n]:
+            shutil.copy(clip, tmp_path / "audio" / label / clip.name)
+    Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, conv_dim=(32, 32),
+                   conv_kernel=(10, 8), conv_stride=(5, 4), num_conv_pos_embeddings=16).save_pretrained(tmp_path / "model")
+    for seed in range(3):  # whatever the draw
+        cfg = FinetuneConfig(task="audio-classification", config_name=str(tmp_path / "model"), train_dir=str(tmp_path / "audio"),
+                             validation_split_percentage=25, seed=seed, output_dir=str(tmp_path / f"out{seed}"))
+        task = AudioClassificationTask(cfg)
+        train_labels = [r["label"] for r in task.splits["train"].rows]
+        val_labels = [r["label"] for r in task.splits["validation"].rows]
+        assert train_labels.count("stop") == 1 and "stop" not in val_labels
+        assert val_labels.count("yes") == val_labels.count("no") == 2  # 25% of each class
+        assert len(train_labels) + len(val_labels) == 17
