@@ -72,7 +72,8 @@ def test_audio_classification_and_probe(w2v2, tmp_path, capsys):
     out = tmp_path / "kws"
     assert main([recipe, *common, "--test_dir", str(SPEECH / "keywords"), "--output_dir", str(out)]) == 0, capsys.readouterr().err[-2000:]
     ev = json.loads((out / "eval_results.json").read_text())
-    assert set(ev) >= {"eval_loss", "eval_accuracy", "eval_f1"} and ev["eval_samples"] == 12  # 20% of 60 held out
+    # Stratified: 20% of each keyword's 12 clips, rounded, is held out (2 per class).
+    assert set(ev) >= {"eval_loss", "eval_accuracy", "eval_f1"} and ev["eval_samples"] == 10
     test = json.loads((out / "test_results.json").read_text())
     assert test["test_samples"] == 60 and 0 <= test["test_accuracy"] <= 1
     assert (out / "test_confusion_matrix.png").stat().st_size > 1000
