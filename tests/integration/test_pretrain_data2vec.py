@@ -1,6 +1,8 @@
 """data2vec text and speech through the real entry points: a tiny run per modality whose loss falls without
 collapse, kill -9 then resume giving bitwise the same per-step losses (the EMA teacher is in the checkpoint),
-outputs that load with AutoModel and fine-tune (text classification; audio classification and CTC)."""
+outputs that load with AutoModel and fine-tune (text classification; audio classification and CTC).
+In 24 updates the loss falls mostly because the head learns the targets' scale and mean (baseline_loss); the
+recipe headers give what longer runs learn beyond that."""
 
 import json
 import math
@@ -23,10 +25,11 @@ RUNS = {
              "--average_top_k_layers", 2, "--per_device_train_batch_size", 8, "--warmup_steps", 4,
              "--max_steps", 24, "--save_steps", 4, "--logging_steps", 4, "--eval_steps", 0, "--max_eval_batches", 1],
     "speech": [ROOT / "recipes" / "data2vec" / "speech-tiny-cpu.yaml", "--train_dir", SPEECH / "unlabeled",
-               "--max_steps", 24, "--save_steps", 4, "--logging_steps", 4, "--max_eval_batches", 1],
+               "--warmup_steps", 4, "--max_steps", 24, "--save_steps", 4, "--logging_steps", 4, "--eval_steps", 0,
+               "--max_eval_batches", 1],
 }
 STEPS = 24
-KEYS = ("loss", "target_var", "pred_var", "ema_decay", "grad_norm")
+KEYS = ("loss", "baseline_loss", "target_var", "pred_var", "ema_decay", "grad_norm")
 
 
 def _in_process(args) -> None:
@@ -52,7 +55,7 @@ def uninterrupted(request, tmp_path_factory):
     return request.param, out
 
 
-def test_tiny_run_learns_without_collapse_and_saves_a_loadable_encoder(uninterrupted):
+def test_tiny_run_loss_falls_without_collapse_and_saves_a_loadable_encoder(uninterrupted):
     from transformers import AutoModel, Data2VecAudioModel, Data2VecTextModel
 
     modality, out = uninterrupted

@@ -16,7 +16,8 @@ from hfssl.errors import ConfigError, RollbackRequested
 from hfssl.objectives import load_config
 from hfssl.objectives.data2vec.model import Data2VecAudioPretraining, Data2VecTextPretraining, regression_head
 from hfssl.objectives.data2vec.objective import Data2VecObjective
-from hfssl.objectives.data2vec.targets import average_targets, ema_decay, instance_norm, regression_loss, spread
+from hfssl.objectives.data2vec.targets import (average_targets, ema_decay, instance_norm, mean_prediction_loss,
+                                               regression_loss, spread)
 from hfssl.objectives.data2vec.teacher import EMATeacher
 from hfssl.trainer import _param_groups
 
@@ -84,6 +85,9 @@ def test_regression_loss_is_scaled_sum_of_squared_error_or_smooth_l1():
     beta = 4.0  # quadratic below beta, linear above: 0.5 d^2 / beta or d - beta / 2
     expected = sum(0.5 * x * x / beta if x < beta else x - beta / 2 for x in d.flatten().tolist())
     assert regression_loss(pred, target, beta=beta, scale=1.0).item() == pytest.approx(expected)
+    # The loss to beat: predicting the mean target (-1.75, 0.5) everywhere; for squared error scale * N * summed variance.
+    assert mean_prediction_loss(target, beta=0.0, scale=0.5).item() == pytest.approx(0.5 * 2 * (target.var(0, unbiased=False).sum().item()))
+    assert mean_prediction_loss(target, beta=4.0, scale=1.0).item() == pytest.approx(sum(0.5 * x * x / 4 for x in (2.25, 0.5, 2.25, 0.5)))
     x = torch.tensor([[1.0, 5.0], [3.0, 5.0]])  # std per dim: sqrt(2), 0
     assert spread(x).item() == pytest.approx(((2 + 1e-6) ** 0.5 + 1e-3) / 2, rel=1e-5)
     assert spread(x[:1]).item() == 0.0

@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from hfssl.objectives.data2vec.targets import average_targets, regression_loss, spread
+from hfssl.objectives.data2vec.targets import average_targets, mean_prediction_loss, regression_loss, spread
 from hfssl.objectives.data2vec.teacher import EMATeacher
 
 
@@ -42,13 +42,20 @@ class _Regression(torch.nn.Module):
 
     def _outputs(self, hidden: torch.Tensor, layers: list[torch.Tensor], where: torch.Tensor, real: torch.Tensor) -> dict:
         """hidden: (B, T, H) student output; layers: K teacher outputs (B, T, H); where: (B, T) bool positions to
-        regress; real: (B, T) bool non-padding positions."""
+        regress; real: (B, T) bool non-padding positions.
+
+        Metrics: target_var / pred_var (fairseq's names: mean per-dimension standard deviation); baseline_loss, the
+        loss of predicting the micro-batch's mean target everywhere: the loss falls below it only once the student
+        predicts more than the average target (data2vec's loss itself moves with the targets, so its level alone
+        does not say that); masked_fraction (regressed / real positions)."""
+        n = where.sum().clamp_min(1)
         with torch.no_grad():
             targets = average_targets(layers, self.target_norm, real)[where]  # (N, H)
+            baseline = mean_prediction_loss(targets, self.loss_beta, self.loss_scale) / n
         preds = self.head(hidden[where])  # (N, H)
         loss_sum = regression_loss(preds, targets, self.loss_beta, self.loss_scale)
         return {"loss_sum": loss_sum, "target_var": spread(targets), "pred_var": spread(preds.detach()),
-                "masked_fraction": where.sum() / real.sum().clamp_min(1)}
+                "baseline_loss": baseline, "masked_fraction": where.sum() / real.sum().clamp_min(1)}
 
 
 class Data2VecTextPretraining(_Regression):

@@ -116,7 +116,7 @@ class Data2VecObjective(Objective):
 
     def _card_details(self, n_params: int) -> dict[str, str]:
         cfg = self.cfg
-        last = {k: v for k, v in self._last_row.items() if k in ("loss", "target_var", "pred_var", "ema_decay")}
+        last = {k: v for k, v in self._last_row.items() if k in ("loss", "baseline_loss", "target_var", "pred_var", "ema_decay")}
         scale = "1/sqrt(hidden_size)" if cfg.loss_scale is None else f"{cfg.loss_scale}"
         return {
             "Teacher": f"EMA of the student, tau {cfg.ema_decay} -> {cfg.ema_end_decay} over {cfg.ema_anneal_end_step} updates "

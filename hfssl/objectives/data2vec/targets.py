@@ -64,6 +64,12 @@ def regression_loss(pred: torch.Tensor, target: torch.Tensor, beta: float, scale
     return per_dim.sum() * scale
 
 
+def mean_prediction_loss(target: torch.Tensor, beta: float, scale: float) -> torch.Tensor:
+    """(N, H) -> (): the summed loss of predicting the targets' mean at every position, the loss a student that
+    has learned only the average target gets (for beta 0: scale * N * the summed per-dimension variance)."""
+    return regression_loss(target.mean(0, keepdim=True).expand_as(target), target, beta, scale)
+
+
 def spread(x: torch.Tensor) -> torch.Tensor:
     """(N, H) -> (): mean over dimensions of the standard deviation over the N positions (fairseq's
     `compute_var`, logged as target_var / pred_var); 0 when N < 2. A collapsed target is constant: spread 0."""

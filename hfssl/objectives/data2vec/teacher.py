@@ -43,8 +43,8 @@ class EMATeacher:
                  device: torch.device | str = "cpu"):
         self.module = copy.deepcopy(student).requires_grad_(False).eval().to(device)
         names = [n for n, _ in self.module.named_parameters()]
-        self.averaged = [n for n in names if not n.startswith(copied)] if copied else names
-        self.copied = [n for n in names if copied and n.startswith(copied)]
+        self.averaged = [n for n in names if not n.startswith(copied)]  # str.startswith(()) is False
+        self.copied = [n for n in names if n.startswith(copied)]
         self._outputs: list[torch.Tensor] = []
         # Hooks stay registered (no per-call registration that a compiled graph would see change).
         for block in list(blocks(self.module))[-top_k:]:
