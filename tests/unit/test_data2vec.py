@@ -18,7 +18,7 @@ from hfssl.objectives.data2vec.model import Data2VecAudioPretraining, Data2VecTe
 from hfssl.objectives.data2vec.objective import Data2VecObjective
 from hfssl.objectives.data2vec.targets import (average_targets, ema_decay, instance_norm, mean_prediction_loss,
                                                regression_loss, spread)
-from hfssl.objectives.data2vec.teacher import EMATeacher
+from hfssl.objectives.data2vec.teacher import audio_teacher, text_teacher
 from hfssl.trainer import _param_groups
 
 MASK_ID = 4
@@ -31,11 +31,6 @@ def text_student(layers=3) -> Data2VecTextModel:
     return Data2VecTextModel(config, add_pooling_layer=False)
 
 
-def text_teacher(student, k=2) -> EMATeacher:
-    return EMATeacher(student, blocks=lambda m: m.encoder.layer, feed_forward=lambda b: b.output.dense, top_k=k,
-                      copied=("embeddings.",))
-
-
 def audio_student(layers=3) -> Data2VecAudioModel:
     torch.manual_seed(0)
     config = Data2VecAudioConfig(conv_dim=(16, 16, 16), conv_kernel=(10, 3, 3), conv_stride=(5, 2, 2), hidden_size=16,
@@ -43,11 +38,6 @@ def audio_student(layers=3) -> Data2VecAudioModel:
                                  num_conv_pos_embeddings=2, conv_pos_kernel_size=5, num_conv_pos_embedding_groups=2,
                                  mask_time_prob=0.65, layerdrop=0.0)
     return Data2VecAudioModel(config)
-
-
-def audio_teacher(student, k=2) -> EMATeacher:
-    return EMATeacher(student.encoder, blocks=lambda m: m.layers, feed_forward=lambda b: b.feed_forward, top_k=k,
-                      copied=("pos_conv_embed.",))
 
 
 # ----------------------------------------------------------------------------------- targets and loss
@@ -113,7 +103,7 @@ def test_tau_schedule_is_linear_then_constant():
 
 def test_ema_update_matches_the_formula_and_copies_the_skipped_parameters():
     student = text_student()
-    teacher = text_teacher(student)
+    teacher = text_teacher(student, 2)
     with torch.no_grad():
         for p in student.parameters():
             p.add_(torch.randn_like(p))
@@ -135,7 +125,7 @@ def test_ema_update_matches_the_formula_and_copies_the_skipped_parameters():
 
 def test_text_teacher_targets_are_the_feed_forward_outputs_of_the_top_blocks():
     student = text_student(layers=3)
-    teacher = text_teacher(student, k=2)
+    teacher = text_teacher(student, 2)
     ids = torch.randint(5, 50, (2, 7))
     got = teacher.top_outputs(input_ids=ids)
     m = teacher.module
@@ -150,7 +140,7 @@ def test_text_teacher_targets_are_the_feed_forward_outputs_of_the_top_blocks():
 
 def test_audio_teacher_targets_are_the_feed_forward_outputs_of_the_top_blocks():
     student = audio_student(layers=3)
-    teacher = audio_teacher(student, k=2)
+    teacher = audio_teacher(student, 2)
     x = torch.randn(2, 9, 16)
     got = teacher.top_outputs(hidden_states=x.clone())
     enc = teacher.module
@@ -170,7 +160,7 @@ def test_audio_teacher_targets_are_the_feed_forward_outputs_of_the_top_blocks():
 def test_teacher_gets_no_gradient_and_is_neither_optimized_nor_saved():
     loss = dict(head_layers=2, target_norm="layer", loss_beta=4.0, loss_scale=1.0)
     student = text_student()
-    text = Data2VecTextPretraining(student, text_teacher(student), MASK_ID, **loss)
+    text = Data2VecTextPretraining(student, text_teacher(student, 2), MASK_ID, **loss)
     labels = torch.full((2, 8), -100)
     labels[:, 2:5] = 7
     ids = torch.randint(5, 50, (2, 8))
@@ -179,7 +169,7 @@ def test_teacher_gets_no_gradient_and_is_neither_optimized_nor_saved():
     out["loss_sum"].backward()
 
     speech_student = audio_student()
-    speech = Data2VecAudioPretraining(speech_student, audio_teacher(speech_student), feature_grad_scale=0.1,
+    speech = Data2VecAudioPretraining(speech_student, audio_teacher(speech_student, 2), feature_grad_scale=0.1,
                                       head_layers=1, target_norm="instance", loss_beta=0.0, loss_scale=None)
     mask = torch.zeros(2, 19, dtype=torch.bool)
     mask[:, 3:13] = True
@@ -198,7 +188,7 @@ def test_teacher_gets_no_gradient_and_is_neither_optimized_nor_saved():
 
 def test_teacher_state_round_trips_bit_exactly_through_torch_save():
     student = text_student()
-    teacher = text_teacher(student)
+    teacher = text_teacher(student, 2)
     with torch.no_grad():
         for p in student.parameters():
             p.mul_(1.7)
@@ -206,11 +196,11 @@ def test_teacher_state_round_trips_bit_exactly_through_torch_save():
     buffer = io.BytesIO()
     torch.save(teacher.state_dict("teacher."), buffer)
     buffer.seek(0)
-    other = text_teacher(text_student())
+    other = text_teacher(text_student(), 2)
     other.load_state_dict(torch.load(buffer), "teacher.")
     assert all(torch.equal(a, b) for a, b in zip(teacher.module.parameters(), other.module.parameters()))
     with pytest.raises(Exception, match="has no 'encoder.layer.2"):
-        text_teacher(text_student(layers=3)).load_state_dict(text_teacher(text_student(layers=2)).state_dict("t."), "t.")
+        text_teacher(text_student(layers=3), 2).load_state_dict(text_teacher(text_student(layers=2), 2).state_dict("t."), "t.")
 
 
 # ----------------------------------------------------------------------------------- collapse guard

@@ -152,7 +152,7 @@ class Data2VecTextObjective(Data2VecObjective):
         from hfssl.data.text.prepare import prepare_text_splits
         from hfssl.data.text.tokenizer import load_or_train_tokenizer
         from hfssl.objectives.data2vec.model import Data2VecTextPretraining
-        from hfssl.objectives.data2vec.teacher import EMATeacher
+        from hfssl.objectives.data2vec.teacher import text_teacher
         from hfssl.objectives.text_base import check_vocab_fits, mlm_collator, usable_positions
 
         super().__init__(cfg)
@@ -161,9 +161,7 @@ class Data2VecTextObjective(Data2VecObjective):
         encoder = self._encoder()
         check_vocab_fits(encoder.config, self.tokenizer)
         self._check_top_k(encoder.config.num_hidden_layers)
-        teacher = EMATeacher(encoder, blocks=lambda m: m.encoder.layer, feed_forward=lambda b: b.output.dense,
-                             top_k=cfg.average_top_k_layers, copied=("embeddings.",),
-                             device=accelerator.device if accelerator is not None else "cpu")
+        teacher = text_teacher(encoder, cfg.average_top_k_layers, accelerator.device if accelerator is not None else "cpu")
         self.model = Data2VecTextPretraining(encoder, teacher, self.tokenizer.mask_token_id, head_layers=cfg.head_layers,
                                              target_norm=cfg.target_layer_norm, loss_beta=cfg.loss_beta, loss_scale=cfg.loss_scale)
         self.collator = Data2VecTextCollator(mlm_collator(cfg, self.tokenizer), self.tokenizer.mask_token_id)
@@ -227,15 +225,13 @@ class Data2VecAudioObjective(Data2VecObjective, SpeechObjective):
         from hfssl.data.audio.geometry import receptive_field
         from hfssl.data.audio.splits import build_audio_splits
         from hfssl.objectives.data2vec.model import Data2VecAudioPretraining
-        from hfssl.objectives.data2vec.teacher import EMATeacher
+        from hfssl.objectives.data2vec.teacher import audio_teacher
 
         super().__init__(cfg)
         main = accelerator is None or accelerator.is_main_process
         student = self._student()
         config = student.config
-        teacher = EMATeacher(student.encoder, blocks=lambda m: m.layers, feed_forward=lambda b: b.feed_forward,
-                             top_k=cfg.average_top_k_layers, copied=("pos_conv_embed.",),
-                             device=accelerator.device if accelerator is not None else "cpu")
+        teacher = audio_teacher(student, cfg.average_top_k_layers, accelerator.device if accelerator is not None else "cpu")
         self.model = Data2VecAudioPretraining(student, teacher, cfg.feature_grad_scale, head_layers=cfg.head_layers,
                                               target_norm=cfg.target_layer_norm, loss_beta=cfg.loss_beta, loss_scale=cfg.loss_scale)
         # Data2VecAudio's conv layers are layer-normed: downstream batches need the attention mask.

@@ -80,3 +80,17 @@ class EMATeacher:
                 raise CheckpointError(f"The checkpoint's data2vec teacher has no '{n}': it was written by another model "
                                       "or another hfssl version; it cannot resume this run.")
             p.copy_(state[prefix + n])
+
+
+def text_teacher(encoder: torch.nn.Module, top_k: int, device: torch.device | str = "cpu") -> EMATeacher:
+    """The teacher of a BERT-layout text encoder (Data2VecTextModel, RoBERTa, BERT): block.output.dense is the
+    feed-forward output before the residual; the embeddings are copied (fairseq ema_transformer_layers_only)."""
+    return EMATeacher(encoder, blocks=lambda m: m.encoder.layer, feed_forward=lambda b: b.output.dense, top_k=top_k,
+                      copied=("embeddings.",), device=device)
+
+
+def audio_teacher(student: torch.nn.Module, top_k: int, device: torch.device | str = "cpu") -> EMATeacher:
+    """The teacher of a Data2VecAudioModel: an EMA of its transformer (`encoder`), block.feed_forward's output before
+    the residual; the positional convolution is copied (fairseq ema_transformer_only + ema_layers_only)."""
+    return EMATeacher(student.encoder, blocks=lambda m: m.layers, feed_forward=lambda b: b.feed_forward, top_k=top_k,
+                      copied=("pos_conv_embed.",), device=device)
