@@ -21,6 +21,8 @@ register("mlm", "hfssl.objectives.mlm.config:MLMConfig", "hfssl.objectives.mlm.o
 register("wav2vec2", "hfssl.objectives.wav2vec2.config:Wav2Vec2PretrainConfig", "hfssl.objectives.wav2vec2.objective:Wav2Vec2Objective")
 register("electra", "hfssl.objectives.electra.config:ElectraPretrainConfig", "hfssl.objectives.electra.objective:ElectraObjective")
 register("hubert", "hfssl.objectives.hubert.config:HubertPretrainConfig", "hfssl.objectives.hubert.objective:HubertObjective")
+register("data2vec_text", "hfssl.objectives.data2vec.config:Data2VecTextPretrainConfig", "hfssl.objectives.data2vec.objective:Data2VecTextObjective")
+register("data2vec_audio", "hfssl.objectives.data2vec.config:Data2VecAudioPretrainConfig", "hfssl.objectives.data2vec.objective:Data2VecAudioObjective")
 
 
 def _load(ref):
