@@ -226,13 +226,24 @@ def convert_value(key: str, value: Any, tp: Any) -> Any:
                 if "=" not in item:
                     raise ConfigError(f"{key}: expected 'name=value,...', got '{item}'.")
                 k, v = item.split("=", 1)
-                out[k.strip()] = yaml.safe_load(v)
+                out[k.strip()] = _scalar(v)
             return out
         raise ConfigError(f"{key}: expected a mapping, got '{value}'.")
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key}: expected a string, got {value!r}.")
         return str(value)
+    return value
+
+
+def _scalar(text: str) -> Any:
+    """A CLI value as YAML reads it, except that '1e-5' is a number (YAML 1.1 wants '1.0e-5')."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
     return value
 
 

@@ -96,7 +96,7 @@ def test_kill_9_then_resume_gives_the_same_losses(uninterrupted, tmp_path):
     assert max(train_losses(out)) < STEPS
     from hfssl.checkpointing import find_latest_checkpoint
 
-    checkpoint = find_latest_checkpoint(out)  # the resume below starts from it, not from scratch
+    checkpoint, _ = find_latest_checkpoint(out)  # the resume below starts from it, not from scratch
     assert checkpoint is not None and int(checkpoint.name.split("-")[1]) >= 4
     _in_process([*RUNS[modality], "--output_dir", out, "--resume_from_checkpoint", "latest"])
     resumed, reference = _rows(out), _rows(full)

@@ -316,3 +316,10 @@ def test_help_says_how_groups_and_unsetting_work():
     text = config_help(MLMConfig)
     assert "replaces all of the recipe's keys of that group" in text and "--key none" in text
     assert "data source: dataset_name, dataset_config_name, train_file, validation_file;" in text
+
+
+def test_config_overrides_on_the_command_line_read_exponents_as_numbers():
+    # YAML 1.1 reads "1e-5" as a string, which transformers' configs then reject.
+    cfg = load_config(["--config_overrides", "layer_norm_eps=1e-5,hidden_act=gelu,num_hidden_layers=2,use_cache=false"])
+    assert cfg.config_overrides == {"layer_norm_eps": 1e-5, "hidden_act": "gelu", "num_hidden_layers": 2, "use_cache": False}
+    assert type(cfg.config_overrides["layer_norm_eps"]) is float and type(cfg.config_overrides["num_hidden_layers"]) is int
