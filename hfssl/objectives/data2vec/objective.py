@@ -24,8 +24,9 @@ from typing import Optional
 
 import torch
 
-from hfssl.errors import ConfigError, RollbackRequested
+from hfssl.errors import ConfigError
 from hfssl.objectives.base import Objective
+from hfssl.objectives.collapse import CollapseGuard
 from hfssl.objectives.data2vec.targets import ema_decay
 from hfssl.objectives.speech_base import SpeechObjective
 
@@ -41,9 +42,7 @@ class Data2VecObjective(Objective):
 
     def _start_state(self) -> None:
         self._tau = self.cfg.ema_decay
-        self._collapse_streak = 0
-        self._collapse_reported = False
-        self._last_healthy_step = 0
+        self.guard = CollapseGuard(self.cfg)
         self._last_row: dict = {}
 
     def ema_source(self) -> torch.nn.Module:
@@ -64,15 +63,12 @@ class Data2VecObjective(Objective):
         return {"ema_decay": self._tau}
 
     def state_dict(self) -> dict:
-        return {**self.model.teacher.state_dict(TEACHER), "ema_decay": self._tau, "collapse_streak": self._collapse_streak,
-                "collapse_reported": int(self._collapse_reported), "last_healthy_step": self._last_healthy_step}
+        return {**self.model.teacher.state_dict(TEACHER), "ema_decay": self._tau, **self.guard.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.teacher.load_state_dict(state, TEACHER)
         self._tau = float(state["ema_decay"])
-        self._collapse_streak = int(state["collapse_streak"])
-        self._collapse_reported = bool(state["collapse_reported"])
-        self._last_healthy_step = int(state["last_healthy_step"])
+        self.guard.load_state_dict(state)
 
     def check_health(self, window: list[dict]) -> Optional[str]:
         """Collapse: target_var < min_target_var or pred_var < min_pred_var for collapse_patience updates in a row."""
@@ -82,37 +78,14 @@ class Data2VecObjective(Objective):
         self._last_row = row
         target_var, pred_var = row.get("target_var"), row.get("pred_var")
         if not row.get("num_targets") or not all(isinstance(v, float) and math.isfinite(v) for v in (target_var, pred_var)):
-            return None  # a skipped (non-finite or empty) update says nothing about the targets
-        if row["step"] <= cfg.collapse_check_after or (target_var >= cfg.min_target_var and pred_var >= cfg.min_pred_var):
-            self._collapse_streak = 0
-            self._collapse_reported = False
-            self._last_healthy_step = row["step"]
-            return None
-        self._collapse_streak += 1
-        if self._collapse_streak < cfg.collapse_patience:
-            return None
-        what = (f"data2vec collapse at step {row['step']}: target_var {target_var:.4f} (threshold {cfg.min_target_var}), "
-                f"pred_var {pred_var:.4f} (threshold {cfg.min_pred_var}) for {self._collapse_streak} update(s); "
-                f"EMA decay {self._tau:.6f}.")
-        advice = "Lower the learning rate, raise ema_decay/ema_end_decay (a slower teacher), or mask more."
-        if cfg.on_collapse == "warn":
-            if not self._collapse_reported:
-                logger.warning("%s %s (on_collapse=warn: training goes on.)", what, advice)
-                self._collapse_reported = True
-            return None
-        good = self._last_good_checkpoint()
-        if cfg.on_collapse == "stop":
-            return f"{what} Stopped (on_collapse=stop). {advice} Last checkpoint before the collapse: {good or 'none'}."
-        if good is None:
-            return (f"{what} on_collapse=rollback: no checkpoint was saved before step {self._last_healthy_step + 1} "
-                    f"(the last healthy update); restart with other settings. {advice}")
-        raise RollbackRequested(good, f"{what} on_collapse=rollback.")
-
-    def _last_good_checkpoint(self) -> Optional[str]:
-        from hfssl.checkpointing import list_checkpoints
-
-        good = [p for p in list_checkpoints(self.cfg.output_dir) if int(p.name.split("-")[1]) <= self._last_healthy_step]
-        return str(good[-1]) if good else None
+            collapsed = None  # a skipped (non-finite or empty) update says nothing about the targets
+        else:
+            collapsed = row["step"] > cfg.collapse_check_after and (target_var < cfg.min_target_var or pred_var < cfg.min_pred_var)
+        return self.guard.check(
+            row["step"], collapsed,
+            lambda streak: (f"data2vec collapse at step {row['step']}: target_var {target_var:.4f} (threshold {cfg.min_target_var}), "
+                            f"pred_var {pred_var:.4f} (threshold {cfg.min_pred_var}) for {streak} update(s); EMA decay {self._tau:.6f}."),
+            "Lower the learning rate, raise ema_decay/ema_end_decay (a slower teacher), or mask more.")
 
     def _card_details(self, n_params: int) -> dict[str, str]:
         cfg = self.cfg

@@ -23,6 +23,7 @@ from hfssl.data.audio.splits import build_audio_splits
 from hfssl.data.batching import batch_seed
 from hfssl.errors import ConfigError
 from hfssl.masking.spans import expected_masked_fraction, span_mask_stats
+from hfssl.objectives.collapse import CollapseGuard
 from hfssl.objectives.speech_base import SpeechObjective, speech_model_config
 from hfssl.objectives.wav2vec2.config import Wav2Vec2PretrainConfig
 from hfssl.objectives.wav2vec2.loss import gumbel_temperature
@@ -66,9 +67,7 @@ class Wav2Vec2Objective(SpeechObjective):
             return_attention_mask=self.uses_attention_mask, mask_prob=cfg.mask_time_prob, mask_length=cfg.mask_time_length,
             min_masks=cfg.mask_time_min_masks, num_negatives=cfg.num_negatives, sampling_rate=cfg.sampling_rate)
         self._temperature = gumbel_temperature(cfg, 0)
-        self._collapse_streak = 0
-        self._collapse_reported = False
-        self._last_healthy_step = 0
+        self.guard = CollapseGuard(cfg)
         self._last_row: dict = {}
         self.preflight = self._preflight()
 
@@ -165,58 +164,27 @@ class Wav2Vec2Objective(SpeechObjective):
         return {"gumbel_temperature": used}
 
     def state_dict(self) -> dict:
-        return {"gumbel_temperature": self._temperature, "collapse_streak": self._collapse_streak,
-                "collapse_reported": self._collapse_reported, "last_healthy_step": self._last_healthy_step}
+        return {"gumbel_temperature": self._temperature, **self.guard.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self._temperature = float(state["gumbel_temperature"])
-        self._collapse_streak = int(state.get("collapse_streak", 0))
-        self._collapse_reported = bool(state.get("collapse_reported", False))
-        self._last_healthy_step = int(state.get("last_healthy_step", 0))
+        self.guard.load_state_dict(state)
         self.model.set_gumbel_temperature(self._temperature)
 
     def check_health(self, window: list[dict]) -> Optional[str]:
         """Codebook collapse: some group's perplexity below 1.5x its minimum (1) for collapse_patience updates."""
         if not window:
             return None
-        row = window[-1]
-        self._last_row = row
+        row = self._last_row = window[-1]
         groups = {k: v for k, v in row.items() if k.startswith("perplexity_g") and isinstance(v, float)}
-        if not groups or not all(math.isfinite(v) for v in groups.values()) or not row.get("num_targets", 1):
-            return None  # a skipped (non-finite or empty) update says nothing about the codebook
-        if min(groups.values()) >= COLLAPSE_FACTOR:
-            self._collapse_streak = 0
-            self._collapse_reported = False
-            self._last_healthy_step = row["step"]
-            return None
-        self._collapse_streak += 1
-        if self._collapse_streak < self.cfg.collapse_patience:
-            return None
-        worst = min(groups, key=groups.get)
-        what = (f"Codebook collapse at step {row['step']}: {worst} = {groups[worst]:.3f} (minimum 1, threshold {COLLAPSE_FACTOR}) "
-                f"for {self._collapse_streak} updates; contrastive accuracy {row.get('accuracy', float('nan')):.3f}, "
-                f"Gumbel temperature {row.get('gumbel_temperature', float('nan')):.3f}.")
-        advice = "Lower the learning rate, raise diversity_loss_weight, or check the audio (silence, clipping)."
-        if self.cfg.on_collapse == "warn":
-            if not self._collapse_reported:
-                logger.warning("%s %s (on_collapse=warn: training goes on.)", what, advice)
-                self._collapse_reported = True
-            return None
-        good = self._last_good_checkpoint()
-        if self.cfg.on_collapse == "stop":
-            return f"{what} Stopped (on_collapse=stop). {advice} Last checkpoint before the collapse: {good or 'none'}."
-        if good is None:
-            return (f"{what} on_collapse=rollback: no checkpoint was saved before step {self._last_healthy_step + 1} "
-                    f"(the last healthy update); restart with a lower learning rate. {advice}")
-        from hfssl.errors import RollbackRequested
-
-        raise RollbackRequested(good, f"{what} on_collapse=rollback.")
-
-    def _last_good_checkpoint(self) -> Optional[str]:
-        from hfssl.checkpointing import list_checkpoints
-
-        good = [p for p in list_checkpoints(self.cfg.output_dir) if int(p.name.split("-")[1]) <= self._last_healthy_step]
-        return str(good[-1]) if good else None
+        says_nothing = not groups or not all(math.isfinite(v) for v in groups.values()) or not row.get("num_targets", 1)
+        worst = min(groups, key=groups.get) if groups else None
+        return self.guard.check(
+            row["step"], None if says_nothing else groups[worst] < COLLAPSE_FACTOR,  # a skipped update says nothing
+            lambda streak: (f"Codebook collapse at step {row['step']}: {worst} = {groups[worst]:.3f} (minimum 1, threshold "
+                            f"{COLLAPSE_FACTOR}) for {streak} updates; contrastive accuracy {row.get('accuracy', float('nan')):.3f}, "
+                            f"Gumbel temperature {row.get('gumbel_temperature', float('nan')):.3f}."),
+            "Lower the learning rate, raise diversity_loss_weight, or check the audio (silence, clipping).")
 
     def save_pretrained(self, output_dir: str, summary: dict) -> None:
         from hfssl.hub import write_model_card
