@@ -21,6 +21,7 @@ register("mlm", "hfssl.objectives.mlm.config:MLMConfig", "hfssl.objectives.mlm.o
 register("wav2vec2", "hfssl.objectives.wav2vec2.config:Wav2Vec2PretrainConfig", "hfssl.objectives.wav2vec2.objective:Wav2Vec2Objective")
 register("electra", "hfssl.objectives.electra.config:ElectraPretrainConfig", "hfssl.objectives.electra.objective:ElectraObjective")
 register("hubert", "hfssl.objectives.hubert.config:HubertPretrainConfig", "hfssl.objectives.hubert.objective:HubertObjective")
+register("best_rq", "hfssl.objectives.best_rq.config:BestRQPretrainConfig", "hfssl.objectives.best_rq.objective:BestRQObjective")
 
 
 def _load(ref):
