@@ -179,3 +179,36 @@ def test_model_predicts_only_masked_frames_and_returns_the_loops_dict():
     labels = batch["labels"].clone()
     labels[~batch["mask_time_indices"] & real] = (labels[~batch["mask_time_indices"] & real] + 1) % 32
     torch.testing.assert_close(model(**{**inputs, "labels": labels})["loss_sum"], out["loss_sum"])
+
+
+def _objective(tmp_path, waves: dict, *extra):
+    from hfssl.objectives import load_config
+    from hfssl.objectives.best_rq.objective import BestRQObjective
+    from conftest import ROOT
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, wave in waves.items():
+        sf.write(data / name, wave, 16000)
+    cfg = load_config([str(ROOT / "recipes" / "best_rq" / "tiny-cpu.yaml"), "--train_dir", str(data), "--output_dir", str(tmp_path / "out"),
+                       "--validation_split_percentage", "0", "--per_device_train_batch_size", "2", *extra])
+    return BestRQObjective(cfg)
+
+
+def test_collapsed_labels_warn_before_and_during_training(tmp_path, caplog):
+    from hfssl.errors import ConfigError
+
+    silence = {f"silence{i}.wav": np.zeros(32000, dtype=np.float32) for i in range(3)}  # every frame the same
+    caplog.set_level("WARNING")
+    obj = _objective(tmp_path, silence)
+    assert obj.preflight["code_usage"] < obj.cfg.collapse_usage and "use few codewords" in caplog.text
+    assert (tmp_path / "out" / "best_rq_quantizer.safetensors").is_file()  # written before training
+    caplog.clear()
+    low = [{"step": s, "code_usage": 0.01, "num_targets": 10} for s in range(1, 2 * obj.cfg.collapse_patience)]
+    for i in range(len(low)):
+        assert obj.check_health(low[: i + 1]) is None  # warns, never stops: the quantizer is frozen
+    assert caplog.text.count("Codebook usage collapse") == 1
+    obj.check_health([{"step": 99, "code_usage": 0.5, "num_targets": 10}])
+    assert obj.state_dict()["low_usage_streak"] == 0
+    with pytest.raises(ConfigError, match="another quantizer"):
+        obj.load_state_dict({"quantizer_sha1": "0" * 16})
