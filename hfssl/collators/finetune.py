@@ -16,6 +16,7 @@ import torch
 
 from hfssl.collators.text import pad_int_sequences
 from hfssl.data.audio.batching import normalize, random_crop
+from hfssl.data.audio.fbank import FbankFrontend
 from hfssl.data.audio.geometry import num_frames
 from hfssl.masking.spans import compute_span_mask
 
@@ -53,15 +54,20 @@ class AudioCollator:
     when the mask probabilities are > 0; evaluation examples are used whole and unmasked.
     CTC labels are padded with -100.
 
-    Output: input_values (B, S) float, attention_mask (B, S) long (if `return_attention_mask`),
-    labels (B,) or (B, U), and in training mask_time_indices (B, T) bool and
-    mask_feature_indices (B, H) bool over the encoder's frames / channels.
+    Two kinds of encoder: a wav2vec2-family conv feature encoder reading waveforms (`conv_kernel` /
+    `conv_stride`), or an encoder reading log-mel frames (`fbank`, e.g. Wav2Vec2Bert / BEST-RQ), for which
+    the waveforms become `input_features` here and `do_normalize` does not apply (the features are
+    normalized per utterance and mel bin).
+
+    Output: input_values (B, S) float, or input_features (B, T, D) with `fbank`; attention_mask (B, S) /
+    (B, T) long (if `return_attention_mask`; always with `fbank`); labels (B,) or (B, U); and in training
+    mask_time_indices (B, T) bool and mask_feature_indices (B, H) bool over the encoder's frames / channels.
     """
 
     do_normalize: bool
     return_attention_mask: bool
-    conv_kernel: Sequence[int]
-    conv_stride: Sequence[int]
+    conv_kernel: Optional[Sequence[int]]
+    conv_stride: Optional[Sequence[int]]
     hidden_size: int
     ctc: bool = False
     max_samples: Optional[int] = None
@@ -71,6 +77,7 @@ class AudioCollator:
     mask_feature_prob: float = 0.0
     mask_feature_length: int = 10
     sampling_rate: int = 16000
+    fbank: Optional[FbankFrontend] = None
 
     def __call__(self, examples: list[dict], seed: int = 0, progress: float = 0.0) -> dict:
         gen = torch.Generator().manual_seed(seed)
@@ -80,23 +87,29 @@ class AudioCollator:
             w = e["input_values"]
             if training and self.max_samples is not None:
                 w = random_crop(w, self.max_samples, gen)
-            waves.append(normalize(w) if self.do_normalize else np.asarray(w, dtype=np.float32))
-        lengths = torch.tensor([len(w) for w in waves])
-        S = int(lengths.max())
-        values = torch.zeros(len(waves), S)
-        for i, w in enumerate(waves):
-            values[i, : len(w)] = torch.from_numpy(np.ascontiguousarray(w))
-        batch = {"input_values": values}
-        if self.return_attention_mask:
-            batch["attention_mask"] = (torch.arange(S)[None, :] < lengths[:, None]).long()
+            waves.append(normalize(w) if self.do_normalize and self.fbank is None else np.asarray(w, dtype=np.float32))
+        seconds = float(sum(len(w) for w in waves)) / self.sampling_rate
+        if self.fbank is not None:
+            features, attention_mask, frames = self.fbank.batch(waves)  # (B, T, D), (B, T), (B,)
+            batch = {"input_features": features, "attention_mask": attention_mask}
+            T = features.shape[1]
+        else:
+            lengths = torch.tensor([len(w) for w in waves])
+            S = int(lengths.max())
+            values = torch.zeros(len(waves), S)
+            for i, w in enumerate(waves):
+                values[i, : len(w)] = torch.from_numpy(np.ascontiguousarray(w))
+            batch = {"input_values": values}
+            if self.return_attention_mask:
+                batch["attention_mask"] = (torch.arange(S)[None, :] < lengths[:, None]).long()
+            frames = num_frames(lengths, self.conv_kernel, self.conv_stride)  # (B,)
+            T = int(num_frames(S, self.conv_kernel, self.conv_stride))
         if "labels" in examples[0]:
             if self.ctc:
                 batch["labels"] = pad_int_sequences([e["labels"] for e in examples], -100)
             else:
                 batch["labels"] = torch.tensor([int(e["labels"]) for e in examples], dtype=torch.long)
         if training and (self.mask_time_prob > 0 or self.mask_feature_prob > 0):
-            frames = num_frames(lengths, self.conv_kernel, self.conv_stride)  # (B,)
-            T = int(num_frames(S, self.conv_kernel, self.conv_stride))
             B = len(waves)
             batch["mask_time_indices"] = (
                 compute_span_mask(frames, T, self.mask_time_prob, self.mask_time_length, self.mask_time_min_masks, gen)
@@ -106,5 +119,5 @@ class AudioCollator:
                                   self.mask_feature_length, 0, gen)
                 if self.mask_feature_prob > 0 else torch.zeros(B, self.hidden_size, dtype=torch.bool))
         batch["num_targets"] = len(examples)
-        batch["num_inputs"] = float(lengths.sum()) / self.sampling_rate
+        batch["num_inputs"] = seconds
         return batch

@@ -52,7 +52,7 @@ class FinetuneConfig(TrainingArguments, AudioDataArguments):
     label_fraction: float = _help("Keep this fraction of the training examples (stratified): the label budget.", 1.0)
     # --- audio
     max_length_seconds: float = _help("Audio classification: random crop of training clips to this length (evaluation uses whole clips).", 1.0)
-    freeze_feature_encoder: bool = _help("Keep the convolutional feature encoder frozen.", True)
+    freeze_feature_encoder: bool = _help("Keep the convolutional feature encoder frozen (log-mel encoders such as Wav2Vec2Bert have none).", True)
     # --- CTC
     chars_to_ignore: str = _help("Characters removed from transcripts before building the vocabulary and scoring: the contents of a "
                                  "regex character class (escape '-' as \\- or put it last). Apostrophes are kept, as in LibriSpeech scoring.",

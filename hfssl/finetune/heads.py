@@ -8,12 +8,12 @@ wrapped model stays a plain transformers model, saved with its own `save_pretrai
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
-from hfssl.data.audio.geometry import num_frames
+from hfssl.data.audio.geometry import ConvFrames
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool) -> torch.Tensor:
@@ -86,10 +86,14 @@ class _FeatureMask:
 
 
 class SpeechEncoderMixin:
-    """Runs the upstream encoder of a wav2vec2-family model with SpecAugment masks from the collator.
+    """Runs the upstream encoder of a speech model with SpecAugment masks from the collator.
 
     transformers' own SpecAugment draws masks with numpy's global RNG inside the model; hfssl draws
     them in the collator (seeded by batch position, `hfssl.masking.spans`) and passes them in.
+
+    The model reads its `main_input_name` from the batch: `input_values` (waveforms, whose attention mask counts
+    samples that a wav2vec2-family conv feature encoder turns into frames) or `input_features` (log-mel frames,
+    Wav2Vec2Bert, whose attention mask counts the encoder's frames).
     """
 
     def _setup_encoder(self, model):
@@ -99,27 +103,30 @@ class SpeechEncoderMixin:
         self._saved_mask_feature_prob = model.config.mask_feature_prob
         model.config.mask_feature_prob = 0.0
         self._feature_mask = _FeatureMask(base.encoder)
-        self._kernel, self._stride = list(model.config.conv_kernel), list(model.config.conv_stride)
+        self._input = model.main_input_name
+        self._frames = ConvFrames(model.config.conv_kernel, model.config.conv_stride) if self._input == "input_values" else None
 
     def restore_config(self):
         self.model.config.mask_feature_prob = self._saved_mask_feature_prob
 
-    def _encode(self, input_values, attention_mask=None, mask_time_indices=None, mask_feature_indices=None, hidden_states=False):
+    def _to_frames(self, n):
+        return n if self._frames is None else self._frames(n)
+
+    def _encode(self, inputs: dict, hidden_states: bool = False):
+        x, mask_time_indices, mask_feature_indices = inputs[self._input], inputs.get("mask_time_indices"), inputs.get("mask_feature_indices")
         if mask_time_indices is None and self.training:
             # No SpecAugment this batch: an all-False mask keeps the model from drawing its own.
-            T = int(num_frames(input_values.shape[-1], self._kernel, self._stride))
-            mask_time_indices = torch.zeros(input_values.shape[0], T, dtype=torch.bool, device=input_values.device)
+            T = int(self._to_frames(x.shape[1]))
+            mask_time_indices = torch.zeros(x.shape[0], T, dtype=torch.bool, device=x.device)
         if mask_feature_indices is not None and mask_feature_indices.any():
             self._feature_mask.mask = mask_feature_indices
-        return self.model.base_model(input_values, attention_mask=attention_mask, mask_time_indices=mask_time_indices,
+        return self.model.base_model(x, attention_mask=inputs.get("attention_mask"), mask_time_indices=mask_time_indices,
                                      output_hidden_states=hidden_states)
 
-    def _frame_lengths(self, input_values, attention_mask):
-        if attention_mask is None:
-            n = torch.full((input_values.shape[0],), input_values.shape[-1], device=input_values.device)
-        else:
-            n = attention_mask.sum(-1)
-        return num_frames(n.long(), self._kernel, self._stride)  # (B,)
+    def _frame_lengths(self, inputs: dict):
+        x, attention_mask = inputs[self._input], inputs.get("attention_mask")
+        n = torch.full((x.shape[0],), x.shape[1], device=x.device) if attention_mask is None else attention_mask.sum(-1)
+        return self._to_frames(n.long())  # (B,)
 
 
 def masked_mean(hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -137,19 +144,19 @@ class AudioClassifier(SpeechEncoderMixin, torch.nn.Module):
         self.model = model
         self._setup_encoder(model)
 
-    def _logits(self, input_values, attention_mask=None, mask_time_indices=None, mask_feature_indices=None):
+    def _logits(self, **inputs):
         m = self.model
-        out = self._encode(input_values, attention_mask, mask_time_indices, mask_feature_indices, hidden_states=m.config.use_weighted_layer_sum)
+        out = self._encode(inputs, hidden_states=m.config.use_weighted_layer_sum)
         if m.config.use_weighted_layer_sum:
             stacked = torch.stack(out.hidden_states, dim=1)  # (B, L+1, T, H)
             hidden = (stacked * F.softmax(m.layer_weights, dim=-1)[None, :, None, None]).sum(1)
         else:
             hidden = out.last_hidden_state  # (B, T, H)
         hidden = m.projector(hidden)
-        if attention_mask is None:
+        if inputs.get("attention_mask") is None:
             pooled = hidden.mean(1)
         else:
-            pooled = masked_mean(hidden, self._frame_lengths(input_values, attention_mask))
+            pooled = masked_mean(hidden, self._frame_lengths(inputs))
         return m.classifier(pooled)  # (B, L)
 
     def forward(self, labels, **inputs):
@@ -171,8 +178,8 @@ class CTCRecognizer(SpeechEncoderMixin, torch.nn.Module):
         self.model, self.blank_id, self.zero_infinity = model, blank_id, zero_infinity
         self._setup_encoder(model)
 
-    def _logits(self, input_values, attention_mask=None, mask_time_indices=None, mask_feature_indices=None):
-        hidden = self._encode(input_values, attention_mask, mask_time_indices, mask_feature_indices).last_hidden_state
+    def _logits(self, **inputs):
+        hidden = self._encode(inputs).last_hidden_state
         return self.model.lm_head(self.model.dropout(hidden))  # (B, T, V)
 
     def _loss(self, logits, labels, frame_lengths):
@@ -180,13 +187,13 @@ class CTCRecognizer(SpeechEncoderMixin, torch.nn.Module):
 
     def forward(self, labels, **inputs):
         logits = self._logits(**inputs)
-        lengths = self._frame_lengths(inputs["input_values"], inputs.get("attention_mask"))
+        lengths = self._frame_lengths(inputs)
         return {"loss_sum": self._loss(logits, labels, lengths)}
 
     @torch.no_grad()
     def predict_step(self, labels=None, **inputs):
         logits = self._logits(**inputs).float()
-        lengths = self._frame_lengths(inputs["input_values"], inputs.get("attention_mask"))
+        lengths = self._frame_lengths(inputs)
         loss = self._loss(logits, labels, lengths) if labels is not None else None
         ids = logits.argmax(-1).cpu().numpy()  # greedy decoding
         return loss, [ids[b, : int(n)] for b, n in enumerate(lengths.tolist())]
@@ -196,20 +203,21 @@ class LayerProbe(torch.nn.Module):
     """SUPERB-style probe: a frozen upstream, a softmax-weighted sum of its L+1 hidden states
     (embeddings + every layer), and a small head (mean-pooled for classification, per frame for CTC).
 
-    Only `layer_logits` and `head` train. `frames`: the upstream's speech encoder frame geometry,
-    or None for text (pooling over the attention mask).
+    Only `layer_logits` and `head` train. `frames`: maps a waveform upstream's input lengths (samples) to its
+    encoder frames; None when the attention mask already counts the upstream's positions (text tokens, or
+    the log-mel frames of a feature-input speech encoder).
     """
 
     def __init__(self, upstream: torch.nn.Module, num_hidden_states: int, hidden_size: int, num_outputs: int,
                  probe_hidden_size: int = 0, kind: str = "classification", multi_label: bool = False,
-                 blank_id: int = 0, conv: Optional[tuple] = None, zero_infinity: bool = True):
+                 blank_id: int = 0, frames: Optional[Callable] = None, zero_infinity: bool = True):
         super().__init__()
         self.upstream = upstream.requires_grad_(False)
         self.layer_logits = torch.nn.Parameter(torch.zeros(num_hidden_states))
         layers = [torch.nn.Linear(hidden_size, probe_hidden_size), torch.nn.ReLU(), torch.nn.Linear(probe_hidden_size, num_outputs)] \
             if probe_hidden_size else [torch.nn.Linear(hidden_size, num_outputs)]
         self.head = torch.nn.Sequential(*layers)
-        self.kind, self.multi_label, self.blank_id, self.conv = kind, multi_label, blank_id, conv
+        self.kind, self.multi_label, self.blank_id, self.frames = kind, multi_label, blank_id, frames
         self.zero_infinity = zero_infinity  # CTC only
 
     def train(self, mode: bool = True):
@@ -228,16 +236,17 @@ class LayerProbe(torch.nn.Module):
         w = F.softmax(self.layer_logits, dim=-1)
         return (stacked * w[:, None, None, None]).sum(0)  # (B, T, H)
 
-    def _lengths(self, inputs, T):
+    def _lengths(self, inputs, hidden):
         mask = inputs.get("attention_mask")
-        if self.conv is None:
-            return mask.sum(-1) if mask is not None else torch.full((inputs["input_ids"].shape[0],), T)
-        n = mask.sum(-1) if mask is not None else torch.full((inputs["input_values"].shape[0],), inputs["input_values"].shape[-1])
-        return num_frames(n.long(), *self.conv)
+        B, T = hidden.shape[:2]
+        if self.frames is None:
+            return mask.sum(-1) if mask is not None else torch.full((B,), T)
+        n = mask.sum(-1) if mask is not None else torch.full((B,), inputs["input_values"].shape[-1])
+        return self.frames(n.long())
 
     def _outputs(self, inputs):
         hidden = self._hidden(inputs)
-        lengths = self._lengths(inputs, hidden.shape[1]).to(hidden.device)
+        lengths = self._lengths(inputs, hidden).to(hidden.device)
         if self.kind == "ctc":
             return self.head(hidden), lengths  # (B, T, V)
         return self.head(masked_mean(hidden, lengths)), lengths  # (B, L)

@@ -1,6 +1,7 @@
-"""Speech fine-tuning: audio classification and CTC speech recognition on wav2vec2-family encoders
-(an hfssl wav2vec2/HuBERT pretraining output, a local checkpoint or a Hub id, or the same
-architecture from random init).
+"""Speech fine-tuning: audio classification and CTC speech recognition on wav2vec2-family encoders that read
+waveforms through a conv feature encoder (wav2vec2, HuBERT, WavLM, data2vec-audio) or on Wav2Vec2Bert, which
+reads log-mel frames (hfssl's BEST-RQ output): an hfssl pretraining output, a local checkpoint or a Hub id,
+or the same architecture from random init.
 
 Audio comes from `hfssl.data.audio` (folders with class subfolders or metadata.csv, manifests,
 Hub datasets), is validated in full before training and resampled to the feature extractor's rate.
@@ -26,7 +27,8 @@ from hfssl.data.audio.batching import audio_batch_plan
 from hfssl.data.audio.datasets import AudioDataset
 from hfssl.data.audio.decode import AudioScanError, scan_audio
 from hfssl.data.audio.files import list_audio_dir, read_manifest
-from hfssl.data.audio.geometry import num_frames, receptive_field
+from hfssl.data.audio.fbank import FbankFrontend
+from hfssl.data.audio.geometry import ConvFrames, receptive_field
 from hfssl.data.audio.splits import build_audio_splits
 from hfssl.errors import DataError
 from hfssl.finetune import data as fdata
@@ -34,6 +36,9 @@ from hfssl.finetune.heads import AudioClassifier, CTCRecognizer, LayerProbe, sav
 from hfssl.finetune.tasks import Task, apply_overrides, load_config, load_or_init, model_source
 
 logger = logging.getLogger(__name__)
+
+# Encoders that read log-mel frames (computed by a SeamlessM4TFeatureExtractor) instead of waveforms.
+FEATURE_INPUT_MODELS = ("wav2vec2-bert",)
 
 
 class Encoded(torch.utils.data.Dataset):
@@ -68,27 +73,60 @@ class SpeechTask(Task):
     stratified_validation = False  # classification: a validation split carved from train keeps every class in training
 
     def __init__(self, cfg, accelerator=None):
-        from transformers import AutoFeatureExtractor, Wav2Vec2FeatureExtractor
-
         super().__init__(cfg, accelerator)
         self.source, self.pretrained = model_source(cfg)
         self.config = load_config(self.source)
-        if not hasattr(self.config, "conv_kernel"):
-            raise ConfigError(f"'{self.source}' is a {self.config.model_type} model, not a wav2vec2-family speech encoder "
-                              "(wav2vec2, hubert, wavlm, data2vec-audio).")
-        fe_source = cfg.tokenizer_name or self.source
-        try:
-            self.feature_extractor = AutoFeatureExtractor.from_pretrained(fe_source)
-        except (OSError, ValueError):
-            logger.warning("No feature extractor in '%s': using Wav2Vec2FeatureExtractor(%d Hz, normalized).", fe_source, cfg.sampling_rate)
-            self.feature_extractor = Wav2Vec2FeatureExtractor(sampling_rate=cfg.sampling_rate, do_normalize=True, return_attention_mask=True)
+        feature_input = self.config.model_type in FEATURE_INPUT_MODELS
+        if not feature_input and not hasattr(self.config, "conv_kernel"):
+            raise ConfigError(f"'{self.source}' is a {self.config.model_type} model, not a speech encoder this task fine-tunes "
+                              "(wav2vec2, hubert, wavlm, data2vec-audio, wav2vec2-bert).")
+        self.feature_extractor = self._feature_extractor(cfg, feature_input)
         self.sr = int(self.feature_extractor.sampling_rate)
         if not cfg.do_train and not any(a.endswith(self.head_suffix) for a in (self.config.architectures or [])):
             raise ConfigError(f"do_train false evaluates a fine-tuned model with a *{self.head_suffix} head; '{self.source}' is a "
                               f"{', '.join(self.config.architectures or [self.config.model_type])}.")
-        self.min_samples = receptive_field(self.config.conv_kernel, self.config.conv_stride)
+        # fbank: the log-mel front end of a feature-input encoder (None for waveform encoders); frames: samples ->
+        # encoder frames of a conv feature encoder (None when the attention mask counts encoder frames).
+        if feature_input:
+            self.fbank = FbankFrontend.from_feature_extractor(self.feature_extractor)
+            if self.fbank.feature_dim != self.config.feature_projection_input_dim:
+                raise ConfigError(f"The feature extractor of '{cfg.tokenizer_name or self.source}' stacks {self.fbank.stride} x "
+                                  f"{self.fbank.num_mel_bins} mel bins = {self.fbank.feature_dim}-dim frames, but the model takes "
+                                  f"{self.config.feature_projection_input_dim}: use the feature extractor saved with the model.")
+            self.frames, self.min_samples = None, self.fbank.min_samples
+        else:
+            self.fbank = None
+            self.frames = ConvFrames(self.config.conv_kernel, self.config.conv_stride)
+            self.min_samples = receptive_field(self.config.conv_kernel, self.config.conv_stride)
         main = accelerator is None or accelerator.is_main_process
         self.splits = self._load_audio(dataclasses.replace(cfg, sampling_rate=self.sr) if cfg.sampling_rate != self.sr else cfg, main)
+
+    def _feature_extractor(self, cfg, feature_input: bool):
+        from transformers import AutoFeatureExtractor, SeamlessM4TFeatureExtractor, Wav2Vec2FeatureExtractor
+
+        fe_source = cfg.tokenizer_name or self.source
+        try:
+            extractor = AutoFeatureExtractor.from_pretrained(fe_source)
+        except (OSError, ValueError):
+            if feature_input:
+                stride = self.config.feature_projection_input_dim // 80
+                logger.warning("No feature extractor in '%s': using 80-bin log-mel frames stacked by %d (SeamlessM4TFeatureExtractor, %d Hz).",
+                               fe_source, stride, cfg.sampling_rate)
+                return FbankFrontend(cfg.sampling_rate, 80, stride).feature_extractor()
+            logger.warning("No feature extractor in '%s': using Wav2Vec2FeatureExtractor(%d Hz, normalized).", fe_source, cfg.sampling_rate)
+            return Wav2Vec2FeatureExtractor(sampling_rate=cfg.sampling_rate, do_normalize=True, return_attention_mask=True)
+        if feature_input and not isinstance(extractor, SeamlessM4TFeatureExtractor):
+            raise ConfigError(f"'{fe_source}' has a {type(extractor).__name__}; a {self.config.model_type} model reads log-mel frames "
+                              "from a SeamlessM4TFeatureExtractor (saved with hfssl's BEST-RQ outputs).")
+        return extractor
+
+    def _num_frames(self, num_samples: int) -> int:
+        return int(self.fbank.num_frames(num_samples) if self.fbank is not None else self.frames(num_samples))
+
+    def _freeze_feature_encoder(self, model) -> None:
+        """A conv feature encoder stays frozen; a log-mel front end has no weights to freeze."""
+        if self.fbank is None:
+            model.freeze_feature_encoder()
 
     # ------------------------------------------------------------------ data
     def _load_audio(self, cfg, main: bool) -> dict:
@@ -146,9 +184,10 @@ class SpeechTask(Task):
 
     def _collator(self, ctc: bool, max_samples: Optional[int]) -> AudioCollator:
         cfg, fe = self.cfg, self.feature_extractor
+        conv = (None, None) if self.fbank is not None else (list(self.config.conv_kernel), list(self.config.conv_stride))
         return AudioCollator(
             do_normalize=bool(getattr(fe, "do_normalize", True)), return_attention_mask=bool(getattr(fe, "return_attention_mask", True)),
-            conv_kernel=list(self.config.conv_kernel), conv_stride=list(self.config.conv_stride), hidden_size=self.config.hidden_size,
+            conv_kernel=conv[0], conv_stride=conv[1], hidden_size=self.config.hidden_size, fbank=self.fbank,
             ctc=ctc, max_samples=max_samples, mask_time_prob=0.0 if cfg.probe else cfg.mask_time_prob,
             mask_time_length=cfg.mask_time_length, mask_time_min_masks=getattr(self.config, "mask_time_min_masks", 2),
             mask_feature_prob=0.0 if cfg.probe else cfg.mask_feature_prob, mask_feature_length=cfg.mask_feature_length,
@@ -171,8 +210,7 @@ class SpeechTask(Task):
 
         upstream = load_or_init(AutoModel, self.cfg, self.config, self.pretrained, self.source)
         return LayerProbe(upstream, self.config.num_hidden_layers + 1, self.config.hidden_size, num_outputs,
-                          self.cfg.probe_hidden_size, kind=kind, blank_id=blank_id,
-                          conv=(list(self.config.conv_kernel), list(self.config.conv_stride)),
+                          self.cfg.probe_hidden_size, kind=kind, blank_id=blank_id, frames=self.frames,
                           zero_infinity=self.cfg.ctc_zero_infinity)
 
     # ------------------------------------------------------------------ loop hooks
@@ -244,7 +282,7 @@ class AudioClassificationTask(SpeechTask):
         else:
             clf = load_or_init(AutoModelForAudioClassification, cfg, config, self.pretrained, self.source)
             if cfg.freeze_feature_encoder:
-                clf.freeze_feature_encoder()
+                self._freeze_feature_encoder(clf)
             self.model = AudioClassifier(clf)
         self.collator = self._collator(False, int(cfg.max_length_seconds * self.sr))
         ids = self.labels.label2id
@@ -361,9 +399,9 @@ class CTCTask(SpeechTask):
         # Transcripts too long for their audio cannot be aligned: drop them from training, counted.
         self.filtered_too_long = 0
         if cfg.do_train:
-            ds, kernel, stride = self.splits["train"], self.config.conv_kernel, self.config.conv_stride
+            ds = self.splits["train"]
             keep = [i for i, (r, t) in enumerate(zip(ds.rows, texts["train"]))
-                    if num_frames(int(r["num_samples"]), kernel, stride) >= ctc_min_frames(encode(t))]
+                    if self._num_frames(int(r["num_samples"])) >= ctc_min_frames(encode(t))]
             self.filtered_too_long = len(ds) - len(keep)
             if self.filtered_too_long:
                 logger.warning("Dropped %d of %d training files whose transcript is too long for their audio (CTC cannot align them).",
@@ -386,7 +424,7 @@ class CTCTask(SpeechTask):
         else:
             model = load_or_init(AutoModelForCTC, cfg, config, self.pretrained, self.source)
             if cfg.freeze_feature_encoder:
-                model.freeze_feature_encoder()
+                self._freeze_feature_encoder(model)
             self.model = CTCRecognizer(model, blank, cfg.ctc_zero_infinity)
         self.collator = self._collator(True, None)
         self._datasets(lambda values, split: [encode(t) for t in texts[split]])

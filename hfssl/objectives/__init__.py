@@ -23,6 +23,7 @@ register("electra", "hfssl.objectives.electra.config:ElectraPretrainConfig", "hf
 register("hubert", "hfssl.objectives.hubert.config:HubertPretrainConfig", "hfssl.objectives.hubert.objective:HubertObjective")
 register("data2vec_text", "hfssl.objectives.data2vec.config:Data2VecTextPretrainConfig", "hfssl.objectives.data2vec.objective:Data2VecTextObjective")
 register("data2vec_audio", "hfssl.objectives.data2vec.config:Data2VecAudioPretrainConfig", "hfssl.objectives.data2vec.objective:Data2VecAudioObjective")
+register("best_rq", "hfssl.objectives.best_rq.config:BestRQPretrainConfig", "hfssl.objectives.best_rq.objective:BestRQObjective")
 
 
 def _load(ref):

@@ -104,9 +104,12 @@ class SpeechPretrainConfig(SpeechModelArguments, AudioDataArguments, TrainingArg
             raise ConfigError("feature_grad_scale must be in (0, 1].")
 
 
-def speech_model_config(cfg: SpeechPretrainConfig, model_type: str, default_config):
+def speech_model_config(cfg: SpeechPretrainConfig, model_type: str, default_config, conv_front_end: bool = True):
     """The encoder config a speech objective trains: `model_name_or_path` / `config_name` / `default_config`
     (a fresh config instance), then `config_overrides`, then the recipe's pretraining masking.
+
+    `conv_front_end`: the encoder reads waveforms through a wav2vec2-style conv feature encoder whose
+    conv_dim / conv_kernel / conv_stride lists are checked (False for encoders fed features, e.g. Wav2Vec2Bert).
 
     The masking keys are always the recipe's (never a checkpoint's 0.05 fine-tuning default): they are also
     what the saved config says the model was pretrained with. Raises ConfigError for a model of another
@@ -129,11 +132,12 @@ def speech_model_config(cfg: SpeechPretrainConfig, model_type: str, default_conf
         if not hasattr(config, key):
             raise ConfigError(f"config_overrides: '{key}' is not a field of {type(config).__name__}.")
         setattr(config, key, value)
-    # The conv layer count is derived from conv_dim at construction only: overriding the lists must update it.
-    config.num_feat_extract_layers = len(config.conv_dim)
-    if not len(config.conv_dim) == len(config.conv_kernel) == len(config.conv_stride):
-        raise ConfigError(f"conv_dim, conv_kernel and conv_stride must have the same length, got {len(config.conv_dim)}, "
-                          f"{len(config.conv_kernel)} and {len(config.conv_stride)}.")
+    if conv_front_end:
+        # The conv layer count is derived from conv_dim at construction only: overriding the lists must update it.
+        config.num_feat_extract_layers = len(config.conv_dim)
+        if not len(config.conv_dim) == len(config.conv_kernel) == len(config.conv_stride):
+            raise ConfigError(f"conv_dim, conv_kernel and conv_stride must have the same length, got {len(config.conv_dim)}, "
+                              f"{len(config.conv_kernel)} and {len(config.conv_stride)}.")
     inherited = {key: getattr(config, key) for key in masking}
     for key, value in masking.items():
         setattr(config, key, value)

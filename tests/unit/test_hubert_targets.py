@@ -308,7 +308,7 @@ def _objective(tmp_path, out, files, *extra):
             (data / Path(f).name).write_bytes(Path(f).read_bytes())
     cfg = load_config([str(Path(__file__).resolve().parents[2] / "recipes" / "hubert" / "tiny-cpu-iter1.yaml"),
                        "--train_dir", str(data), "--output_dir", str(tmp_path / out), "--num_clusters", "8",
-                       "--validation_split_percentage", "0", *extra])
+                       "--validation_split_percentage", "0", "--mfcc_type", "torchaudio", *extra])
     torch.manual_seed(0)
     return HubertObjective(cfg)
 

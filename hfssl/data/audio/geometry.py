@@ -44,3 +44,13 @@ def num_frames(num_samples, conv_kernel: Sequence[int], conv_stride: Sequence[in
         else:
             n = max(n, 0)
     return n
+
+
+class ConvFrames:
+    """`num_frames` of one conv feature encoder as a callable: samples (int / array / tensor) -> frames."""
+
+    def __init__(self, conv_kernel: Sequence[int], conv_stride: Sequence[int]):
+        self.conv_kernel, self.conv_stride = tuple(conv_kernel), tuple(conv_stride)
+
+    def __call__(self, num_samples):
+        return num_frames(num_samples, self.conv_kernel, self.conv_stride)

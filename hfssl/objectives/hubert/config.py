@@ -17,13 +17,20 @@ class HubertPretrainConfig(SpeechPretrainConfig):
     objective: Literal["hubert"] = _help("Pretraining objective.", "hubert")
     mask_time_prob: float = _help("Chance per frame of starting a masked span (HuBERT: 0.8; not the 0.05 fine-tuning default).", 0.8)
     iteration: int = _help("1: targets from MFCC k-means; 2+: targets from k-means on features of label_model.", 1)
+    mfcc_type: Literal["kaldi", "torchaudio"] = _help("Iteration-1 MFCCs: 'kaldi' = torchaudio.compliance.kaldi.mfcc (fairseq's dump_mfcc_feature.py: "
+                                                      "Povey window, pre-emphasis, DC removal, liftering); 'torchaudio' = torchaudio.transforms.MFCC "
+                                                      "(Hann window, none of those; hfssl's earlier default).", "kaldi")
     label_model: Optional[str] = _help("Iteration >= 2: the previous iteration's model folder to take features from.", None)
-    label_layer: int = _help("Iteration >= 2: which hidden layer's features to cluster (HuBERT base: 6 then 9).", 6)
+    label_layer: int = _help("Iteration >= 2: which hidden state to cluster: 0 = the transformer's input, k = output of layer k (HuBERT base: 6 then 9).", 6)
+    label_chunk_seconds: float = _help("Iteration >= 2: files longer than this are run through label_model in chunks of this length (fairseq: 100 s).", 100.0)
     num_clusters: int = _help("k-means clusters (100 for iteration 1, 500 for iteration 2 in the paper).", 100)
     kmeans_fraction: float = _help("Fraction of the training audio the k-means is fit on.", 0.1)
     kmeans_model: Optional[str] = _help("Reuse a saved k-means model (kmeans.pt) instead of fitting one.", None)
     kmeans_batch_size: int = _help("Frames per mini-batch k-means update.", 10000)
     kmeans_iterations: int = _help("Most mini-batch k-means passes over the fit frames (stops earlier once the batch inertia stops improving).", 100)
+    kmeans_inits: int = _help("k-means++ initializations tried; the one with the lowest inertia on the init sample is kept (fairseq: 20).", 20)
+    kmeans_max_no_improvement: int = _help("Stop after this many mini-batch steps without improvement of the smoothed batch inertia (fairseq: 100; 0: never).", 100)
+    feature_penalty_weight: float = _help("Weight of the mean squared conv-feature penalty (fairseq hubert_base_librispeech loss_weights: [10]).", 10.0)
     masked_loss_weight: float = _help("Weight of the loss on masked frames.", 1.0)
     unmasked_loss_weight: float = _help("Weight of the loss on unmasked frames (0 in the paper).", 0.0)
     logit_temperature: float = _help("Temperature of the cosine logits against cluster embeddings.", 0.1)
@@ -43,8 +50,14 @@ class HubertPretrainConfig(SpeechPretrainConfig):
             raise ConfigError("masked_loss_weight and unmasked_loss_weight must be >= 0 and not both 0.")
         if self.logit_temperature <= 0 or self.final_dim < 1:
             raise ConfigError("logit_temperature must be > 0 and final_dim >= 1.")
-        if self.kmeans_batch_size < 1 or self.kmeans_iterations < 1:
-            raise ConfigError("kmeans_batch_size and kmeans_iterations must be >= 1.")
+        if self.kmeans_batch_size < 1 or self.kmeans_iterations < 1 or self.kmeans_inits < 1:
+            raise ConfigError("kmeans_batch_size, kmeans_iterations and kmeans_inits must be >= 1.")
+        if self.kmeans_max_no_improvement < 0:
+            raise ConfigError("kmeans_max_no_improvement must be >= 0 (0: no early stop).")
+        if self.feature_penalty_weight < 0:
+            raise ConfigError("feature_penalty_weight must be >= 0.")
+        if self.label_chunk_seconds <= 0:
+            raise ConfigError("label_chunk_seconds must be > 0.")
         if self.label_layer < 0:
             raise ConfigError("label_layer must be >= 0.")
         if self.iteration == 1 and self.label_model:

@@ -2,7 +2,11 @@
 
 HuBERT (Hsu et al., 2021) predicts, for masked frames, the k-means cluster of a frame-level feature:
 iteration 1 clusters 39-dim MFCCs (100 clusters), iteration 2 clusters the hidden states of an
-intermediate layer of the iteration-1 model (500 clusters). The k-means is in `kmeans.py`; `labels.py`
+intermediate layer of the iteration-1 model (500 clusters). The MFCCs are fairseq's by default
+(`kaldi_mfcc_features`: `torchaudio.compliance.kaldi.mfcc`, as examples/hubert/simple_kmeans/dump_mfcc_feature.py);
+`mfcc_features` (`torchaudio.transforms.MFCC`) is kept as an option: its coefficients are scaled so
+differently (Hann window, no pre-emphasis, DC removal or liftering) that 50-cluster labels of the two agree
+only at NMI ~0.65 on the test fixtures. The k-means is in `kmeans.py`; `labels.py`
 wires features, k-means and alignment into the labels the training uses.
 
 Frame geometry. A frame sequence is described by ``(window, hop)`` in samples: frame ``j`` covers
@@ -68,8 +72,34 @@ def _mfcc_modules(sampling_rate: int):
     return mfcc, torchaudio.transforms.ComputeDeltas(win_length=5)
 
 
+def kaldi_mfcc_features(wave, sampling_rate: int = 16000) -> torch.Tensor:
+    """fairseq's HuBERT iteration-1 features: Kaldi MFCCs (13 cepstra incl. c0, Kaldi defaults: 25 ms Povey
+    window, 10 ms hop, pre-emphasis 0.97, DC removal, 23 mel bins from 20 Hz, cepstral liftering 22, no energy
+    in place of c0) with deltas and delta-deltas (`torchaudio.functional.compute_deltas`, window 5), of the
+    waveform as read (floats in [-1, 1], no 16-bit scaling), exactly as dump_mfcc_feature.py computes them.
+
+    Args:
+        wave: (N,) float waveform (np.ndarray or tensor) at ``sampling_rate``. A wave shorter than one
+            window is zero-padded to one window, so every file gets at least one frame.
+    Returns:
+        (T, 39) float32 CPU tensor, T = 1 + (N - window) // hop (100 frames per second).
+    """
+    import torchaudio
+
+    x = torch.as_tensor(np.asarray(wave, dtype=np.float32)).reshape(-1)
+    window, _ = mfcc_geometry(sampling_rate)
+    if x.numel() < window:
+        x = torch.nn.functional.pad(x, (0, window - x.numel()))
+    with torch.no_grad():
+        c = torchaudio.compliance.kaldi.mfcc(x[None], sample_frequency=sampling_rate, use_energy=False).T  # (13, T)
+        d = torchaudio.functional.compute_deltas(c)
+        dd = torchaudio.functional.compute_deltas(d)
+    return torch.cat([c, d, dd], dim=0).T.contiguous()  # (T, 39)
+
+
 def mfcc_features(wave, sampling_rate: int = 16000) -> torch.Tensor:
-    """39-dim MFCC features (13 cepstra incl. c0, deltas, delta-deltas) of one waveform.
+    """39-dim MFCC features (13 cepstra incl. c0, deltas, delta-deltas) of one waveform, from
+    `torchaudio.transforms.MFCC` (the `mfcc_type: torchaudio` option; see `kaldi_mfcc_features` for fairseq's).
 
     Args:
         wave: (N,) float waveform (np.ndarray or tensor) at ``sampling_rate``. A wave shorter than one
@@ -87,6 +117,9 @@ def mfcc_features(wave, sampling_rate: int = 16000) -> torch.Tensor:
         d = deltas(c)
         dd = deltas(d)
     return torch.cat([c, d, dd], dim=0).T.contiguous()  # (T, 39)
+
+
+MFCC_FEATURES = {"kaldi": kaldi_mfcc_features, "torchaudio": mfcc_features}  # the mfcc_type setting -> function
 
 
 # ----------------------------------------------------------------------------------- alignment
@@ -136,16 +169,20 @@ def align_labels(labels, label_geometry: tuple[int, int], num_samples: int, conv
 
 
 def truncate_encoder(model, layer: int):
-    """Drop the transformer layers above ``layer`` of a HubertModel (in place) and return it.
+    """Drop the transformer layers that ``hidden_states[layer]`` does not need from a HubertModel (in place)
+    and return it.
 
     ``hidden_states[layer]`` (the output of layer ``layer``; 0 = the encoder input) does not depend on the
-    layers above it, so label extraction from layer 6 of a 12-layer model costs half the compute.
+    layers above it, so label extraction from layer 6 of a 12-layer model costs half the compute. One layer
+    is always kept: transformers records ``hidden_states[0]`` when the first layer runs, so an encoder
+    without layers would return no hidden states at all.
     """
     n = model.config.num_hidden_layers
     if not 0 <= layer <= n:
         raise ValueError(f"label_layer {layer} is outside [0, {n}] for a model with {n} transformer layers")
-    model.encoder.layers = model.encoder.layers[:layer]
-    model.config.num_hidden_layers = layer
+    keep = max(layer, 1)
+    model.encoder.layers = model.encoder.layers[:keep]
+    model.config.num_hidden_layers = keep
     return model
 
 

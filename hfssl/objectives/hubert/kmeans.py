@@ -1,4 +1,4 @@
-"""Mini-batch k-means for HuBERT's targets (k-means++ init), and cluster-usage statistics."""
+"""Mini-batch k-means for HuBERT's targets (best of several k-means++ inits, empty clusters re-seeded), and cluster-usage statistics."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+
 
 @dataclass
 class KMeans:
@@ -131,19 +132,29 @@ def fit_kmeans(
     max_passes: int = 100,
     seed: int = 0,
     init_size: Optional[int] = None,
-    max_no_improvement: int = 10,
+    max_no_improvement: int = 100,
+    n_init: int = 20,
+    init_centroids: Optional[torch.Tensor] = None,
     device: Optional[torch.device | str] = None,
     metadata: Optional[dict] = None,
 ) -> KMeans:
-    """Mini-batch k-means (Sculley 2010) with greedy k-means++ seeding, in torch (GPU when given).
+    """Mini-batch k-means (Sculley 2010) with greedy k-means++ seeding, in torch (GPU when given): the
+    algorithm of scikit-learn's MiniBatchKMeans as fairseq's HuBERT recipe configures it
+    (examples/hubert/simple_kmeans/learn_kmeans.py: n_init 20, max_iter 100, batch_size 10000,
+    max_no_improvement 100), plus re-seeding of clusters that stop receiving points.
 
-    Seeding runs on a random subset of ``init_size`` points (default ``3 * batch_size``, at least
-    ``3 * num_clusters``). Each step draws ``batch_size`` points with replacement, assigns them to the
-    nearest centre and moves each centre to the running mean of every point ever assigned to it
-    (per-centre learning rate 1 / count), which is scikit-learn's MiniBatchKMeans update applied to the
-    batch at once. It stops after ``max_passes`` passes over the data (in expected points drawn) or
-    when an exponentially weighted average of the batch inertia has not improved for
-    ``max_no_improvement`` steps (scikit-learn's rule; 0 disables early stopping).
+    Initialization: ``n_init`` k-means++ draws on a random subset of ``init_size`` points (default
+    ``3 * batch_size``, at least ``3 * num_clusters``); the draw with the lowest inertia on that subset is kept
+    (scikit-learn's rule for MiniBatchKMeans). ``init_centroids`` (K, D) replaces the draws.
+    Steps: each draws ``batch_size`` points with replacement, assigns them to the nearest centre and moves
+    each centre to the running mean of every point assigned to it since it was (re)seeded (per-centre
+    learning rate 1 / count). Empty clusters: after every pass over the data (in expected points drawn), a
+    centre that has received no point since it was (re)seeded is re-seeded at the batch point farthest from
+    its nearest centre (the way scikit-learn's KMeans relocates empty clusters). A centre stranded away from
+    the data would otherwise stay empty for the whole fit (scikit-learn's MiniBatchKMeans as fairseq runs it,
+    reassignment_ratio 0, never moves it). Stops after
+    ``max_passes`` passes or when an exponentially weighted average of the batch inertia has not improved
+    for ``max_no_improvement`` steps (scikit-learn's rule; 0 disables early stopping).
 
     All random draws use a CPU generator seeded with ``seed``: same seed, same data, same device ->
     same centroids.
@@ -152,25 +163,39 @@ def fit_kmeans(
         features: (N, D) points, any float dtype (e.g. float16 to halve host memory). They stay where they are;
             each batch is moved to ``device`` (default: the features' device) and computed in float32.
     Returns:
-        ``KMeans`` whose metadata holds the fit settings, steps run, and the final inertia (mean squared
-        distance over all N points), merged with ``metadata``.
+        ``KMeans`` whose metadata holds the fit settings, steps run, the inertia of every initialization
+        (``init_inertias``) and the kept one's index, the number of re-seeded clusters, and the final inertia
+        (mean squared distance over all N points), merged with ``metadata``.
     """
     if features.ndim != 2:
         raise ValueError(f"features must have shape (N, D), got {tuple(features.shape)}")
     n = features.shape[0]
     if num_clusters < 1 or n < num_clusters:
         raise ValueError(f"k-means with {num_clusters} clusters needs at least that many points; got {n}")
+    if n_init < 1:
+        raise ValueError(f"n_init must be >= 1, got {n_init}")
     device = torch.device(device) if device is not None else features.device
     x = features  # stays where it is (e.g. float16 on the CPU); batches move to `device` in float32
     g = torch.Generator().manual_seed(int(seed))
     batch = min(batch_size, n)
     init_n = min(n, init_size or max(3 * batch_size, 3 * num_clusters))
     init_idx = torch.randperm(n, generator=g)[:init_n]
-    c = kmeans_plus_plus(x[init_idx.to(x.device)].to(device, torch.float32), num_clusters, g)  # (K, D)
-    counts = torch.zeros(num_clusters, dtype=torch.float64, device=device)
+    sample = x[init_idx.to(x.device)].to(device, torch.float32)  # (init_n, D)
+    if init_centroids is not None:
+        if tuple(init_centroids.shape) != (num_clusters, x.shape[1]):
+            raise ValueError(f"init_centroids must have shape ({num_clusters}, {x.shape[1]}), got {tuple(init_centroids.shape)}")
+        candidates = [init_centroids.to(device, torch.float32).clone()]
+    else:
+        candidates = [kmeans_plus_plus(sample, num_clusters, g) for _ in range(n_init)]  # each (K, D)
+    inertias = [float(_sq_dist(sample, c, (c * c).sum(1)).min(1).values.double().mean()) for c in candidates]
+    chosen = int(np.argmin(inertias))
+    c = candidates[chosen]
+    del candidates
+    counts = torch.zeros(num_clusters, dtype=torch.float64, device=device)  # points received since (re)seeding
     steps = max(1, math.ceil(max_passes * n / batch))
+    per_pass = max(1, math.ceil(n / batch))
     alpha = min(1.0, 2.0 * batch / (n + 1))
-    ewa, best, stale, step = None, math.inf, 0, 0
+    ewa, best, stale, step, reseeded = None, math.inf, 0, 0, 0
     for step in range(1, steps + 1):
         idx = torch.randint(n, (batch,), generator=g)
         xb = x[idx.to(x.device)].to(device, torch.float32)
@@ -182,6 +207,12 @@ def fit_kmeans(
         hit = batch_counts > 0
         # c <- (c * old_count + batch_sum) / new_count, i.e. the running mean of assigned points.
         c[hit] = (c[hit].double() + (sums[hit] - batch_counts[hit, None] * c[hit].double()) / counts[hit, None]).float()
+        if step % per_pass == 0:
+            empty = (counts == 0).nonzero(as_tuple=True)[0]
+            if empty.numel():
+                far = dist.topk(min(empty.numel(), batch)).indices  # the batch points worst served by the current centres
+                c[empty[: far.numel()]] = xb[far]
+                reseeded += int(far.numel())
         inertia = float(dist.double().mean())
         ewa = inertia if ewa is None else ewa * (1 - alpha) + inertia * alpha
         if ewa < best:
@@ -193,6 +224,8 @@ def fit_kmeans(
     model = KMeans(c.cpu(), {})
     model.metadata = {**(metadata or {}), "num_clusters": num_clusters, "dim": int(x.shape[1]), "fit_points": n,
                       "batch_size": batch, "max_passes": max_passes, "steps": step, "seed": int(seed),
+                      "n_init": len(inertias), "init_inertias": inertias, "chosen_init": chosen, "reseeded_clusters": reseeded,
+                      "max_no_improvement": max_no_improvement,
                       "inertia": model.inertia(x, device=device), "centroids_sha1": model.fingerprint()}
     return model
 

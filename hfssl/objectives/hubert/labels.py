@@ -24,10 +24,10 @@ import torch
 from hfssl.data.audio.batching import normalize
 from hfssl.errors import ConfigError
 from hfssl.objectives.hubert.features import (
+    MFCC_FEATURES,
     align_labels,
     conv_geometry,
     hubert_layer_features,
-    mfcc_features,
     mfcc_geometry,
     truncate_encoder,
 )
@@ -47,10 +47,6 @@ class HubertTargets:
         self.cfg, self.conv_kernel, self.conv_stride, self.device = cfg, tuple(conv_kernel), tuple(conv_stride), device
         self.label_stats: dict = {}
 
-    @property
-    def max_samples(self) -> int:
-        return int(self.cfg.max_duration_in_seconds * self.cfg.sampling_rate)
-
     def feature_spec(self) -> dict:
         """What the k-means clusters: MFCC, or layer `label_layer` of `label_model`."""
         cfg = self.cfg
@@ -60,14 +56,18 @@ class HubertTargets:
             except (OSError, ValueError, RuntimeError) as e:
                 raise ConfigError(f"kmeans_model '{cfg.kmeans_model}' cannot be loaded: {e}") from None
             if meta.get("features") == "mfcc":
-                return {"features": "mfcc", "normalized": bool(meta.get("normalized", cfg.do_normalize))}
+                # k-means models saved before mfcc_type existed clustered torchaudio MFCCs
+                return {"features": "mfcc", "normalized": bool(meta.get("normalized", cfg.do_normalize)),
+                        "mfcc_type": meta.get("mfcc_type", "torchaudio")}
             label_model = cfg.label_model or meta.get("label_model")
             if not label_model:
                 raise ConfigError(f"kmeans_model '{cfg.kmeans_model}' clusters model features; set label_model to the model it was fit on.")
-            return {"features": "hubert", "label_model": _abs(label_model), "label_layer": int(meta.get("label_layer", cfg.label_layer))}
+            return {"features": "hubert", "label_model": _abs(label_model), "label_layer": int(meta.get("label_layer", cfg.label_layer)),
+                    "chunk_seconds": cfg.label_chunk_seconds}
         if cfg.iteration == 1:
-            return {"features": "mfcc", "normalized": cfg.do_normalize}
-        return {"features": "hubert", "label_model": _abs(cfg.label_model), "label_layer": cfg.label_layer}
+            return {"features": "mfcc", "normalized": cfg.do_normalize, "mfcc_type": cfg.mfcc_type}
+        return {"features": "hubert", "label_model": _abs(cfg.label_model), "label_layer": cfg.label_layer,
+                "chunk_seconds": cfg.label_chunk_seconds}
 
     def _feature_fn(self, spec: dict):
         """(wave -> (T, D) features, (window, hop) geometry of those frames) for the spec."""
@@ -75,9 +75,10 @@ class HubertTargets:
         if spec["features"] == "mfcc":
             # MFCCs of the waveform as the model sees it: per-file normalized when the model input is
             # normalized, so c0 (log energy, the largest MFCC) is relative to the file's level as the model's is.
+            mfcc = MFCC_FEATURES[spec["mfcc_type"]]
             if spec["normalized"]:
-                return (lambda wave: mfcc_features(normalize(wave), sr)), mfcc_geometry(sr)
-            return (lambda wave: mfcc_features(wave, sr)), mfcc_geometry(sr)
+                return (lambda wave: mfcc(normalize(wave), sr)), mfcc_geometry(sr)
+            return (lambda wave: mfcc(wave, sr)), mfcc_geometry(sr)
         from transformers import AutoConfig, HubertModel, Wav2Vec2FeatureExtractor
 
         path = spec["label_model"]
@@ -98,7 +99,7 @@ class HubertTargets:
         do_normalize = True
         if (Path(path) / "preprocessor_config.json").is_file():
             do_normalize = Wav2Vec2FeatureExtractor.from_pretrained(path).do_normalize
-        chunk = self.max_samples
+        chunk = int(round(self.cfg.label_chunk_seconds * self.cfg.sampling_rate))  # whole files up to this length
         layer = spec["label_layer"]
         return ((lambda wave: hubert_layer_features(model, normalize(wave) if do_normalize else wave, layer, chunk).half()),
                 conv_geometry(model.config.conv_kernel, model.config.conv_stride))
@@ -112,7 +113,8 @@ class HubertTargets:
         splits = {"train": train, "validation": validation}
         files_sha1 = _files_sha1(train)
         fit_spec = {**spec, "iteration": cfg.iteration, "num_clusters": cfg.num_clusters, "kmeans_fraction": cfg.kmeans_fraction,
-                    "kmeans_batch_size": cfg.kmeans_batch_size, "kmeans_iterations": cfg.kmeans_iterations, "seed": cfg.seed,
+                    "kmeans_batch_size": cfg.kmeans_batch_size, "kmeans_iterations": cfg.kmeans_iterations, "kmeans_inits": cfg.kmeans_inits,
+                    "kmeans_max_no_improvement": cfg.kmeans_max_no_improvement, "seed": cfg.seed,
                     "sampling_rate": cfg.sampling_rate, "train_files_sha1": files_sha1}
         features, geometry = None, None
         fit_feats: dict[int, torch.Tensor] = {}
@@ -181,8 +183,11 @@ class HubertTargets:
         logger.info("k-means: fitting %d clusters on %d frames of dimension %d (device %s).", cfg.num_clusters, x.shape[0], x.shape[1], self.device)
         meta = {**{k: v for k, v in spec.items()}, "fit_spec": fit_spec, "iteration": cfg.iteration}
         kmeans = fit_kmeans(x, cfg.num_clusters, batch_size=cfg.kmeans_batch_size, max_passes=cfg.kmeans_iterations,
-                            seed=cfg.seed, device=self.device, metadata=meta)
-        logger.info("k-means: %d steps, inertia %.4g.", kmeans.metadata["steps"], kmeans.metadata["inertia"])
+                            seed=cfg.seed, max_no_improvement=cfg.kmeans_max_no_improvement, n_init=cfg.kmeans_inits,
+                            device=self.device, metadata=meta)
+        m = kmeans.metadata
+        logger.info("k-means: best of %d initializations (#%d, init inertia %.4g), %d steps, %d empty clusters re-seeded, inertia %.4g.",
+                    m["n_init"], m["chosen_init"], m["init_inertias"][m["chosen_init"]], m["steps"], m["reseeded_clusters"], m["inertia"])
         return kmeans, fit_feats
 
     def _label_split(self, ds, name: str, features, geometry, kmeans: KMeans, known: dict):

@@ -11,8 +11,9 @@ The collator's span masks go to HubertModel as `mask_time_indices` (it puts `mas
 Gradients into the conv feature encoder are scaled by `feature_grad_scale` (fairseq: 0.1 for base).
 
 Loss (`loss.py`): masked_loss_weight * sum of CE over masked real frames + unmasked_loss_weight * sum of
-CE over unmasked real frames; num_targets (`count_targets`) counts the frames that carry loss (fairseq's
-sample_size).
+CE over unmasked real frames + feature_penalty_weight * (mean squared conv features) * targets (fairseq's
+features_pen, weight 10 for base); num_targets (`count_targets`) counts the frames that carry loss
+(fairseq's sample_size).
 
 Output folder: HubertModel weights + config (`HubertModel.from_pretrained` / `AutoModel`), the head in
 `hubert_head.safetensors` (final_proj.weight, final_proj.bias, label_embeddings; metadata: num_clusters,
@@ -79,7 +80,8 @@ class HubertObjective(SpeechObjective):
         self.label_stats, self.feature_spec = targets.label_stats, targets.feature_spec()
         self.num_clusters = self.kmeans.num_clusters
         self.model = HubertForMaskedPrediction(hubert, self.num_clusters, cfg.final_dim, cfg.logit_temperature,
-                                               cfg.masked_loss_weight, cfg.unmasked_loss_weight, cfg.feature_grad_scale)
+                                               cfg.masked_loss_weight, cfg.unmasked_loss_weight, cfg.feature_grad_scale,
+                                               cfg.feature_penalty_weight)
         self._maybe_load_head()
         self.train_dataset = LabeledAudio(train, *labels["train"])
         self.eval_dataset = LabeledAudio(validation, *labels["validation"]) if validation is not None else None
@@ -153,7 +155,8 @@ class HubertObjective(SpeechObjective):
         if not (out / KMEANS_FILE).is_file():
             self.kmeans.save(out / KMEANS_FILE)
         spec = self.feature_spec
-        targets = ("39-dim MFCC (13 + deltas + delta-deltas) at 100 Hz" if spec["features"] == "mfcc"
+        targets = (f"39-dim {'Kaldi (fairseq)' if spec['mfcc_type'] == 'kaldi' else 'torchaudio.transforms'} MFCC "
+                   "(13 + deltas + delta-deltas) at 100 Hz" if spec["features"] == "mfcc"
                    else f"layer {spec['label_layer']} of {spec['label_model']}")
         stats = self.label_stats.get("train") or {}
         crop_frames = int(num_frames(self.max_samples, self.conv_kernel, self.conv_stride))
@@ -164,14 +167,17 @@ class HubertObjective(SpeechObjective):
                          summary=summary, tags=["hubert", "audio", "speech", "self-supervised"], config=cfg, details={
             "Base": cfg.model_name_or_path or f"from scratch (HubertModel, {n_params:,} parameters)",
             "Iteration": str(cfg.iteration),
-            "Targets": f"k-means, {self.num_clusters} clusters, on {targets}" + (f" (k-means from {cfg.kmeans_model})" if cfg.kmeans_model else ""),
+            "Targets": f"k-means, {self.num_clusters} clusters, on {targets}" + (f" (k-means from {cfg.kmeans_model})" if cfg.kmeans_model else
+                       f" (best of {self.kmeans.metadata.get('n_init', 1)} k-means++ initializations, "
+                       f"{self.kmeans.metadata.get('reseeded_clusters', 0)} empty clusters re-seeded)"),
             "Cluster usage (train)": (f"{stats['clusters_used']}/{self.num_clusters} clusters used, entropy {stats['entropy_bits']:.2f} bits, "
                                       f"largest cluster {100 * stats['largest_cluster_fraction']:.1f}% of frames") if stats else "n/a",
             "Training audio": (f"{hours:.1f} h" if hours >= 1 else f"{hours * 60:.1f} min") + f" in {len(self.train_dataset)} files",
             "Hours of audio seen": f"{summary.get('audio_seconds_seen', 0.0) / 3600:.3f}",
             "Masking": f"spans of {cfg.mask_time_length} frames, mask_time_prob {cfg.mask_time_prob} (~{100 * masked:.0f}% of the frames of a "
                        f"{cfg.max_duration_in_seconds:g} s crop masked)",
-            "Loss": f"masked weight {cfg.masked_loss_weight}, unmasked weight {cfg.unmasked_loss_weight}, cosine logits / {cfg.logit_temperature}",
+            "Loss": f"masked weight {cfg.masked_loss_weight}, unmasked weight {cfg.unmasked_loss_weight}, cosine logits / {cfg.logit_temperature}, "
+                    f"feature penalty weight {cfg.feature_penalty_weight}, feature grad scale {cfg.feature_grad_scale}",
             "Files": f"HubertModel weights (HubertModel/AutoModel.from_pretrained), {HEAD_FILE} (projection + cluster embeddings), "
                      f"{KMEANS_FILE} (k-means for the next iteration's labels or for unit discovery)",
         }, datasets=[cfg.dataset_name] if cfg.dataset_name else None)

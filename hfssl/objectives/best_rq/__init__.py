@@ -1,0 +1,1 @@
+"""BEST-RQ: config.py, quantizer.py (the frozen random-projection quantizer), loss.py (pure), model.py, objective.py."""

@@ -1,0 +1,170 @@
+"""HuBERT against fairseq's recipe: Kaldi MFCC targets (dump_mfcc_feature.py), the feature penalty
+(loss_weights [10]), k-means with several initializations, patience and empty-cluster re-seeding
+(learn_kmeans.py), iteration-2 features of whole utterances, and label_layer 0."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchaudio
+
+from hfssl.data.audio.batching import normalize
+from hfssl.data.audio.decode import load_audio
+from hfssl.data.audio.files import find_audio_files
+from hfssl.objectives.hubert.features import align_labels, conv_geometry, kaldi_mfcc_features, mfcc_features, mfcc_geometry
+from hfssl.objectives.hubert.kmeans import cluster_usage, fit_kmeans
+from hfssl.objectives.hubert.loss import hubert_loss
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEECH = ROOT / "tests" / "fixtures" / "speech" / "unlabeled"
+TINY_KERNEL, TINY_STRIDE = (10, 8, 4, 4), (5, 4, 4, 4)
+
+
+def _fairseq_mfcc(wave: np.ndarray) -> torch.Tensor:
+    """examples/hubert/simple_kmeans/dump_mfcc_feature.py, MfccFeatureReader.get_feats, written out."""
+    x = torch.from_numpy(wave).float().view(1, -1)
+    mfccs = torchaudio.compliance.kaldi.mfcc(waveform=x, sample_frequency=16000, use_energy=False).transpose(0, 1)
+    deltas = torchaudio.functional.compute_deltas(mfccs)
+    ddeltas = torchaudio.functional.compute_deltas(deltas)
+    return torch.cat([mfccs, deltas, ddeltas], dim=0).transpose(0, 1).contiguous()
+
+
+def test_kaldi_mfccs_equal_torchaudio_compliance_kaldi_on_the_fixtures():
+    for path in find_audio_files(SPEECH)[::6]:
+        wave = load_audio(path, 16000)
+        ours = kaldi_mfcc_features(wave)
+        assert ours.shape == (1 + (len(wave) - 400) // 160, 39)
+        torch.testing.assert_close(ours, _fairseq_mfcc(wave), rtol=0, atol=0)
+        # not the torchaudio.transforms.MFCC variant: its coefficients are on another scale
+        assert (ours[:, 1:13].std(0) / mfcc_features(wave)[:, 1:13].std(0)).mean() > 2
+
+
+def _objective(tmp_path, out, files, *extra, recipe="tiny-cpu-iter1.yaml"):
+    from hfssl.objectives import load_config
+    from hfssl.objectives.hubert.objective import HubertObjective
+
+    data = tmp_path / "data"
+    if not data.exists():
+        data.mkdir()
+        for f in files:
+            (data / Path(f).name).write_bytes(Path(f).read_bytes())
+    cfg = load_config([str(ROOT / "recipes" / "hubert" / recipe), "--train_dir", str(data), "--output_dir", str(tmp_path / out),
+                       "--num_clusters", "8", "--validation_split_percentage", "0", *extra])
+    torch.manual_seed(0)
+    return HubertObjective(cfg)
+
+
+def test_iteration1_targets_are_kaldi_mfcc_kmeans_by_default(tmp_path):
+    files = find_audio_files(SPEECH)[:4]
+    obj = _objective(tmp_path, "a", files)
+    assert obj.cfg.mfcc_type == "kaldi" and obj.kmeans.metadata["mfcc_type"] == "kaldi"
+    for i in range(len(files)):
+        wave = load_audio(obj.train_dataset.audio.rows[i]["path"], 16000)
+        expected = align_labels(obj.kmeans.predict(_fairseq_mfcc(normalize(wave))), mfcc_geometry(16000), len(wave), TINY_KERNEL, TINY_STRIDE)
+        np.testing.assert_array_equal(obj.train_dataset[i]["frame_labels"], expected)
+    assert obj.kmeans.metadata["n_init"] == obj.cfg.kmeans_inits and obj.cfg.feature_penalty_weight == 10.0
+
+
+def test_feature_penalty_is_added_per_target_and_the_forward_is_hubertmodels():
+    from transformers import HubertConfig, HubertModel
+
+    from hfssl.objectives.hubert.model import HubertForMaskedPrediction
+
+    torch.manual_seed(0)
+    config = HubertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, conv_dim=(16, 16, 16, 16),
+                          conv_kernel=TINY_KERNEL, conv_stride=TINY_STRIDE, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                          mask_time_prob=0.8, feat_extract_norm="layer", do_stable_layer_norm=True)
+    hubert = HubertModel(config)
+    model = HubertForMaskedPrediction(hubert, 5, 8, 0.1, feature_grad_scale=0.1, feature_penalty_weight=10.0).eval()
+    x = torch.randn(2, 6000, generator=torch.Generator().manual_seed(1))
+    x[1, 4000:] = 0
+    attention = torch.ones(2, 6000, dtype=torch.long)
+    attention[1, 4000:] = 0
+    frames = 18  # num_frames(6000); utterance 1 has 12 real frames
+    labels = torch.randint(5, (2, frames), generator=torch.Generator().manual_seed(2))
+    labels[1, 12:] = -100
+    mask = torch.zeros(2, frames, dtype=torch.bool)
+    mask[:, 3:8] = True
+    out = model(x, labels, mask, attention_mask=attention)
+    with torch.no_grad():
+        feats = hubert.feature_extractor(x).transpose(1, 2)  # (B, F, C)
+        real = labels >= 0
+        penalty = (feats.pow(2).mean(-1) * real).sum() / real.sum()  # fairseq: features.pow(2).mean(), here over real frames
+        stock = hubert(x, attention_mask=attention, mask_time_indices=mask).last_hidden_state  # transformers' own forward
+        ce = hubert_loss(model.final_proj(stock), model.label_embeddings, labels, mask, 0.1, 1.0, 0.0)["loss_sum"]
+    targets = int((mask & real).sum())
+    torch.testing.assert_close(out["feature_penalty"], penalty)
+    torch.testing.assert_close(out["loss_sum"], ce + 10.0 * penalty * targets)
+    model.feature_penalty_weight = 0.0
+    torch.testing.assert_close(model(x, labels, mask, attention_mask=attention)["loss_sum"], ce)
+    # the penalty's gradient reaches the conv encoder, scaled by feature_grad_scale like the rest
+    model.train()
+    model.feature_penalty_weight = 10.0
+    grads = []
+    for scale in (1.0, 0.1):
+        model.zero_grad()
+        model.feature_grad_scale = scale
+        torch.manual_seed(3)  # same dropout and layerdrop draws
+        model(x, labels, mask, attention_mask=attention)["loss_sum"].backward()
+        grads.append(hubert.feature_extractor.conv_layers[0].conv.weight.grad.clone())
+    torch.testing.assert_close(grads[1], 0.1 * grads[0])
+
+
+def _blobs(n_per=200, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    return torch.cat([c + torch.randn(n_per, 2, generator=g) for c in centres])
+
+
+def test_kmeans_reseeds_an_empty_cluster():
+    x = _blobs()
+    init = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [1000.0, 1000.0]])  # one centre far from every point
+    km = fit_kmeans(x, 4, batch_size=200, max_passes=20, seed=0, init_centroids=init)
+    assert km.metadata["reseeded_clusters"] >= 1
+    usage = cluster_usage(km.predict(x), 4)
+    assert usage["clusters_used"] == 4 and usage["histogram"].min() > 150  # the re-seeded centre took the fourth blob
+    assert km.centroids.abs().max() < 20 and km.metadata["inertia"] < 2.5  # ~2 = the blobs' own variance
+
+
+def test_kmeans_keeps_the_initialization_with_the_lowest_inertia():
+    x = _blobs(seed=1)
+    one = fit_kmeans(x, 4, batch_size=100, max_passes=2, seed=5, n_init=1)
+    many = fit_kmeans(x, 4, batch_size=100, max_passes=2, seed=5, n_init=8)
+    inertias = many.metadata["init_inertias"]
+    assert len(inertias) == 8 and many.metadata["chosen_init"] == int(np.argmin(inertias))
+    assert inertias[0] == one.metadata["init_inertias"][0]  # the same first draw: the best of 8 is never worse
+    assert min(inertias) <= inertias[0] and len(set(round(v, 6) for v in inertias)) > 1
+
+
+def test_kmeans_patience_stops_early():
+    x = _blobs(seed=2)
+    patient = fit_kmeans(x, 4, batch_size=50, max_passes=50, seed=0, n_init=2, max_no_improvement=5)
+    full = fit_kmeans(x, 4, batch_size=50, max_passes=50, seed=0, n_init=2, max_no_improvement=0)
+    assert patient.metadata["steps"] < full.metadata["steps"] == 50 * 800 // 50
+
+
+def test_iteration2_label_layer_0_and_whole_utterance_features(tmp_path):
+    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+
+    torch.manual_seed(0)
+    label_model = tmp_path / "iter1"
+    config = HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=(16, 16, 16, 16),
+                          conv_kernel=TINY_KERNEL, conv_stride=TINY_STRIDE, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+    full = HubertModel(config).eval()
+    full.save_pretrained(label_model)
+    Wav2Vec2FeatureExtractor(do_normalize=True).save_pretrained(label_model)
+    files = find_audio_files(SPEECH)[:3]
+    obj = _objective(tmp_path, "iter2", files, "--label_model", str(label_model), "--label_layer", "0", recipe="tiny-cpu-iter2.yaml")
+    assert obj.kmeans.metadata["label_layer"] == 0 and obj.kmeans.dim == 32
+    assert obj.cfg.max_duration_in_seconds < 3.1 < obj.cfg.label_chunk_seconds  # crops are shorter than the files; chunks are not
+    for i in range(len(files)):
+        wave = load_audio(obj.train_dataset.audio.rows[i]["path"], 16000)
+        with torch.no_grad():  # layer 0 = the transformer's input, over the whole file at once
+            hidden = full(torch.from_numpy(normalize(wave))[None], output_hidden_states=True).hidden_states[0][0]
+        expected = align_labels(obj.kmeans.predict(hidden.half()), conv_geometry(TINY_KERNEL, TINY_STRIDE), len(wave), TINY_KERNEL, TINY_STRIDE)
+        np.testing.assert_array_equal(obj.train_dataset[i]["frame_labels"], expected)
+    with pytest.raises(Exception, match="outside"):
+        _objective(tmp_path, "iter2-bad", files, "--label_model", str(label_model), "--label_layer", "3", recipe="tiny-cpu-iter2.yaml")
