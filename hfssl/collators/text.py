@@ -18,6 +18,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from hfssl.collators.packing import PackedLayout, pack
 from hfssl.masking import apply_replacements, select_spans, select_tokens, select_whole_words
 
 
@@ -41,6 +42,10 @@ class MLMCollator:
     Examples are dicts with `input_ids` (and `word_ids`, -1 at special tokens, for word-level
     strategies). Special tokens and padding are never selected; random replacements come from the
     real vocabulary without special tokens.
+
+    With `packing`, the masked batch is then packed without padding (`hfssl.collators.packing`): the
+    output has input_ids, labels, position_ids, sequence_ids (R, W) and cu_seqlens instead of
+    attention_mask, with the same tokens, masks and labels.
     """
 
     pad_token_id: int
@@ -55,6 +60,7 @@ class MLMCollator:
     span_geometric_p: float = 0.2
     span_max_length: int = 10
     pad_to_multiple_of: int = 8
+    packing: Optional[PackedLayout] = None
 
     @classmethod
     def from_tokenizer(cls, tokenizer, **kw) -> "MLMCollator":
@@ -90,10 +96,9 @@ class MLMCollator:
             input_ids, selected, self.mask_token_id, self.replacement_ids,
             self.mask_replace_prob, self.random_replace_prob, generator,
         )
-        return {
-            "input_ids": inputs,
-            "attention_mask": attention_mask,
-            "labels": labels,
-            "num_targets": int(selected.sum()),
-            "num_inputs": int(lengths.sum()),
-        }
+        counts = {"num_targets": int(selected.sum()), "num_inputs": int(lengths.sum())}
+        if self.packing is None:
+            return {"input_ids": inputs, "attention_mask": attention_mask, "labels": labels, **counts}
+        packed = pack({"input_ids": inputs, "labels": labels}, lengths, self.packing, {"input_ids": self.pad_token_id, "labels": -100})
+        del packed["sequence_starts"]  # for sequence classification only
+        return {**packed, **counts}
