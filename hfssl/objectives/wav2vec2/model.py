@@ -106,7 +106,7 @@ class Wav2Vec2Pretraining(torch.nn.Module):
         Returns:
             dict of scalars: loss_sum, contrastive_loss / diversity_loss / feature_penalty (per
             masked frame, unweighted), accuracy, codebook_perplexity (sum over groups), perplexity_g{i}, code_perplexity,
-            masked_fraction.
+            masked_fraction, padding_fraction.
         """
         m = self.model
         w = m.wav2vec2
@@ -152,6 +152,7 @@ class Wav2Vec2Pretraining(torch.nn.Module):
             "codebook_perplexity": perplexity.detach().sum(),
             "code_perplexity": code_perplexity,
             "masked_fraction": mask.sum() / n_real,
+            "padding_fraction": 1.0 - real.float().mean(),  # padded frames / frames the encoder computes
         }
         for g in range(perplexity.shape[0]):
             out[f"perplexity_g{g}"] = perplexity[g].detach()
