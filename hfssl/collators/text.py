@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from hfssl.collators.packing import PackedLayout, pack
-from hfssl.masking import apply_replacements, select_spans, select_tokens, select_whole_words
+from hfssl.masking import apply_replacements, masked_positions_of, select_spans, select_tokens, select_whole_words
 
 
 def pad_int_sequences(sequences: list[Any], pad_value: int, multiple_of: int = 1) -> torch.Tensor:
@@ -43,6 +43,7 @@ class MLMCollator:
     strategies). Special tokens and padding are never selected; random replacements come from the
     real vocabulary without special tokens.
 
+    `masked_positions` (N,) gives the flat indices of the masked tokens (`masked_positions_of(labels)`).
     With `packing`, the masked batch is then packed without padding (`hfssl.collators.packing`): the
     output has input_ids, labels, position_ids, sequence_ids (R, W) and cu_seqlens instead of
     attention_mask, with the same tokens, masks and labels.
@@ -98,7 +99,10 @@ class MLMCollator:
         )
         counts = {"num_targets": int(selected.sum()), "num_inputs": int(lengths.sum())}
         if self.packing is None:
-            return {"input_ids": inputs, "attention_mask": attention_mask, "labels": labels, **counts}
-        packed = pack({"input_ids": inputs, "labels": labels}, lengths, self.packing, {"input_ids": self.pad_token_id, "labels": -100})
-        del packed["sequence_starts"]  # for sequence classification only
-        return {**packed, **counts}
+            batch = {"input_ids": inputs, "attention_mask": attention_mask, "labels": labels}
+        else:
+            batch = pack({"input_ids": inputs, "labels": labels}, lengths, self.packing, {"input_ids": self.pad_token_id, "labels": -100})
+            del batch["sequence_starts"]  # for sequence classification only
+        # Found here, on the CPU: the model then gathers the masked tokens without reading anything back from the GPU.
+        batch["masked_positions"] = masked_positions_of(batch["labels"])
+        return {**batch, **counts}

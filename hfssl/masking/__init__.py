@@ -2,6 +2,7 @@
 
 from hfssl.masking.tokens import (
     apply_replacements,
+    masked_positions_of,
     select_spans,
     select_tokens,
     select_whole_words,

@@ -202,3 +202,20 @@ def test_padding_free_settings_are_checked():
     assert attention.packed_layout(_config("bert"), 32, False) is None
     layout = attention.packed_layout(_config("roberta"), 64, None)
     assert (layout.capacity, layout.position_offset) == (64, 2)
+
+
+# ----------------------------------------------------------------------------------- no host reads in the MLM step
+
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_mlm_step_gathers_masked_tokens_without_reading_back(layout):
+    """The collator finds the masked positions on the CPU; the model gathers them by index. A boolean index
+    (nonzero) would be a device-to-host sync per micro-batch on a GPU, and a graph break for torch.compile."""
+    config = _config("bert")
+    torch.manual_seed(0)
+    model = SparseMaskedLM(AutoModelForMaskedLM.from_config(config, attn_implementation="sdpa"))
+    padded, packed = _mlm_collators(config)
+    batch = (padded if layout == "padded" else packed)(_examples(), seed=2)
+    assert torch.equal(batch["masked_positions"], (batch["labels"].flatten() != -100).nonzero().squeeze(1))
+    with torch.profiler.profile() as prof:
+        model(**{k: v for k, v in batch.items() if isinstance(v, torch.Tensor)})["loss_sum"].backward()
+    assert [e.key for e in prof.key_averages() if e.key in ("aten::nonzero", "aten::masked_select")] == []

@@ -13,6 +13,7 @@ import torch
 
 from hfssl.attention import forward_kwargs, real_tokens
 from hfssl.objectives.electra.loss import discriminator_loss, replaced_labels, sample_replacements
+from hfssl.masking.tokens import masked_positions_of
 from hfssl.objectives.mlm.loss import masked_lm_loss, masked_logits
 
 
@@ -32,7 +33,8 @@ class ElectraPretraining(torch.nn.Module):
 
     input_ids: (B, T) the collator's masked input; labels: (B, T) original ids at masked positions, -100
     elsewhere; attention_mask (B, T) for a padded batch, or position_ids, sequence_ids (B, T) and cu_seqlens
-    for a packed one (`hfssl.collators.packing`). Metrics: generator_accuracy (per masked token), discriminator_accuracy (per real token),
+    for a packed one (`hfssl.collators.packing`); masked_positions (N,) the collator's flat indices of the
+    masked tokens (derived from labels when not given). Metrics: generator_accuracy (per masked token), discriminator_accuracy (per real token),
     replaced_fraction (masked tokens whose sample differs from the original; per masked token).
     """
 
@@ -46,21 +48,22 @@ class ElectraPretraining(torch.nn.Module):
         disallowed[special_ids] = True
         self.register_buffer("disallowed", disallowed, persistent=False)
 
-    def forward(self, input_ids, attention_mask=None, labels=None, *, position_ids=None, sequence_ids=None, cu_seqlens=None):
+    def forward(self, input_ids, attention_mask=None, labels=None, *, masked_positions=None, position_ids=None, sequence_ids=None,
+                cu_seqlens=None):
         # attention_mask: padded batches; position_ids, sequence_ids, cu_seqlens: packed ones (keywords, as the loop passes them)
         layout = {"attention_mask": attention_mask, "position_ids": position_ids, "sequence_ids": sequence_ids, "cu_seqlens": cu_seqlens}
         real = real_tokens(attention_mask, sequence_ids)  # (B, T)
-        selected = labels != -100  # (B, T)
-        targets = labels[selected]  # (N,)
-        gen_logits = masked_logits(self.generator, input_ids, selected, **layout)  # (N, V)
+        positions = masked_positions_of(labels) if masked_positions is None else masked_positions  # (N,) flat
+        targets = labels.reshape(-1).index_select(0, positions)  # (N,)
+        gen_logits = masked_logits(self.generator, input_ids, positions, **layout)  # (N, V)
         gen_sum, gen_accuracy = masked_lm_loss(gen_logits, targets)
         sampled = sample_replacements(gen_logits, self.disallowed, self.temperature)  # (N,) no gradient
-        original = torch.where(selected, labels, input_ids)  # (B, T)
-        corrupted = original.masked_scatter(selected, sampled)  # (B, T)
+        original = input_ids.reshape(-1).index_copy(0, positions, targets).view_as(input_ids)  # (B, T)
+        corrupted = original.reshape(-1).index_copy(0, positions, sampled).view_as(input_ids)  # (B, T)
         is_replaced = replaced_labels(original, corrupted, real)
         disc_logits = self.discriminator(**forward_kwargs(self.discriminator, corrupted, **layout)).logits.view(input_ids.shape)  # (B, T)
         disc_sum, disc_correct = discriminator_loss(disc_logits, is_replaced, real)
-        n_masked = selected.sum().clamp_min(1)
+        n_masked = max(positions.numel(), 1)
         return {
             "loss_sum": {"generator": self.generator_weight * gen_sum, "discriminator": self.discriminator_weight * disc_sum},
             "generator_accuracy": gen_accuracy,
