@@ -4,15 +4,18 @@ batch, precision and number of steps.
 
 Workloads (`--workloads`, default all but `w2v_long`):
   mlm         BERT-base MLM, packed 128-token blocks, batch 256: stock `Trainer` + DataCollatorForLanguageModeling,
-              `Trainer` + `torch_compile`, hfssl's loop, hfssl's loop + `torch_compile`.
+              `Trainer` + `torch_compile`, hfssl's loop, hfssl's loop + `torch_compile`; ablation: hfssl with
+              eager attention (what sdpa buys).
   mlm_varlen  line-by-line text of varying length (lognormal, median 48 tokens, 8..128): stock `Trainer`
-              (pads every batch to its longest row, as run_mlm.py --line_by_line), hfssl padding-free.
+              (pads every batch to its longest row, as run_mlm.py --line_by_line), hfssl padding-free;
+              ablation: hfssl with padded batches (what packing buys).
   w2v         wav2vec 2.0 base pretraining, 8 x 15.6 s: the stock `Wav2Vec2ForPreTraining` loop (masks and
               negatives from transformers' numpy functions, drawn once outside the loop; their cost per
               batch is reported apart), hfssl's loop (masks and negatives drawn per batch in its collator),
               hfssl + `torch_compile`.
   w2v_long    hfssl's wav2vec 2.0 base loop for `--long_seconds` (default 120) in bf16: non-finite updates,
               codebook perplexity at the start and the end (minimum 1 per group; maximum codes per group).
+  syncs       CUDA only: device-to-host synchronizations per update in hfssl's loop (sync debug mode).
 
 Every hfssl variant is the real `hfssl.trainer.train` with a synthetic-data objective (the loop, its
 collators, its model wrappers, its attention default); stock variants are transformers' own classes.
@@ -55,7 +58,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
-from bench_gpu_workloads import PRESETS, hfssl_mlm, hfssl_w2v, stock_mlm, stock_w2v, w2v_long  # noqa: E402
+from bench_gpu_workloads import PRESETS, host_syncs, hfssl_mlm, hfssl_w2v, stock_mlm, stock_w2v, w2v_long  # noqa: E402
 
 DATASHEET_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
@@ -64,7 +67,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="gpu (default with CUDA), cpu, tiny")
     p.add_argument("--tiny", action="store_true", help="same as --preset tiny (CPU smoke test, seconds)")
-    p.add_argument("--workloads", default="mlm,mlm_varlen,w2v", help="comma-separated: mlm, mlm_varlen, w2v, w2v_long")
+    p.add_argument("--workloads", default="mlm,mlm_varlen,w2v", help="comma-separated: mlm, mlm_varlen, w2v, w2v_long, syncs")
     p.add_argument("--variants", default=None, help="comma-separated variant names to run (default: all of each workload)")
     p.add_argument("--long_seconds", type=float, default=120.0, help="w2v_long: training time")
     p.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
@@ -119,13 +122,16 @@ RUNNERS = {
     "mlm": [("hf_trainer", lambda p: stock_mlm(p, compile=False, varlen=False)),
             ("hf_trainer_compile", lambda p: stock_mlm(p, compile=True, varlen=False)),
             ("hfssl", lambda p: hfssl_mlm(p, compile=False, varlen=False)),
-            ("hfssl_compile", lambda p: hfssl_mlm(p, compile=True, varlen=False))],
+            ("hfssl_compile", lambda p: hfssl_mlm(p, compile=True, varlen=False)),
+            ("hfssl_eager", lambda p: hfssl_mlm(p, compile=False, varlen=False, attention="eager"))],
     "mlm_varlen": [("hf_trainer", lambda p: stock_mlm(p, compile=False, varlen=True)),
-                   ("hfssl", lambda p: hfssl_mlm(p, compile=False, varlen=True))],
+                   ("hfssl", lambda p: hfssl_mlm(p, compile=False, varlen=True)),
+                   ("hfssl_padded", lambda p: hfssl_mlm(p, compile=False, varlen=True, packed=False))],
     "w2v": [("hf_loop", lambda p: stock_w2v(p)),
             ("hfssl", lambda p: hfssl_w2v(p, compile=False)),
             ("hfssl_compile", lambda p: hfssl_w2v(p, compile=True))],
     "w2v_long": [("hfssl", lambda p: w2v_long(p, p["long_seconds"]))],
+    "syncs": [("hfssl", host_syncs)],
 }
 STOCK = {"mlm": ("hf_trainer", "hf_trainer_compile"), "mlm_varlen": ("hf_trainer",), "w2v": ("hf_loop",)}
 
@@ -180,7 +186,10 @@ def main(argv=None) -> dict:
     info["peak_tflops"] = peaks
     print(json.dumps(info), flush=True)
     wanted = set(args.variants.split(",")) if args.variants else None
+    path = Path(args.output) if args.output else Path(os.environ.get("OUT") or REPO / "benchmarks" / "results") / \
+        f"gpu_bench_{name}_{datetime.date.today().isoformat()}.json"
     results: dict = {}
+    report = _write(path, info, results)
     with tempfile.TemporaryDirectory() as scratch:
         preset = {**preset, "scratch": scratch, "long_seconds": args.long_seconds}
         for workload in args.workloads.split(","):
@@ -191,14 +200,16 @@ def main(argv=None) -> dict:
                 add_derived(result, peaks)
                 results.setdefault(workload, {})[variant] = result
                 print(workload, variant, json.dumps(result), flush=True)
-    comparisons = ratios(results)
-    print_table(results, comparisons)
-    report = {"machine": info, "results": results, "ratios": comparisons}
-    path = Path(args.output) if args.output else Path(os.environ.get("OUT") or REPO / "benchmarks" / "results") / \
-        f"gpu_bench_{name}_{datetime.date.today().isoformat()}.json"
+                report = _write(path, info, results)  # after every variant: a run stopped at a time limit keeps what it measured
+    print_table(results, report["ratios"])
+    print(f"wrote {path}")
+    return report
+
+
+def _write(path: Path, info: dict, results: dict) -> dict:
+    report = {"machine": info, "results": results, "ratios": ratios(results)}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1, default=_json_default))
-    print(f"wrote {path}")
     return report
 
 

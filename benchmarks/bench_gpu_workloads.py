@@ -292,8 +292,9 @@ def _objective_class():
     return Synthetic
 
 
-def hfssl_mlm(p: dict, compile: bool, varlen: bool) -> dict:
-    """hfssl's loop, SparseMaskedLM, MLMCollator (15%; padding-free for varying lengths), attention default."""
+def hfssl_mlm(p: dict, compile: bool, varlen: bool, packed: bool = True, attention=None) -> dict:
+    """hfssl's loop, SparseMaskedLM, MLMCollator (15%; padding-free for varying lengths unless `packed` is
+    False), the attention default (or `attention`)."""
     from transformers import BertForMaskedLM
 
     from hfssl.attention import packed_layout, use_attn_implementation
@@ -307,8 +308,8 @@ def hfssl_mlm(p: dict, compile: bool, varlen: bool) -> dict:
     def build(cfg):
         torch.manual_seed(0)
         mlm = BertForMaskedLM(config)
-        kernel["attention"] = use_attn_implementation(mlm, None, p["precision"])
-        packing = packed_layout(mlm.config, p["seq"], True) if varlen else None
+        kernel["attention"] = use_attn_implementation(mlm, attention, p["precision"])
+        packing = packed_layout(mlm.config, p["seq"], True) if varlen and packed else None
         collator = MLMCollator(0, 4, torch.arange(SPECIAL), torch.arange(SPECIAL, config.vocab_size), packing=packing)
         return _objective_class()(cfg, "mlm", "tokens", SparseMaskedLM(mlm), collator, [{"input_ids": r} for r in rows])
 
@@ -365,6 +366,29 @@ def hfssl_w2v(p: dict, compile: bool) -> dict:
                   mask_share_of_step=round(mask_ms / result["step_ms"], 4), masks_overlapped=p["workers"] > 0,
                   padding_fraction=round(float(np.mean([r["padding_fraction"] for r in log])), 4))
     return result
+
+
+def host_syncs(p: dict) -> dict:
+    """CUDA only: device-to-host synchronizations per update in hfssl's loop (torch.cuda.set_sync_debug_mode
+    warns at each), for MLM and wav2vec 2.0, a few updates each, no compile."""
+    import warnings
+
+    if p["device"] != "cuda":
+        return {"skipped": "needs CUDA (torch.cuda.set_sync_debug_mode)"}
+    out = {}
+    for name, run in (("mlm", lambda q: hfssl_mlm(q, compile=False, varlen=False)), ("w2v", lambda q: hfssl_w2v(q, compile=False))):
+        steps = 4
+        q = {**p, "steps": steps, "warm": 2, "w2v_steps": steps, "w2v_warm": 2, "workers": 0}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                run(q)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        syncs = [str(w.message).splitlines()[0][:120] for w in caught if "synchroniz" in str(w.message)]
+        out[name] = {"syncs_per_update": round(len(syncs) / steps, 2), "examples": sorted(set(syncs))[:8]}
+    return out
 
 
 def w2v_long(p: dict, seconds: float) -> dict:

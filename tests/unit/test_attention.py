@@ -1,13 +1,14 @@
-"""attn_implementation: each kernel gives eager's loss on the same batch (sdpa here; flash_attention_2 where a
-CUDA GPU and flash-attn exist), the default is the fastest available one, and bad requests fail at load."""
+"""attn_implementation: each kernel gives eager's loss on the same batch (sdpa on the CPU, and on a CUDA GPU in
+bf16; flash_attention_2 where a CUDA GPU and flash-attn exist), the default is the fastest available one, and
+bad requests fail at load. Imports nothing that needs `datasets` or `soundfile` at module level, so the kernel
+tests run on a GPU machine that lacks them."""
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForMaskedLM, HubertConfig, HubertModel, Wav2Vec2ForPreTraining
+from transformers import AutoConfig, AutoModelForMaskedLM, HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2ForPreTraining
 
 from conftest import CORPUS, ROOT
 from hfssl import attention
@@ -18,20 +19,23 @@ from hfssl.errors import ConfigError
 from hfssl.finetune.config import FinetuneConfig
 from hfssl.objectives import load_config
 from hfssl.objectives.mlm.loss import SparseMaskedLM
-from hfssl.objectives.mlm.objective import MLMObjective
 from hfssl.objectives.wav2vec2.model import Wav2Vec2Pretraining
 
-FLASH = torch.cuda.is_available() and attention.flash_attention_installed()
-IMPLEMENTATIONS = ["sdpa", pytest.param("flash_attention_2", marks=pytest.mark.skipif(
-    not FLASH, reason="flash_attention_2 needs a CUDA GPU and the flash-attn package (run on the GPU machine)"))]
+CUDA = torch.cuda.is_available()
+FLASH = CUDA and attention.flash_attention_installed()
+IMPLEMENTATIONS = [
+    "sdpa",
+    pytest.param("sdpa-cuda", marks=pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (run on the GPU machine)")),
+    pytest.param("flash_attention_2", marks=pytest.mark.skipif(
+        not FLASH, reason="flash_attention_2 needs a CUDA GPU and the flash-attn package (run on the GPU machine)"))]
 UNLABELED = ROOT / "tests" / "fixtures" / "speech" / "unlabeled"
 
 
-def _device_and_precision(implementation):
-    """flash_attention_2 computes in bf16 on CUDA: compare it with eager under the same autocast, at bf16 tolerance."""
-    if implementation == "flash_attention_2":
-        return torch.device("cuda"), torch.autocast("cuda", dtype=torch.bfloat16), 2e-2
-    return torch.device("cpu"), torch.autocast("cpu", enabled=False), 1e-5
+def _device_and_precision(case):
+    """(kernel, device, autocast, tolerance): on CUDA both the kernel and eager run under bf16 autocast, at bf16 tolerance."""
+    if case in ("flash_attention_2", "sdpa-cuda"):
+        return case.removesuffix("-cuda"), torch.device("cuda"), torch.autocast("cuda", dtype=torch.bfloat16), 2e-2
+    return case, torch.device("cpu"), torch.autocast("cpu", enabled=False), 1e-5
 
 
 def _mlm_loss(model_type, implementation, device, autocast):
@@ -58,9 +62,10 @@ def _speech_batch(device, layer_norm):
 
 
 def _wav2vec2_loss(implementation, device, autocast):
-    from test_wav2vec2_objective import tiny_config
-
-    config = tiny_config(feat_extract_norm="layer", do_stable_layer_norm=True)
+    config = Wav2Vec2Config(conv_dim=(32, 32, 32), conv_kernel=(10, 3, 3), conv_stride=(5, 2, 2), hidden_size=32, num_hidden_layers=2,
+                            num_attention_heads=2, intermediate_size=64, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+                            num_codevector_groups=2, num_codevectors_per_group=16, codevector_dim=32, proj_codevector_dim=32,
+                            num_negatives=10, feat_extract_norm="layer", do_stable_layer_norm=True)
     torch.manual_seed(0)
     model = Wav2Vec2ForPreTraining(config)
     attention.use_attn_implementation(model, implementation, "bf16" if device.type == "cuda" else "no")
@@ -84,24 +89,24 @@ def _hubert_hidden_sum(implementation, device, autocast):
     return hidden.float().abs().sum().item()
 
 
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("case", IMPLEMENTATIONS)
 @pytest.mark.parametrize("model_type", ["bert", "roberta"])
-def test_text_kernel_gives_eagers_loss(model_type, implementation):
-    device, autocast, tolerance = _device_and_precision(implementation)
+def test_text_kernel_gives_eagers_loss(model_type, case):
+    implementation, device, autocast, tolerance = _device_and_precision(case)
     expected = _mlm_loss(model_type, "eager", device, autocast)
     assert _mlm_loss(model_type, implementation, device, autocast) == pytest.approx(expected, rel=tolerance)
 
 
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-def test_wav2vec2_kernel_gives_eagers_loss(implementation):
-    device, autocast, tolerance = _device_and_precision(implementation)
+@pytest.mark.parametrize("case", IMPLEMENTATIONS)
+def test_wav2vec2_kernel_gives_eagers_loss(case):
+    implementation, device, autocast, tolerance = _device_and_precision(case)
     expected = _wav2vec2_loss("eager", device, autocast)
     assert _wav2vec2_loss(implementation, device, autocast) == pytest.approx(expected, rel=tolerance)
 
 
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-def test_hubert_kernel_gives_eagers_hidden_states(implementation):
-    device, autocast, tolerance = _device_and_precision(implementation)
+@pytest.mark.parametrize("case", IMPLEMENTATIONS)
+def test_hubert_kernel_gives_eagers_hidden_states(case):
+    implementation, device, autocast, tolerance = _device_and_precision(case)
     expected = _hubert_hidden_sum("eager", device, autocast)
     assert _hubert_hidden_sum(implementation, device, autocast) == pytest.approx(expected, rel=tolerance)
 
@@ -118,6 +123,9 @@ def test_default_is_the_fastest_available_and_logged(caplog):
 
 
 def test_objective_builds_its_model_with_the_requested_kernel(tmp_path):
+    pytest.importorskip("datasets", reason="the MLM objective reads its corpus with datasets")
+    from hfssl.objectives.mlm.objective import MLMObjective
+
     cfg = load_config([str(ROOT / "recipes/mlm/tiny-cpu.yaml"), "--train_file", str(CORPUS), "--output_dir", str(tmp_path),
                        "--tokenizer_name", str(ROOT / "tests/fixtures/text/tokenizer"), "--max_seq_length", "32",
                        "--config_overrides", "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64",

@@ -83,20 +83,25 @@ def test_padding_free_batch_has_little_padding():
 
 # ----------------------------------------------------------------------------------- same loss as padded
 
-@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+CUDA_CASE = pytest.param("sdpa-cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))
+
+
+@pytest.mark.parametrize("case", ["sdpa", "eager", CUDA_CASE])
 @pytest.mark.parametrize("model_type", ["bert", "roberta", "data2vec-text"])
-def test_mlm_packed_loss_equals_padded(model_type, implementation):
+def test_mlm_packed_loss_equals_padded(model_type, case):
+    """On CUDA: sdpa's fused kernels with the block-diagonal mask, in bf16 (bf16 tolerance)."""
+    device, tolerance = (torch.device("cuda"), 2e-2) if case == "sdpa-cuda" else (torch.device("cpu"), 1e-5)
     config = _config(model_type)
     torch.manual_seed(0)
-    mlm = AutoModelForMaskedLM.from_config(config, attn_implementation=implementation).eval()
+    mlm = AutoModelForMaskedLM.from_config(config, attn_implementation=case.removesuffix("-cuda")).to(device).eval()
     model = SparseMaskedLM(mlm)
     padded, packed = _mlm_collators(config)
     a, b = padded(_examples(), seed=7), packed(_examples(), seed=7)
-    tensors = lambda batch: {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}  # noqa: E731
-    with torch.no_grad():
+    tensors = lambda batch: {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}  # noqa: E731
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         out_a, out_b = model(**tensors(a)), model(**tensors(b))
     assert a["num_targets"] > 10
-    assert out_b["loss_sum"].item() == pytest.approx(out_a["loss_sum"].item(), rel=1e-5)
+    assert out_b["loss_sum"].item() == pytest.approx(out_a["loss_sum"].item(), rel=tolerance)
     assert out_b["accuracy"].item() == pytest.approx(out_a["accuracy"].item())
     assert out_b["padding_fraction"].item() < out_a["padding_fraction"].item()
 
