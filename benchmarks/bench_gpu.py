@@ -28,7 +28,10 @@ of a workload (the reference computation, not what a variant skips): BERT, per t
 values, forward and backward; for varying lengths, the token-weighted mean length); wav2vec 2.0, per
 utterance, 3 x forward (the conv feature encoder, the projection, the convolutional position embedding,
 the transformer's matmuls and attention). Peak: the datasheet dense bf16 figure of the GPU (H100/H200 SXM:
-989 TFLOP/s) and the one measured here (an 8192^3 bf16 matmul; fp32 2048^3 on CPU).
+989 TFLOP/s) and the one measured here (an 8192^3 bf16 matmul; fp32 2048^3 on CPU; best of three trials).
+hfssl skips most of the MLM head's FLOPs (it runs on masked tokens only) and wav2vec 2.0's quantizer and
+logits on unmasked frames; model FLOPs still count them, as for every variant, so hfssl's MFU can exceed
+what the hardware actually computed (on a CPU, even the measured peak).
 
     python benchmarks/bench_gpu.py                         # GPU: every workload, ~6 min on an H100
     python benchmarks/bench_gpu.py --workloads w2v_long    # the 2-minute bf16 wav2vec 2.0 run
@@ -50,6 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -82,11 +86,14 @@ def measured_peak_tflops(device: torch.device) -> float:
     for _ in range(3):
         a @ b
     _sync(device)
-    reps, t = 10 if device.type == "cuda" else 2, time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    _sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e12
+    reps, best = (10 if device.type == "cuda" else 3), float("inf")
+    for _ in range(3):  # the best of three: on a shared CPU, other jobs only ever slow a trial down
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 * reps / best / 1e12
 
 
 def _sync(device):
@@ -147,21 +154,22 @@ def add_derived(result: dict, peaks: dict) -> None:
 
 
 def ratios(results: dict) -> dict:
-    """Throughput of each hfssl variant / each stock variant of the same workload."""
+    """Throughput of each hfssl variant / each stock variant of the same workload (on a CPU also per CPU second)."""
     out = {}
     for workload, stock_names in STOCK.items():
         rows = results.get(workload, {})
         unit = "tokens_per_s" if workload.startswith("mlm") else "audio_s_per_s"
         for ours, r in rows.items():
-            if ours.startswith("hfssl") and unit in r:
-                for stock in stock_names:
-                    if unit in rows.get(stock, {}):
-                        out[f"{workload}: {ours} / {stock}"] = round(r[unit] / rows[stock][unit], 3)
+            for stock in stock_names if ours.startswith("hfssl") else ():
+                for key, label in ((unit, ""), (unit.replace("_per_s", "_per_cpu_s"), " (CPU time)")):
+                    if key in r and key in rows.get(stock, {}):
+                        out[f"{workload}: {ours} / {stock}{label}"] = round(r[key] / rows[stock][key], 3)
     return out
 
 
 def print_table(results: dict, comparisons: dict) -> None:
-    keys = ["tokens_per_s", "audio_s_per_s", "step_ms", "peak_mem_gb", "padding_fraction", "mfu_vs_datasheet", "mfu_vs_measured"]
+    keys = ["tokens_per_s", "audio_s_per_s", "step_ms", "cpu_ms_per_step", "peak_mem_gb", "padding_fraction", "mfu_vs_datasheet",
+            "mfu_vs_measured"]
     print(f"\n{'workload':<11} {'variant':<19} " + " ".join(f"{k:>16}" for k in keys))
     for workload, rows in results.items():
         for variant, r in rows.items():
@@ -196,7 +204,11 @@ def main(argv=None) -> dict:
             for variant, run in RUNNERS[workload]:
                 if wanted is not None and variant not in wanted:
                     continue
-                result = run(preset)
+                try:
+                    result = run(preset)
+                except Exception as e:  # noqa: BLE001  one failing variant must not cost the others their GPU time
+                    traceback.print_exc()
+                    result = {"error": f"{type(e).__name__}: {e}"[:500]}
                 add_derived(result, peaks)
                 results.setdefault(workload, {})[variant] = result
                 print(workload, variant, json.dumps(result), flush=True)

@@ -2,7 +2,9 @@
 
 Each runner builds its model from the preset (seed 0), trains `steps` updates and returns a dict of
 figures: tokens_per_s or audio_s_per_s, step_ms, peak_mem_gb (CUDA), model_tflops_per_s, and what else
-the variant knows (loss, padding_fraction, attention kernel).
+the variant knows (loss, padding_fraction, attention kernel). On a CPU also the process's CPU time per
+update (cpu_ms_per_step, tokens_per_cpu_s / audio_s_per_cpu_s): with one torch thread and no DataLoader
+workers it is the compute itself, which other jobs on a shared machine do not inflate as they do wall time.
 """
 
 from __future__ import annotations
@@ -179,11 +181,11 @@ def stock_mlm(p: dict, compile: bool, varlen: bool) -> dict:
         def on_step_end(self, args, state, control, **kw):
             if state.global_step == p["warm"]:
                 _sync(device)
-                self.t0, self.tokens0 = time.perf_counter(), state.num_input_tokens_seen
+                self.t0, self.tokens0 = (time.perf_counter(), time.process_time()), state.num_input_tokens_seen
 
         def on_train_end(self, args, state, control, **kw):
             _sync(device)
-            self.t1, self.tokens1 = time.perf_counter(), state.num_input_tokens_seen
+            self.t1, self.tokens1 = (time.perf_counter(), time.process_time()), state.num_input_tokens_seen
 
     config = _bert_config(p)
     torch.manual_seed(0)
@@ -198,7 +200,7 @@ def stock_mlm(p: dict, compile: bool, varlen: bool) -> dict:
                       data_collator=DataCollatorForLanguageModeling(_make_tokenizer(config.vocab_size), mlm_probability=0.15))
     out = trainer.train()
     timed = p["steps"] - p["warm"]
-    dt = clock.t1 - clock.t0
+    dt = (clock.t1[0] - clock.t0[0], clock.t1[1] - clock.t0[1])
     tokens = clock.tokens1 - clock.tokens0 if varlen else timed * p["batch"] * p["seq"]
     lengths = np.array([len(r["input_ids"]) for r in rows])
     result = _text_result(p, config, tokens, dt, timed, lengths, device)
@@ -237,14 +239,14 @@ def stock_w2v(p: dict) -> dict:
     for step in range(p["w2v_steps"]):
         if step == p["w2v_warm"]:
             _sync(device)
-            t0 = time.perf_counter()
+            t0 = (time.perf_counter(), time.process_time())
         with autocast:
             out = model(x, mask_time_indices=mask_t, sampled_negative_indices=neg_t)
         out.loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     _sync(device)
-    timed, dt = p["w2v_steps"] - p["w2v_warm"], time.perf_counter() - t0
+    timed, dt = p["w2v_steps"] - p["w2v_warm"], (time.perf_counter() - t0[0], time.process_time() - t0[1])
     result = _audio_result(p, config, samples, dt, timed, device)
     result.update(attention=model.config._attn_implementation, loss=round(float(out.loss.detach()), 4),
                   cpu_mask_and_negatives_ms_per_batch=round(mask_ms, 2), frames=frames, masked_fraction=round(float(mask.mean()), 3))
@@ -255,7 +257,8 @@ def stock_w2v(p: dict) -> dict:
 # ----------------------------------------------------------------------------------- hfssl
 
 def _train_hfssl(p, objective_factory, compile: bool, steps: int, **settings):
-    """hfssl's real loop on a synthetic objective; returns (objective, training log rows)."""
+    """hfssl's real loop on a synthetic objective; returns (objective, training log rows). objective.clock holds
+    (wall, CPU) times at the end of every update (after its loss was read back from the device)."""
     from hfssl.config import TrainingArguments
     from hfssl.trainer import make_accelerator, train
 
@@ -282,8 +285,10 @@ def _objective_class():
             super().__init__(cfg)
             self.name, self.input_unit, self.model, self.collator, self.train_dataset = name, unit, model, collator, data
             self._on_update = on_update
+            self.clock: list[tuple[float, float]] = []
 
         def on_update(self, step, total_steps):
+            self.clock.append((time.perf_counter(), time.process_time()))
             return self._on_update(self.model, step) if self._on_update else {}
 
         def save_pretrained(self, output_dir, summary):
@@ -313,8 +318,8 @@ def hfssl_mlm(p: dict, compile: bool, varlen: bool, packed: bool = True, attenti
         collator = MLMCollator(0, 4, torch.arange(SPECIAL), torch.arange(SPECIAL, config.vocab_size), packing=packing)
         return _objective_class()(cfg, "mlm", "tokens", SparseMaskedLM(mlm), collator, [{"input_ids": r} for r in rows])
 
-    _, log = _train_hfssl(p, build, compile, p["steps"], per_device_train_batch_size=p["batch"], learning_rate=1e-4)
-    timed, dt = p["steps"] - p["warm"], log[-1]["time"] - log[p["warm"] - 1]["time"]
+    objective, log = _train_hfssl(p, build, compile, p["steps"], per_device_train_batch_size=p["batch"], learning_rate=1e-4)
+    timed, dt = p["steps"] - p["warm"], _elapsed(objective.clock, p["warm"])
     plan = shuffled_batches(len(rows), p["batch"], 0, 0)  # the loop's epoch-0 plan: update s trains plan[s]
     lengths = np.array([len(r) for r in rows])
     tokens = int(sum(lengths[plan[s]].sum() for s in range(p["warm"], p["steps"])))
@@ -353,8 +358,8 @@ def hfssl_w2v(p: dict, compile: bool) -> dict:
 
     config, samples = _w2v_config(p), int(p["w2v_seconds"] * 16000)
     build, kernel = _w2v_objective(p, config, samples)
-    _, log = _train_hfssl(p, build, compile, p["w2v_steps"], per_device_train_batch_size=p["w2v_batch"], learning_rate=5e-4)
-    timed, dt = p["w2v_steps"] - p["w2v_warm"], log[-1]["time"] - log[p["w2v_warm"] - 1]["time"]
+    objective, log = _train_hfssl(p, build, compile, p["w2v_steps"], per_device_train_batch_size=p["w2v_batch"], learning_rate=5e-4)
+    timed, dt = p["w2v_steps"] - p["w2v_warm"], _elapsed(objective.clock, p["w2v_warm"])
     result = _audio_result(p, config, samples, dt, timed, torch.device(p["device"]))
     collator = AudioPretrainingCollator(config.conv_kernel, config.conv_stride, num_negatives=config.num_negatives)
     lengths = torch.full((p["w2v_batch"],), samples)
@@ -423,13 +428,26 @@ def w2v_long(p: dict, seconds: float) -> dict:
 
 # ----------------------------------------------------------------------------------- results
 
+def _elapsed(clock, warm: int) -> tuple[float, float]:
+    """(wall, CPU) seconds from the end of update `warm` to the end of the last one."""
+    return clock[-1][0] - clock[warm - 1][0], clock[-1][1] - clock[warm - 1][1]
+
+
 def _text_result(p, config, tokens, dt, timed, lengths, device) -> dict:
+    wall, cpu = dt
     mean_len = float((lengths**2).sum() / lengths.sum())
-    return {"tokens_per_s": round(tokens / dt), "step_ms": round(1000 * dt / timed, 2), "timed_steps": timed,
-            "peak_mem_gb": _peak(device), "model_tflops_per_s": round(tokens / dt * bert_flops_per_token(config, mean_len) / 1e12, 4)}
+    result = {"tokens_per_s": round(tokens / wall), "step_ms": round(1000 * wall / timed, 2), "timed_steps": timed,
+              "peak_mem_gb": _peak(device), "model_tflops_per_s": round(tokens / wall * bert_flops_per_token(config, mean_len) / 1e12, 4)}
+    if device.type == "cpu":
+        result.update(tokens_per_cpu_s=round(tokens / cpu), cpu_ms_per_step=round(1000 * cpu / timed, 2))
+    return result
 
 
 def _audio_result(p, config, samples, dt, timed, device) -> dict:
-    B = p["w2v_batch"]
-    return {"audio_s_per_s": round(timed * B * samples / 16000 / dt, 2), "step_ms": round(1000 * dt / timed, 2), "timed_steps": timed,
-            "peak_mem_gb": _peak(device), "model_tflops_per_s": round(timed * B * w2v_flops_per_utterance(config, samples) / dt / 1e12, 4)}
+    wall, cpu = dt
+    audio = timed * p["w2v_batch"] * samples / 16000
+    result = {"audio_s_per_s": round(audio / wall, 2), "step_ms": round(1000 * wall / timed, 2), "timed_steps": timed, "peak_mem_gb": _peak(device),
+              "model_tflops_per_s": round(timed * p["w2v_batch"] * w2v_flops_per_utterance(config, samples) / wall / 1e12, 4)}
+    if device.type == "cpu":
+        result.update(audio_s_per_cpu_s=round(audio / cpu, 3), cpu_ms_per_step=round(1000 * cpu / timed, 2))
+    return result
