@@ -26,7 +26,6 @@ from hfssl.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
 HELP = ("Attention kernel, Hugging Face's name: sdpa, flash_attention_2 (CUDA, fp16/bf16, needs the flash-attn "
         "package) or eager. Unset: the fastest available and correct one (logged).")
 
@@ -46,7 +45,7 @@ def flash_attention_installed() -> bool:
 
 def check_attn_implementation(value: Optional[str], mixed_precision: str) -> None:
     """Config-load check of the `attn_implementation` key (None: choose at model build)."""
-    if value is None or value != "flash_attention_2":
+    if value != "flash_attention_2":
         return
     if not flash_attention_installed():
         raise ConfigError("attn_implementation flash_attention_2 needs the flash-attn package (pip install flash-attn "
