@@ -24,7 +24,7 @@ W2V_TINY = dict(conv_dim=(16,) * 7, hidden_size=32, num_hidden_layers=1, num_att
                 codevector_dim=16, proj_codevector_dim=16)
 PRESETS = {
     # The issue's workloads: BERT-base (BertConfig() defaults), wav2vec 2.0 base with the pretraining-friendly
-    # layer-norm layout (the GPU anchors' config), bf16 autocast, 4 DataLoader workers.
+    # layer-norm layout (the configuration of the issue's reference GPU figures), bf16 autocast, 4 DataLoader workers.
     "gpu": dict(device="cuda", precision="bf16", bert={}, seq=128, batch=256, steps=60, warm=20, w2v={}, w2v_batch=8,
                 w2v_seconds=15.6, w2v_steps=30, w2v_warm=10, negatives=100, workers=4),
     # The same comparisons at CPU size (fp32): BERT 4 x 256 (vocab 8192), wav2vec 2.0 4 x 256.
