@@ -161,7 +161,9 @@ def _setup(cfg, objective, accelerator, run_dir: RunDir) -> _Run:
 
     model, optimizer = accelerator.prepare(objective.model, optimizer)
     if cfg.torch_compile:
-        model = torch.compile(model, dynamic=True)
+        # dynamic=None: shapes start static (the fastest kernels, CUDA-graph friendly); a dimension that
+        # changes (masked-token count, packed rows, padded length) is recompiled once, as a dynamic dimension.
+        model = torch.compile(model, dynamic=None)
     run = _Run(cfg, objective, accelerator, model, optimizer, scheduler, _State(), steps_per_epoch, total_steps,
                Path(cfg.output_dir), run_dir.run_id, on_eval_loss)
     if run_dir.resume is not None:
@@ -212,9 +214,11 @@ def _forward_backward(run: _Run, micro: list[dict]):
     accelerator, model, W = run.accelerator, run.model, run.world
     counts = [as_terms(b["num_targets"]) for b in micro]  # per micro-batch {term: targets}, collator's term order
     names = list(counts[0])
-    local = [sum(c[k] for c in counts) for k in names] + [sum(b["num_inputs"] for b in micro)]
-    totals = accelerator.reduce(torch.tensor(local, dtype=torch.float64, device=accelerator.device), "sum").tolist()
-    n_targets, n_inputs = dict(zip(names, totals[:-1])), totals[-1]  # note: CPU-GPU sync point, once per update
+    local = [float(sum(c[k] for c in counts)) for k in names] + [float(sum(b["num_inputs"] for b in micro))]
+    # One process: the collator's counts are already global; the round trip through the device would
+    # wait for the GPU to finish the previous update. Several: note: CPU-GPU sync point, once per update.
+    totals = local if W == 1 else accelerator.reduce(torch.tensor(local, dtype=torch.float64, device=accelerator.device), "sum").tolist()
+    n_targets, n_inputs = dict(zip(names, totals[:-1])), totals[-1]
     # DDP averages gradients over W processes: scale by W so each term becomes sum / its global count.
     scales = {k: W / max(n, 1.0) for k, n in n_targets.items()}
     sums: dict[str, torch.Tensor] = {}

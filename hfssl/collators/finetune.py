@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from hfssl.collators.packing import PackedLayout, pack
 from hfssl.collators.text import pad_int_sequences
 from hfssl.data.audio.batching import normalize, random_crop
 from hfssl.data.audio.fbank import FbankFrontend
@@ -26,17 +27,24 @@ class TextClassificationCollator:
     """Pads tokenized examples (`input_ids`, optional `token_type_ids`, `labels`).
 
     `labels` is a class id, or an (L,) 0/1 vector for multi-label; examples without `labels`
-    (an unlabeled test set) give a batch without them.
+    (an unlabeled test set) give a batch without them. With `packing`, the token tensors are packed
+    without padding (`hfssl.collators.packing.pack`: position_ids, sequence_ids, cu_seqlens,
+    sequence_starts instead of attention_mask); labels stay in batch order.
     """
 
     pad_token_id: int
+    packing: Optional[PackedLayout] = None
 
     def __call__(self, examples: list[dict], seed: int = 0, progress: float = 0.0) -> dict:
         ids = pad_int_sequences([e["input_ids"] for e in examples], self.pad_token_id)  # (B, T)
         lengths = torch.tensor([len(e["input_ids"]) for e in examples])
-        batch = {"input_ids": ids, "attention_mask": (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()}
+        tokens = {"input_ids": ids}
         if "token_type_ids" in examples[0]:
-            batch["token_type_ids"] = pad_int_sequences([e["token_type_ids"] for e in examples], 0)
+            tokens["token_type_ids"] = pad_int_sequences([e["token_type_ids"] for e in examples], 0)
+        if self.packing is None:
+            batch = {**tokens, "attention_mask": (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()}
+        else:
+            batch = pack(tokens, lengths, self.packing, {"input_ids": self.pad_token_id})
         if "labels" in examples[0]:
             labels = np.asarray([e["labels"] for e in examples])
             batch["labels"] = torch.as_tensor(labels, dtype=torch.float32 if labels.ndim == 2 else torch.long)

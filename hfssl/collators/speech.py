@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from hfssl.data.audio.geometry import num_frames
-from hfssl.masking.spans import compute_span_mask, sample_negatives
+from hfssl.masking.spans import compute_span_mask, masked_rows, sample_negatives
 
 
 class AudioPretrainingCollator:
@@ -38,8 +38,9 @@ class AudioPretrainingCollator:
 
     Returns per batch: `input_values` (B, N) float32, optionally `attention_mask` (B, N) long,
     `mask_time_indices` (B, F) bool, `frame_lengths` (B,) long (real frames per utterance),
-    `sampled_negative_indices` (B, F, K) long time indices into the same utterance (when
-    num_negatives > 0), `labels` (B, F) long with -100 on padding (when examples carry
+    `sampled_negative_indices` (B, F, K) long time indices into the same utterance, with
+    `masked_positions` (N,) and `negative_rows` (N, K), the same as rows of the masked frames
+    (`hfssl.masking.spans.masked_rows`; when num_negatives > 0), `labels` (B, F) long with -100 on padding (when examples carry
     `frame_labels`), and the ints/floats `num_targets` (masked frames) and `num_inputs`
     (audio seconds after cropping).
     """
@@ -113,6 +114,7 @@ class AudioPretrainingCollator:
             batch["attention_mask"] = (torch.arange(longest)[None, :] < lengths[:, None]).long()
         if negatives is not None:
             batch["sampled_negative_indices"] = negatives
+            batch["masked_positions"], batch["negative_rows"] = masked_rows(mask, negatives)
         if with_labels:
             batch["labels"] = self._labels(examples, offsets, frame_lengths, mask.shape[1])
         batch["num_targets"] = int(mask.sum())

@@ -18,7 +18,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from hfssl.masking import apply_replacements, select_spans, select_tokens, select_whole_words
+from hfssl.collators.packing import PackedLayout, pack
+from hfssl.masking import apply_replacements, masked_positions_of, select_spans, select_tokens, select_whole_words
 
 
 def pad_int_sequences(sequences: list[Any], pad_value: int, multiple_of: int = 1) -> torch.Tensor:
@@ -41,6 +42,11 @@ class MLMCollator:
     Examples are dicts with `input_ids` (and `word_ids`, -1 at special tokens, for word-level
     strategies). Special tokens and padding are never selected; random replacements come from the
     real vocabulary without special tokens.
+
+    `masked_positions` (N,) gives the flat indices of the masked tokens (`masked_positions_of(labels)`).
+    With `packing`, the masked batch is then packed without padding (`hfssl.collators.packing`): the
+    output has input_ids, labels, position_ids, sequence_ids (R, W) and cu_seqlens instead of
+    attention_mask, with the same tokens, masks and labels.
     """
 
     pad_token_id: int
@@ -55,6 +61,7 @@ class MLMCollator:
     span_geometric_p: float = 0.2
     span_max_length: int = 10
     pad_to_multiple_of: int = 8
+    packing: Optional[PackedLayout] = None
 
     @classmethod
     def from_tokenizer(cls, tokenizer, **kw) -> "MLMCollator":
@@ -90,10 +97,12 @@ class MLMCollator:
             input_ids, selected, self.mask_token_id, self.replacement_ids,
             self.mask_replace_prob, self.random_replace_prob, generator,
         )
-        return {
-            "input_ids": inputs,
-            "attention_mask": attention_mask,
-            "labels": labels,
-            "num_targets": int(selected.sum()),
-            "num_inputs": int(lengths.sum()),
-        }
+        counts = {"num_targets": int(selected.sum()), "num_inputs": int(lengths.sum())}
+        if self.packing is None:
+            batch = {"input_ids": inputs, "attention_mask": attention_mask, "labels": labels}
+        else:
+            batch = pack({"input_ids": inputs, "labels": labels}, lengths, self.packing, {"input_ids": self.pad_token_id, "labels": -100})
+            del batch["sequence_starts"]  # for sequence classification only
+        # Found here, on the CPU: the model then gathers the masked tokens without reading anything back from the GPU.
+        batch["masked_positions"] = masked_positions_of(batch["labels"])
+        return {**batch, **counts}

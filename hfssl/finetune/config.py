@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
+from hfssl import attention
 from hfssl.config import MAX_LEARNING_RATE, TrainingArguments, _help
 from hfssl.errors import ConfigError
 from hfssl.objectives.speech_base import AudioDataArguments
@@ -33,6 +34,7 @@ class FinetuneConfig(TrainingArguments, AudioDataArguments):
     do_train: bool = _help("Train; false evaluates an existing model (model_name_or_path) only.", True)
     probe: bool = _help("SUPERB-style probe: freeze the upstream, learn a softmax-weighted sum of all hidden layers plus a small head.", False)
     probe_hidden_size: int = _help("Probe head width (0: linear head).", 0)
+    attn_implementation: Optional[Literal["sdpa", "flash_attention_2", "eager"]] = _help(attention.HELP, None)
     # --- data (text tables; audio folders/manifests come from the audio fields)
     train_file: Optional[str] = _help("Training table (.csv/.tsv/.json/.jsonl/.parquet); for audio tasks a manifest with an audio path column.", None)
     validation_file: Optional[str] = _help("Validation table in the same format.", None)
@@ -48,6 +50,9 @@ class FinetuneConfig(TrainingArguments, AudioDataArguments):
     multi_label: Optional[bool] = _help("Several labels per example; default: true when label values are lists. Strings are split on label_separator.", None)
     label_separator: str = _help("Multi-label values stored as one string are split on this.", ";")
     max_seq_length: int = _help("Tokens per text example (longer ones are truncated).", 128)
+    padding_free: Optional[bool] = _help("Text classification: pack each batch's examples into rows without padding, attention kept "
+                                         "within each example. Unset: on where the model supports it (" + ", ".join(attention.PACKABLE)
+                                         + "; not with probe), else padded batches.", None)
     max_train_samples: Optional[int] = _help("Keep at most N training examples (stratified for classification).", None)
     label_fraction: float = _help("Keep this fraction of the training examples (stratified): the label budget.", 1.0)
     # --- audio
@@ -128,6 +133,10 @@ class FinetuneConfig(TrainingArguments, AudioDataArguments):
             raise ConfigError(f"word_delimiter_token must be one character, got '{self.word_delimiter_token}'.")
         if self.probe and self.probe_hidden_size < 0:
             raise ConfigError("probe_hidden_size must be >= 0.")
+        attention.check_attn_implementation(self.attn_implementation, self.mixed_precision)
+        if self.padding_free and (audio or self.probe):
+            raise ConfigError("padding_free packs text examples for a fine-tuned classifier; it does not apply to audio tasks "
+                              "or probes. Unset it.")
 
     def check_data_sources(self) -> None:
         """Data is required to run, not to load a recipe (GPU recipes are templates without data)."""

@@ -13,6 +13,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from hfssl.attention import forward_kwargs
 from hfssl.data.audio.geometry import ConvFrames
 
 
@@ -62,6 +63,48 @@ class SequenceClassifier(torch.nn.Module):
     @torch.no_grad()
     def predict_step(self, labels=None, **inputs):
         logits = self.model(**inputs).logits.float()
+        loss = classification_loss(logits, labels, self.multi_label) if labels is not None else None
+        return loss, list(logits.cpu().numpy())
+
+
+# How each architecture's AutoModelForSequenceClassification turns the first token's hidden state (E, H)
+# into logits (E, L): the same modules its own forward applies to hidden[:, 0].
+CLASSIFIER_HEADS: dict[str, Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]] = {
+    "bert": lambda m, h: m.classifier(m.dropout(m.bert.pooler(h[:, None]))),
+    "roberta": lambda m, h: m.classifier(h[:, None]),
+    "xlm-roberta": lambda m, h: m.classifier(h[:, None]),
+    "camembert": lambda m, h: m.classifier(h[:, None]),
+    "data2vec-text": lambda m, h: m.classifier(h[:, None]),
+    "electra": lambda m, h: m.classifier(h[:, None]),
+}
+
+
+class PackedTextClassifier(torch.nn.Module):
+    """An AutoModelForSequenceClassification run on padding-free batches (`hfssl.collators.packing`):
+    the encoder on the packed rows, the classification head on each example's first token, in batch order.
+    Same logits as the model's own forward on the padded batch (tests/unit/test_packing.py)."""
+
+    def __init__(self, model: torch.nn.Module, multi_label: bool = False):
+        super().__init__()
+        self.model, self.multi_label = model, multi_label
+        self.head = CLASSIFIER_HEADS[model.config.model_type]
+
+    def _logits(self, input_ids, position_ids, sequence_ids, cu_seqlens, sequence_starts, token_type_ids=None):
+        per_token = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        kwargs = forward_kwargs(self.model, input_ids, position_ids=position_ids, sequence_ids=sequence_ids, cu_seqlens=cu_seqlens,
+                                **per_token)
+        hidden = self.model.base_model(**kwargs).last_hidden_state  # (R, W, H), or (1, R * W, H) with flash_attention_2
+        return self.head(self.model, hidden.reshape(-1, hidden.shape[-1])[sequence_starts])  # (E, L)
+
+    def forward(self, labels, **inputs):
+        logits = self._logits(**inputs)
+        return {"loss_sum": classification_loss(logits, labels, self.multi_label),
+                "accuracy": classification_accuracy(logits, labels, self.multi_label),
+                "padding_fraction": (inputs["sequence_ids"] < 0).float().mean()}
+
+    @torch.no_grad()
+    def predict_step(self, labels=None, **inputs):
+        logits = self._logits(**inputs).float()
         loss = classification_loss(logits, labels, self.multi_label) if labels is not None else None
         return loss, list(logits.cpu().numpy())
 

@@ -15,6 +15,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from hfssl.attention import use_attn_implementation
 from hfssl.errors import ConfigError
 from hfssl.objectives.base import Objective
 
@@ -97,16 +98,20 @@ def model_source(cfg) -> tuple[str, bool]:
 
 
 def load_or_init(auto_class, cfg, config, pretrained: bool, source: str):
-    """`auto_class.from_pretrained(source, config=config)` or `auto_class.from_config(config)` (random init).
+    """`auto_class.from_pretrained(source, config=config)` or `auto_class.from_config(config)` (random init),
+    with the attention kernel of `cfg.attn_implementation` (unset: the fastest available).
 
     Heads whose shape changed (another label set) are re-initialized; the encoder weights load.
     """
     if pretrained:
         try:
-            return auto_class.from_pretrained(source, config=config, ignore_mismatched_sizes=True)
+            model = auto_class.from_pretrained(source, config=config, ignore_mismatched_sizes=True)
         except (OSError, ValueError) as e:
             raise ConfigError(f"Could not load model '{source}': {e}") from None
-    return auto_class.from_config(config)
+    else:
+        model = auto_class.from_config(config)
+    use_attn_implementation(model, cfg.attn_implementation, cfg.mixed_precision)
+    return model
 
 
 def apply_overrides(config, overrides: dict) -> None:

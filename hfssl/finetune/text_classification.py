@@ -8,11 +8,12 @@ import logging
 
 import numpy as np
 
+from hfssl.attention import OFFSET_POSITIONS, packed_layout
 from hfssl.collators.finetune import TextClassificationCollator
 from hfssl.errors import ConfigError
 from hfssl.errors import DataError
 from hfssl.finetune import data as fdata
-from hfssl.finetune.heads import LayerProbe, SequenceClassifier, save_probe
+from hfssl.finetune.heads import LayerProbe, PackedTextClassifier, SequenceClassifier, save_probe
 from hfssl.finetune.tasks import Rows, Task, apply_overrides, load_config, load_or_init, model_source
 
 logger = logging.getLogger(__name__)
@@ -82,12 +83,13 @@ class TextClassificationTask(Task):
         config.problem_type = "multi_label_classification" if space.multi_label else "single_label_classification"
         apply_overrides(config, cfg.config_overrides)
         max_pos = getattr(config, "max_position_embeddings", None)
-        if max_pos is not None and config.model_type in ("roberta", "xlm-roberta", "camembert", "data2vec-text"):
+        if max_pos is not None and config.model_type in OFFSET_POSITIONS:
             max_pos -= 2  # position ids start after the padding index
         self.max_length = min(cfg.max_seq_length, max_pos) if max_pos else cfg.max_seq_length
         if self.max_length < cfg.max_seq_length:
             logger.info("max_seq_length %d exceeds the model's %d positions: using %d.", cfg.max_seq_length, max_pos, self.max_length)
         self.tokenizer.model_max_length = min(self.tokenizer.model_max_length, self.max_length)
+        packing = None
         if cfg.probe:
             upstream = load_or_init(AutoModel, cfg, config, pretrained, source)
             n_states = config.num_hidden_layers + 1
@@ -98,8 +100,10 @@ class TextClassificationTask(Task):
             if clf.config.vocab_size < len(self.tokenizer):
                 raise ConfigError(f"The model's vocab_size ({clf.config.vocab_size}) is smaller than the tokenizer's "
                                   f"vocabulary ({len(self.tokenizer)}): use the model's own tokenizer.")
-            self.model = SequenceClassifier(clf, space.multi_label)
-        self.collator = TextClassificationCollator(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
+            packing = packed_layout(clf.config, self.max_length, cfg.padding_free)  # every PACKABLE type is in CLASSIFIER_HEADS
+            self.model = (SequenceClassifier if packing is None else PackedTextClassifier)(clf, space.multi_label)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.collator = TextClassificationCollator(pad_id, packing)
 
         encoded = {split: self._encode(ds, split) for split, ds in tables.items()}
         self.train_dataset = Rows(encoded["train"], train=True) if "train" in encoded else None

@@ -2,6 +2,7 @@
 
 from hfssl.masking.tokens import (
     apply_replacements,
+    masked_positions_of,
     select_spans,
     select_tokens,
     select_whole_words,
@@ -11,6 +12,7 @@ from hfssl.masking.tokens import (
 from hfssl.masking.spans import (
     compute_span_mask,
     expected_masked_fraction,
+    masked_rows,
     sample_negatives,
     span_mask_stats,
 )

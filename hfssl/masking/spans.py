@@ -288,3 +288,22 @@ def expected_masked_fraction(
             masked += 1.0 - p_unmasked
         expected += weight * masked / length
     return expected
+
+
+def masked_rows(mask: torch.Tensor, negatives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The masked frames as rows of the (N, ...) tensors a contrastive loss works on, and their negatives as rows.
+
+    Args:
+        mask: (B, T) bool, masked frames.
+        negatives: (B, T, K) long time indices into the same utterance (`sample_negatives`).
+    Returns:
+        positions (N,) long: flat b * T + t of each masked frame, row-major;
+        negative_rows (N, K) long: for each masked frame, the row (in 0..N-1) of each of its negatives.
+    Collators compute these on the CPU, so that a model on a GPU gathers by index instead of reading the
+    mask back (a boolean index is a device sync and a data-dependent shape).
+    """
+    B, T = mask.shape
+    positions = mask.reshape(-1).nonzero().squeeze(1)  # (N,)
+    rows_of = mask.reshape(-1).long().cumsum(0) - 1  # (B * T,) row of each masked frame
+    flat = (positions // T)[:, None] * T + negatives.reshape(B * T, -1).index_select(0, positions)  # (N, K)
+    return positions, rows_of[flat]

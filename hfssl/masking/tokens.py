@@ -131,3 +131,11 @@ def apply_replacements(
     corrupted = torch.where(to_mask, torch.full_like(input_ids, mask_token_id), input_ids)
     corrupted = torch.where(to_random, random_tokens, corrupted)
     return corrupted, labels
+
+
+def masked_positions_of(labels: torch.Tensor) -> torch.Tensor:
+    """(B, T) labels (-100 where not masked) -> (N,) long flat indices of the masked tokens, row-major.
+
+    On a GPU this reads the mask back to the host (a sync, and a data-dependent shape for torch.compile):
+    collators compute it on the CPU and pass it to the model as `masked_positions`."""
+    return (labels.reshape(-1) != -100).nonzero().squeeze(1)

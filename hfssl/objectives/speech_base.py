@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
+from hfssl import attention
 from hfssl.config import TrainingArguments, _help
 from hfssl.data.audio.batching import audio_batch_plan
 from hfssl.data.files import AUDIO_FILE_EXTENSIONS, check_file
@@ -79,10 +80,12 @@ class SpeechModelArguments:
     mask_time_prob: float = _help("Chance per frame of starting a masked span (wav2vec 2.0 semantics; not the 0.05 fine-tuning default).", 0.65)
     mask_time_length: int = _help("Frames per masked span.", 10)
     mask_time_min_masks: int = _help("At least this many spans per utterance.", 2)
+    attn_implementation: Optional[Literal["sdpa", "flash_attention_2", "eager"]] = _help(attention.HELP, None)
 
     def _check_speech_model(self) -> None:
         if self.model_name_or_path and self.config_name:
             raise ConfigError("Can't provide both model_name_or_path and config_name. Choose one.")
+        attention.check_attn_implementation(self.attn_implementation, self.mixed_precision)
         if not 0 < self.mask_time_prob < 1:
             raise ConfigError(f"mask_time_prob must be in (0, 1), got {self.mask_time_prob}.")
         if self.mask_time_length < 1 or self.mask_time_min_masks < 0:

@@ -6,8 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+from hfssl import attention
+from hfssl.attention import OFFSET_POSITIONS  # RoBERTa family: positions start at padding_idx + 1
 from hfssl.config import TrainingArguments, _help
 from hfssl.data.files import TEXT_FILE_EXTENSIONS, data_format, resolve_data_files
+from hfssl.collators.packing import PackedLayout
 from hfssl.errors import ConfigError
 
 
@@ -19,11 +22,13 @@ class TextModelArguments:
     config_name: Optional[str] = _help("Build a fresh model from this config (local folder, config.json or Hub id).", None)
     model_type: str = _help("Architecture for a fresh model when neither model_name_or_path nor config_name is set.", "bert")
     config_overrides: dict = _help("Config fields for a fresh model, e.g. {hidden_size: 256} or 'hidden_size=256,num_hidden_layers=4' on the CLI.", {})
+    attn_implementation: Optional[Literal["sdpa", "flash_attention_2", "eager"]] = _help(attention.HELP, None)
 
     def _check_text_model(self) -> None:
         if self.model_name_or_path and self.config_name:
             raise ConfigError("Can't provide both model_name_or_path and config_name: the first continues a checkpoint, "
                               "the second builds a fresh model. Choose one.")
+        attention.check_attn_implementation(self.attn_implementation, self.mixed_precision)
 
 
 @dataclass
@@ -41,7 +46,10 @@ class TextDataArguments:
     validation_split_percentage: float = _help("Percent of train held out when no validation set is given.", 5.0)
     text_column_name: Optional[str] = _help("Column holding the text (default 'text', or the only string column).", None)
     max_seq_length: int = _help("Tokens per example (block size when packing).", 128)
-    line_by_line: bool = _help("One example per document (truncated, padded) instead of packed blocks.", False)
+    line_by_line: bool = _help("One example per document (truncated) instead of packed blocks.", False)
+    padding_free: Optional[bool] = _help("line_by_line: pack each micro-batch's examples into rows without padding, attention kept "
+                                         "within each example (position ids restart per example). Unset: on where the model "
+                                         "supports it (" + ", ".join(attention.PACKABLE) + "), else padded batches.", None)
     streaming: bool = _help("Stream the corpus instead of loading it (needs max_steps).", False)
     preprocessing_num_workers: Optional[int] = _help("Processes for tokenization.", None)
     max_train_samples: Optional[int] = _help("Keep only the first N documents (debugging, quick runs).", None)
@@ -61,6 +69,9 @@ class TextDataArguments:
             raise ConfigError("streaming needs max_steps: a stream has no known length. Set --max_steps.")
         if self.vocab_size < 100:
             raise ConfigError(f"vocab_size must be >= 100, got {self.vocab_size}.")
+        if self.padding_free and not self.line_by_line:
+            raise ConfigError("padding_free packs line_by_line examples; packed blocks (line_by_line false) have no padding. "
+                              "Set line_by_line true or unset padding_free.")
 
 
 @dataclass
@@ -95,11 +106,6 @@ class TextPretrainConfig(MaskingArguments, TextDataArguments, TextModelArguments
         self._check_text_model()
         self._check_text_data()
         self._check_masking()
-
-
-# Architectures whose position ids start after the padding index (padding_idx + 1): they need 2 more
-# position embeddings than tokens per example.
-OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "data2vec-text")
 
 
 def text_model_config(cfg: TextModelArguments, tokenizer, max_seq_length: int, model_type: Optional[str] = None):
@@ -150,14 +156,25 @@ def check_vocab_fits(config, tokenizer) -> None:
             f"or start from a config (config_name/model_type) so hfssl sizes the model to the tokenizer.")
 
 
-def mlm_collator(cfg: MaskingArguments, tokenizer):
-    """The MLM collator for the recipe's masking settings."""
+def text_packing(cfg: TextPretrainConfig, config) -> Optional[PackedLayout]:
+    """The padding-free layout of line-by-line batches for a model with this config, or None (padded batches).
+
+    Packed blocks (line_by_line false) are full: nothing to gain. padding_free true for a model that cannot
+    take packed input is a ConfigError; unset, such a model falls back to padded batches (logged)."""
+    if not cfg.line_by_line:
+        return None
+    return attention.packed_layout(config, cfg.max_seq_length, cfg.padding_free)
+
+
+def mlm_collator(cfg: MaskingArguments, tokenizer, packing: Optional[PackedLayout] = None):
+    """The MLM collator for the recipe's masking settings (and padding-free layout)."""
     from hfssl.collators import MLMCollator
 
     return MLMCollator.from_tokenizer(
         tokenizer, mlm_probability=cfg.mlm_probability, mlm_probability_final=cfg.mlm_probability_final,
         mask_replace_prob=cfg.mask_replace_prob, random_replace_prob=cfg.random_replace_prob,
-        mask_strategy=cfg.mask_strategy, span_geometric_p=cfg.span_geometric_p, span_max_length=cfg.span_max_length)
+        mask_strategy=cfg.mask_strategy, span_geometric_p=cfg.span_geometric_p, span_max_length=cfg.span_max_length,
+        packing=packing)
 
 
 def masking_description(cfg: MaskingArguments) -> str:

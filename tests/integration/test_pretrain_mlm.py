@@ -4,7 +4,6 @@ import json
 import shutil
 
 import pytest
-import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
 
 from conftest import CORPUS, TINY_MLM, read_log, run_cli, train_losses

@@ -1,6 +1,5 @@
 """Exact resume after a real process kill, SIGTERM checkpoints, and 2-process parity (torchrun, gloo)."""
 
-import os
 import shutil
 import signal
 import subprocess

@@ -275,7 +275,7 @@ def test_the_ctc_probe_honours_ctc_zero_infinity(zero_infinity):
 
     config = Wav2Vec2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, conv_dim=(8, 8),
                             conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2)
-    cfg = SimpleNamespace(ctc_zero_infinity=zero_infinity, probe_hidden_size=0)
+    cfg = SimpleNamespace(ctc_zero_infinity=zero_infinity, probe_hidden_size=0, attn_implementation=None, mixed_precision="no")
     task = SimpleNamespace(cfg=cfg, config=config, pretrained=False, source="x", frames=ConvFrames(config.conv_kernel, config.conv_stride))
     probe = SpeechTask._upstream_probe(task, 6, "ctc", 0).train()  # as CTCTask builds it with probe true, as the loop runs it
     torch.manual_seed(0)

@@ -255,3 +255,22 @@ def test_preflight_reports_the_masking_actually_drawn(objective):
     assert report["masked_fraction"] == pytest.approx(objective.preflight["masked_fraction"])
     assert 0.4 < report["masked_fraction"] < 0.6 and 11 < report["mean_span_length"] < 18
     assert report["expected_masked_fraction"] == pytest.approx(report["masked_fraction"], abs=0.05)
+
+
+def test_collator_rows_give_the_same_loss_without_reading_back():
+    """The collator's masked_positions / negative_rows equal what the model derives from the mask, and with
+    them the forward and backward run no nonzero (a device sync on a GPU, a graph break for torch.compile)."""
+    config = tiny_config(feat_extract_norm="layer", do_stable_layer_norm=True)
+    collator = AudioPretrainingCollator(KERNEL, STRIDE, max_samples=3000, return_attention_mask=True, mask_prob=0.65,
+                                        mask_length=5, num_negatives=10)
+    batch = tensors(make_batch(collator, [3000, 2200, 2700], seed=3))
+    torch.manual_seed(0)
+    model = Wav2Vec2Pretraining(Wav2Vec2ForPreTraining(config)).eval()
+    derived = {k: v for k, v in batch.items() if k not in ("masked_positions", "negative_rows")}
+    with torch.no_grad():
+        expected = model(**derived)["loss_sum"]
+    with torch.profiler.profile() as prof:
+        got = model(**batch)["loss_sum"]
+        got.backward()
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert [e.key for e in prof.key_averages() if e.key in ("aten::nonzero", "aten::masked_select")] == []

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from hfssl.attention import forward_kwargs, real_tokens
 from hfssl.objectives.electra.loss import discriminator_loss, replaced_labels, sample_replacements
+from hfssl.masking.tokens import masked_positions_of
 from hfssl.objectives.mlm.loss import masked_lm_loss, masked_logits
 
 
@@ -30,7 +32,9 @@ class ElectraPretraining(torch.nn.Module):
     """forward(input_ids, attention_mask, labels) -> {"loss_sum": {"generator", "discriminator"}, metrics}.
 
     input_ids: (B, T) the collator's masked input; labels: (B, T) original ids at masked positions, -100
-    elsewhere. Metrics: generator_accuracy (per masked token), discriminator_accuracy (per real token),
+    elsewhere; attention_mask (B, T) for a padded batch, or position_ids, sequence_ids (B, T) and cu_seqlens
+    for a packed one (`hfssl.collators.packing`); masked_positions (N,) the collator's flat indices of the
+    masked tokens (derived from labels when not given). Metrics: generator_accuracy (per masked token), discriminator_accuracy (per real token),
     replaced_fraction (masked tokens whose sample differs from the original; per masked token).
     """
 
@@ -44,21 +48,26 @@ class ElectraPretraining(torch.nn.Module):
         disallowed[special_ids] = True
         self.register_buffer("disallowed", disallowed, persistent=False)
 
-    def forward(self, input_ids, attention_mask, labels):
-        selected = labels != -100  # (B, T)
-        targets = labels[selected]  # (N,)
-        gen_logits = masked_logits(self.generator, input_ids, attention_mask, selected)  # (N, V)
+    def forward(self, input_ids, attention_mask=None, labels=None, *, masked_positions=None, position_ids=None, sequence_ids=None,
+                cu_seqlens=None):
+        # attention_mask: padded batches; position_ids, sequence_ids, cu_seqlens: packed ones (keywords, as the loop passes them)
+        layout = {"attention_mask": attention_mask, "position_ids": position_ids, "sequence_ids": sequence_ids, "cu_seqlens": cu_seqlens}
+        real = real_tokens(attention_mask, sequence_ids)  # (B, T)
+        positions = masked_positions_of(labels) if masked_positions is None else masked_positions  # (N,) flat
+        targets = labels.reshape(-1).index_select(0, positions)  # (N,)
+        gen_logits = masked_logits(self.generator, input_ids, positions, **layout)  # (N, V)
         gen_sum, gen_accuracy = masked_lm_loss(gen_logits, targets)
         sampled = sample_replacements(gen_logits, self.disallowed, self.temperature)  # (N,) no gradient
-        original = torch.where(selected, labels, input_ids)  # (B, T)
-        corrupted = original.masked_scatter(selected, sampled)  # (B, T)
-        is_replaced = replaced_labels(original, corrupted, attention_mask)
-        disc_logits = self.discriminator(input_ids=corrupted, attention_mask=attention_mask).logits  # (B, T)
-        disc_sum, disc_correct = discriminator_loss(disc_logits, is_replaced, attention_mask)
-        n_masked = selected.sum().clamp_min(1)
+        original = input_ids.reshape(-1).index_copy(0, positions, targets).view_as(input_ids)  # (B, T)
+        corrupted = original.reshape(-1).index_copy(0, positions, sampled).view_as(input_ids)  # (B, T)
+        is_replaced = replaced_labels(original, corrupted, real)
+        disc_logits = self.discriminator(**forward_kwargs(self.discriminator, corrupted, **layout)).logits.view(input_ids.shape)  # (B, T)
+        disc_sum, disc_correct = discriminator_loss(disc_logits, is_replaced, real)
+        n_masked = max(positions.numel(), 1)
         return {
             "loss_sum": {"generator": self.generator_weight * gen_sum, "discriminator": self.discriminator_weight * disc_sum},
             "generator_accuracy": gen_accuracy,
-            "discriminator_accuracy": disc_correct / attention_mask.sum().clamp_min(1),
+            "discriminator_accuracy": disc_correct / real.sum().clamp_min(1),
             "replaced_fraction": is_replaced.sum() / n_masked,
+            "padding_fraction": 1.0 - real.float().mean(),
         }

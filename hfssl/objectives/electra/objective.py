@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from transformers import ElectraForMaskedLM, ElectraForPreTraining
 
+from hfssl.attention import use_attn_implementation
 from hfssl.data.text.corpus import BUILTIN_CORPUS, load_text_datasets
 from hfssl.data.text.prepare import prepare_text_splits
 from hfssl.data.text.tokenizer import load_or_train_tokenizer
@@ -23,7 +24,8 @@ from hfssl.errors import ConfigError
 from hfssl.objectives.base import Objective
 from hfssl.objectives.electra.config import ElectraPretrainConfig
 from hfssl.objectives.electra.model import ElectraPretraining
-from hfssl.objectives.text_base import check_vocab_fits, masking_description, mlm_collator, text_model_config, usable_positions
+from hfssl.objectives.text_base import (check_vocab_fits, masking_description, mlm_collator, text_model_config, text_packing,
+                                       usable_positions)
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +66,13 @@ class ElectraObjective(Objective):
         raw = load_text_datasets(cfg)
         self.tokenizer = load_or_train_tokenizer(cfg, raw["train"], accelerator)
         generator, discriminator = self._models()
-        for model in (generator, discriminator):
+        for model, what in ((generator, "generator"), (discriminator, "discriminator")):
             check_vocab_fits(model.config, self.tokenizer)
+            use_attn_implementation(model, cfg.attn_implementation, cfg.mixed_precision, what)
         special = torch.tensor(sorted(set(self.tokenizer.all_special_ids)))
         self.model = ElectraPretraining(generator, discriminator, special, cfg.generator_weight, cfg.discriminator_weight,
                                         cfg.sampling_temperature)
-        self.collator = ElectraCollator(mlm_collator(cfg, self.tokenizer))
+        self.collator = ElectraCollator(mlm_collator(cfg, self.tokenizer, text_packing(cfg, discriminator.config)))
         self.train_dataset, self.eval_dataset = prepare_text_splits(cfg, self.tokenizer, raw, usable_positions(discriminator.config),
                                                                     accelerator)
         n = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731

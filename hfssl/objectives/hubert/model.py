@@ -27,8 +27,9 @@ class HubertForMaskedPrediction(torch.nn.Module):
 
     Metrics (per micro-batch, averaged by the loop): ``accuracy`` (masked-prediction accuracy),
     ``unmasked_accuracy``, ``masked_loss`` / ``unmasked_loss`` (mean CE per frame), ``feature_penalty``
-    (unweighted), ``masked_fraction`` (masked / real frames) and ``pred_clusters_used`` (distinct clusters
-    predicted on masked frames: a collapse shows up as a small number).
+    (unweighted), ``masked_fraction`` (masked / real frames), ``pred_clusters_used`` (distinct clusters
+    predicted on masked frames: a collapse shows up as a small number) and ``padding_fraction`` (padded /
+    all frames of the batch).
     """
 
     def __init__(self, hubert: torch.nn.Module, num_clusters: int, final_dim: int, logit_temperature: float,
@@ -74,4 +75,5 @@ class HubertForMaskedPrediction(torch.nn.Module):
             "feature_penalty": penalty.detach(),
             "masked_fraction": r["masked_count"].float() / (r["masked_count"] + r["unmasked_count"]).clamp_min(1),
             "pred_clusters_used": r["masked_predictions"].unique().numel() * torch.ones((), device=labels.device),
+            "padding_fraction": (labels < 0).float().mean(),  # padded frames / frames the encoder computes
         }

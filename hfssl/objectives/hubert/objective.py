@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from hfssl.attention import use_attn_implementation
 from hfssl.collators.speech import AudioPretrainingCollator
 from hfssl.data.audio.geometry import num_frames, receptive_field
 from hfssl.data.audio.splits import build_audio_splits
@@ -98,8 +99,11 @@ class HubertObjective(SpeechObjective):
 
         config = speech_model_config(self.cfg, "hubert", HubertConfig())  # default: HuBERT base
         if self.cfg.model_name_or_path:
-            return HubertModel.from_pretrained(self.cfg.model_name_or_path, config=config)
-        return HubertModel(config)
+            model = HubertModel.from_pretrained(self.cfg.model_name_or_path, config=config)
+        else:
+            model = HubertModel(config)
+        use_attn_implementation(model, self.cfg.attn_implementation, self.cfg.mixed_precision)
+        return model
 
     def _maybe_load_head(self) -> None:
         """Continuing from an hfssl HuBERT folder with the same targets: also take its head."""

@@ -11,6 +11,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from hfssl.attention import forward_kwargs, real_tokens
+from hfssl.masking.tokens import masked_positions_of
+
 # How each architecture turns hidden states (N, H) into vocabulary logits (N, V). Models not listed
 # fall back to the full forward (all positions), which is correct but slower.
 HEADS: dict[str, Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]] = {
@@ -39,19 +42,28 @@ def masked_lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.T
     return loss_sum, accuracy
 
 
-def masked_logits(mlm: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
-    """(N, V) logits of the selected positions of an AutoModelForMaskedLM.
+def masked_logits(mlm: torch.nn.Module, input_ids: torch.Tensor, positions: torch.Tensor, **batch) -> torch.Tensor:
+    """(N, V) logits of the masked tokens of an AutoModelForMaskedLM.
 
-    selected: (B, T) bool. Uses the sparse head when the architecture is in HEADS."""
+    input_ids: (B, T); positions: (N,) flat indices into the B * T tokens; batch: attention_mask (padded) or
+    position_ids, sequence_ids, cu_seqlens (packed; `hfssl.attention.forward_kwargs`). Uses the sparse head
+    when the architecture is in HEADS. Gathers by index: no host read, N known from the shape."""
     head = HEADS.get(mlm.config.model_type)
+    kwargs = forward_kwargs(mlm, input_ids, **batch)
     if head is None:
-        return mlm(input_ids=input_ids, attention_mask=attention_mask).logits[selected]
-    hidden = mlm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
-    return head(mlm, hidden[selected])  # (N, V) note: boolean indexing syncs with the GPU once
+        logits = mlm(**kwargs).logits
+        return logits.reshape(-1, logits.shape[-1]).index_select(0, positions)
+    hidden = mlm.base_model(**kwargs).last_hidden_state  # (B, T, H), or (1, B * T, H) with flash_attention_2
+    return head(mlm, hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions))  # (N, V)
 
 
 class SparseMaskedLM(torch.nn.Module):
-    """Wraps an AutoModelForMaskedLM; forward returns the summed loss over masked positions.
+    """Wraps an AutoModelForMaskedLM; forward returns the summed loss over masked positions, the accuracy
+    and the batch's padding_fraction (padded positions / all positions the encoder computes).
+
+    Takes a padded batch (input_ids, attention_mask, labels: (B, T)) or a packed one (input_ids, labels,
+    position_ids, sequence_ids: (R, W), cu_seqlens; `hfssl.collators.packing`), and the collator's
+    masked_positions (N,) (`masked_positions_of(labels)`, derived here when not given).
 
     Wrapping (instead of calling parts of the model from the loop) keeps DDP/FSDP and
     torch.compile seeing one module with one forward.
@@ -61,7 +73,12 @@ class SparseMaskedLM(torch.nn.Module):
         super().__init__()
         self.mlm = mlm
 
-    def forward(self, input_ids, attention_mask, labels):
-        selected = labels != -100  # (B, T)
-        loss_sum, accuracy = masked_lm_loss(masked_logits(self.mlm, input_ids, attention_mask, selected), labels[selected])
-        return {"loss_sum": loss_sum, "accuracy": accuracy}
+    def forward(self, input_ids, attention_mask=None, labels=None, *, masked_positions=None, position_ids=None, sequence_ids=None,
+                cu_seqlens=None):
+        # attention_mask: padded batches; position_ids, sequence_ids, cu_seqlens: packed ones (keywords, as the loop passes them)
+        positions = masked_positions_of(labels) if masked_positions is None else masked_positions  # (N,)
+        logits = masked_logits(self.mlm, input_ids, positions, attention_mask=attention_mask, position_ids=position_ids,
+                               sequence_ids=sequence_ids, cu_seqlens=cu_seqlens)
+        loss_sum, accuracy = masked_lm_loss(logits, labels.reshape(-1).index_select(0, positions))
+        padding = 1.0 - real_tokens(attention_mask, sequence_ids).float().mean()
+        return {"loss_sum": loss_sum, "accuracy": accuracy, "padding_fraction": padding}

@@ -10,6 +10,7 @@ import math
 
 from transformers import AutoModelForMaskedLM
 
+from hfssl.attention import use_attn_implementation
 from hfssl.data.text.corpus import BUILTIN_CORPUS, load_text_datasets
 from hfssl.data.text.prepare import prepare_text_splits
 from hfssl.data.text.tokenizer import load_or_train_tokenizer
@@ -17,7 +18,8 @@ from hfssl.errors import ConfigError
 from hfssl.objectives.base import Objective
 from hfssl.objectives.mlm.config import MLMConfig
 from hfssl.objectives.mlm.loss import SparseMaskedLM
-from hfssl.objectives.text_base import check_vocab_fits, masking_description, mlm_collator, text_model_config, usable_positions
+from hfssl.objectives.text_base import (check_vocab_fits, masking_description, mlm_collator, text_model_config, text_packing,
+                                       usable_positions)
 
 
 class MLMObjective(Objective):
@@ -30,8 +32,9 @@ class MLMObjective(Objective):
         self.tokenizer = load_or_train_tokenizer(cfg, raw["train"], accelerator)
         mlm = self._model()
         check_vocab_fits(mlm.config, self.tokenizer)
+        use_attn_implementation(mlm, cfg.attn_implementation, cfg.mixed_precision)
         self.model = SparseMaskedLM(mlm)
-        self.collator = mlm_collator(cfg, self.tokenizer)
+        self.collator = mlm_collator(cfg, self.tokenizer, text_packing(cfg, mlm.config))
         self.train_dataset, self.eval_dataset = prepare_text_splits(cfg, self.tokenizer, raw, usable_positions(mlm.config), accelerator)
 
     def _model(self):

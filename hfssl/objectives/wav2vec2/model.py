@@ -18,6 +18,7 @@ from transformers import Wav2Vec2ForPreTraining
 
 from hfssl.data.audio.geometry import num_frames
 from hfssl.errors import ConfigError
+from hfssl.masking.spans import masked_rows
 from hfssl.objectives.wav2vec2.loss import contrastive_accuracy, contrastive_loss, diversity_loss, feature_penalty
 
 
@@ -94,7 +95,8 @@ class Wav2Vec2Pretraining(torch.nn.Module):
         return codes.transpose(0, 1).reshape(n, groups * codebook.shape[-1]), perplexity, code_perplexity
 
     def forward(self, input_values: torch.Tensor, mask_time_indices: torch.Tensor, sampled_negative_indices: torch.Tensor,
-                attention_mask: Optional[torch.Tensor] = None, frame_lengths: Optional[torch.Tensor] = None) -> dict:
+                attention_mask: Optional[torch.Tensor] = None, frame_lengths: Optional[torch.Tensor] = None,
+                masked_positions: Optional[torch.Tensor] = None, negative_rows: Optional[torch.Tensor] = None) -> dict:
         """
         Args:
             input_values: (B, S) float audio, right-padded with zeros.
@@ -103,10 +105,13 @@ class Wav2Vec2Pretraining(torch.nn.Module):
                 each masked frame (other masked frames of the same utterance).
             attention_mask: (B, S) 1 on real samples; only for models that use one (layer norm).
             frame_lengths: (B,) real frames per utterance (default: from attention_mask, else all).
+            masked_positions, negative_rows: (N,), (N, K) the masked frames and their negatives as rows
+                (`hfssl.masking.spans.masked_rows`, from the collator: then nothing is read back from
+                the device; derived here from the mask when not given).
         Returns:
             dict of scalars: loss_sum, contrastive_loss / diversity_loss / feature_penalty (per
             masked frame, unweighted), accuracy, codebook_perplexity (sum over groups), perplexity_g{i}, code_perplexity,
-            masked_fraction.
+            masked_fraction, padding_fraction.
         """
         m = self.model
         w = m.wav2vec2
@@ -127,16 +132,14 @@ class Wav2Vec2Pretraining(torch.nn.Module):
         hidden = torch.where(mask[..., None], w.masked_spec_embed.to(hidden.dtype), hidden)
         encoded = w.encoder(hidden, attention_mask=real if attention_mask is not None else None).last_hidden_state
 
-        context = m.project_hid(encoded[mask])  # (N, D), N masked frames in batch order
-        n = context.shape[0]
-        codes, perplexity, code_perplexity = self._quantize(m.dropout_features(normed[mask]))
+        if masked_positions is None:
+            masked_positions, negative_rows = masked_rows(mask, sampled_negative_indices)
+        n = masked_positions.numel()  # N masked frames, in batch order
+        context = m.project_hid(encoded.reshape(-1, encoded.shape[-1]).index_select(0, masked_positions))  # (N, D)
+        masked_features = normed.reshape(-1, normed.shape[-1]).index_select(0, masked_positions)  # (N, C)
+        codes, perplexity, code_perplexity = self._quantize(m.dropout_features(masked_features))
         targets = m.project_q(codes.to(m.project_q.weight.dtype))  # (N, D)
-
-        # Negatives are masked frames: map (b, t) to its row among the masked frames.
-        rows_of = mask.reshape(-1).long().cumsum(0) - 1  # (B*F,)
-        b_idx = mask.nonzero(as_tuple=True)[0]  # (N,)
-        flat = b_idx[:, None] * frames + sampled_negative_indices[mask].long()  # (N, K)
-        negatives = targets[rows_of[flat]]  # (N, K, D)
+        negatives = targets[negative_rows]  # (N, K, D)
         contrastive, logits = contrastive_loss(context, targets, negatives, self.logits_temperature)
         diversity = diversity_loss(perplexity, self.model.config.num_codevector_groups * self.model.config.num_codevectors_per_group)
         loss_sum = contrastive + n * (self.diversity_loss_weight * diversity + self.feature_penalty_weight * penalty)
@@ -152,6 +155,7 @@ class Wav2Vec2Pretraining(torch.nn.Module):
             "codebook_perplexity": perplexity.detach().sum(),
             "code_perplexity": code_perplexity,
             "masked_fraction": mask.sum() / n_real,
+            "padding_fraction": 1.0 - real.float().mean(),  # padded frames / frames the encoder computes
         }
         for g in range(perplexity.shape[0]):
             out[f"perplexity_g{g}"] = perplexity[g].detach()

@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForPreTraining
 
+from hfssl.attention import use_attn_implementation
 from hfssl.collators.speech import AudioPretrainingCollator
 from hfssl.data.audio.geometry import receptive_field
 from hfssl.data.audio.splits import build_audio_splits
@@ -85,6 +86,7 @@ class Wav2Vec2Objective(SpeechObjective):
         else:
             model = Wav2Vec2ForPreTraining(config)
         model.config.architectures = ["Wav2Vec2ForPreTraining"]
+        use_attn_implementation(model, cfg.attn_implementation, cfg.mixed_precision)
         logger.info("wav2vec2 %s: %s feature encoder norm%s, %d layers x %d, %.1fM parameters, %dx%d codes, %d negatives, "
                     "feature grad scale %s, penalty %s, diversity %s, Gumbel %s -> %s (decay %s).",
                     "continued from " + cfg.model_name_or_path if cfg.model_name_or_path else "from scratch",
