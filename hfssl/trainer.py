@@ -14,6 +14,9 @@ the members that protocol declares. Design choices, and why:
 * Checkpoints carry no code: the scheduler's and the objective's state go into trainer_state.json
   (`Objective.state_dict` must be JSON), the rest through Accelerate (`hfssl.checkpointing`).
   output_dir is locked and checked by `hfssl.run_dir` before the run starts.
+* Several processes, nodes and precisions (`hfssl.distributed`): DDP or FSDP2 through Accelerate; the
+  encoders' LayerDrop keeps a constant graph (`hfssl.layerdrop`); fp16 overflows are the loss
+  scaler's business (the step is skipped and the scale lowered), never counted as bad updates.
 """
 from __future__ import annotations
 
@@ -22,7 +25,6 @@ import itertools
 import json
 import logging
 import math
-import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -32,15 +34,16 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
 from tqdm.auto import tqdm
 
 from hfssl.checkpointing import list_checkpoints, load_objective_tensors, save_checkpoint, verify_on_main
 from hfssl.data.batching import Position, train_batches
+from hfssl.distributed import full_weights, local, loss_scale, make_accelerator, wrap_transformer_blocks
 from hfssl.evaluate import evaluate_and_log
 from hfssl.loss_terms import accumulate, as_terms, per_target, reduce_sums
 from hfssl.errors import RollbackRequested, TrainingStopped
 from hfssl.config import TrainingArguments, save_config
+from hfssl.layerdrop import constant_graph_layerdrop
 from hfssl.objectives.base import Objective
 from hfssl.run_dir import RunDir, close_run_dir, open_run_dir, save_final, trim_log
 from hfssl.schedules import build_scheduler, steps_on_eval_loss
@@ -48,19 +51,23 @@ from hfssl.schedules import build_scheduler, steps_on_eval_loss
 logger = logging.getLogger(__name__)
 
 LOG_FILE = "training_log.jsonl"
+# fp16: a loss scale below this means the gradients are not finite at any scale (NaN in the model, not
+# an overflow): stop instead of halving forever (fairseq's min_loss_scale).
+MIN_LOSS_SCALE = 1e-4
 
 
 # ----------------------------------------------------------------------------------- the loop
 
 @dataclass
 class _State:
-    step: int = 0  # optimizer updates done (including skipped non-finite ones)
+    step: int = 0  # optimizer updates done (including skipped non-finite ones and fp16 overflows)
     epoch: int = 0
     step_in_epoch: int = 0
     inputs_seen: float = 0.0  # tokens / audio seconds / examples
     targets_seen: int = 0
     bad_in_a_row: int = 0
     rollbacks: int = 0
+    overflows: int = 0  # fp16 updates the loss scaler skipped
     skipped_updates: list = field(default_factory=list)
 
 
@@ -140,6 +147,8 @@ def _setup(cfg, objective, accelerator, run_dir: RunDir) -> _Run:
     W, A = accelerator.num_processes, cfg.gradient_accumulation_steps
     if cfg.gradient_checkpointing:
         objective.enable_gradient_checkpointing()
+    constant_graph_layerdrop(objective.model)  # every parameter in every graph: DDP and FSDP need it
+    wrap_transformer_blocks(accelerator, objective.model)
     optimizer = torch.optim.AdamW(
         _param_groups(objective.model, cfg.weight_decay), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
         eps=cfg.adam_epsilon, fused=torch.cuda.is_available())
@@ -236,19 +245,28 @@ def _forward_backward(run: _Run, micro: list[dict]):
 
 
 def _optimizer_step(run: _Run, loss: float, n_targets: dict, micro: list[dict]) -> Optional[float]:
-    """Clip and step; a non-finite loss or gradient norm skips the update (no weight changes) and is
-    reported with its sample ids; max_bad_steps in a row stop the run. Returns the gradient norm."""
-    cfg, state = run.cfg, run.state
+    """Clip and step; returns the gradient norm (None when not measured).
+
+    fp16 (a loss scaler): the optimizer is always stepped, so the scaler decides. With gradients that
+    overflowed at this scale it skips the update and lowers the scale (`scaler.update` always runs):
+    logged as an overflow, the scheduler does not step, it is not a bad update. Otherwise a non-finite
+    loss or gradient norm skips the update (no weight changes), reported with its sample ids;
+    max_bad_steps in a row stop the run."""
+    cfg, state, accelerator = run.cfg, run.state, run.accelerator
     grad_norm = None
     finite = math.isfinite(loss) and sum(n_targets.values()) > 0
     if finite:  # max_grad_norm 0: measure the norm (logged, checked) without clipping
-        grad_norm = float(run.accelerator.clip_grad_norm_(run.model.parameters(), cfg.max_grad_norm or float("inf")))
-        finite = math.isfinite(grad_norm)
+        grad_norm = float(accelerator.clip_grad_norm_(run.model.parameters(), cfg.max_grad_norm or float("inf")))
+        finite = math.isfinite(grad_norm) or accelerator.scaler is not None
     if finite:
-        run.optimizer.step()
-        if not run.on_eval_loss:
-            run.scheduler.step()
-        state.bad_in_a_row = 0
+        run.optimizer.step()  # with a scaler: scaler.step (skipped on inf/NaN gradients) + scaler.update
+        if accelerator.optimizer_step_was_skipped:
+            _overflow(run)
+            grad_norm = None  # measured at a scale that overflowed: says nothing
+        else:
+            if not run.on_eval_loss:
+                run.scheduler.step()
+            state.bad_in_a_row = 0
     else:
         ids = sorted(i for b in micro for i in b["sample_ids"])
         state.bad_in_a_row += 1
@@ -259,6 +277,18 @@ def _optimizer_step(run: _Run, loss: float, n_targets: dict, micro: list[dict]) 
     return grad_norm
 
 
+def _overflow(run: _Run) -> None:
+    """An fp16 update the loss scaler skipped: count and log it; stop if the scale has collapsed."""
+    run.state.overflows += 1
+    scale = loss_scale(run.accelerator)
+    logger.info("Update %d: fp16 overflow, scale now %g (the update was skipped).", run.state.step + 1, scale)
+    if scale < MIN_LOSS_SCALE:
+        raise TrainingStopped(
+            f"The fp16 loss scale fell to {scale:g} after {run.state.overflows} overflows (last at update {run.state.step + 1}): "
+            f"the gradients are not finite at any scale. Use bf16 (--mixed_precision bf16) or fp32, lower the learning "
+            f"rate, or check the data; the last checkpoint is in {run.out}.")
+
+
 def _record_update(run: _Run, loss, metrics, grad_norm, n_targets, n_inputs) -> None:
     """Advance the counters and the objective's schedules; append the update's row to the log."""
     state, first = run.state, next(iter(n_targets))
@@ -267,8 +297,10 @@ def _record_update(run: _Run, loss, metrics, grad_norm, n_targets, n_inputs) -> 
     state.inputs_seen += n_inputs
     state.targets_seen += int(n_targets[first])
     extra = run.objective.on_update(state.step, run.total_steps)
+    scale = loss_scale(run.accelerator)
     row = {"step": state.step, "epoch": state.epoch, "loss": loss, "lr": run.scheduler.get_last_lr()[0],
            "grad_norm": grad_norm, "num_targets": int(n_targets[first]), **metrics, **extra,
+           **({"loss_scale": scale} if scale is not None else {}),
            f"{run.objective.input_unit}_per_second": n_inputs / (time.perf_counter() - run.t_last), "time": round(time.time(), 3)}
     run.window.append(row)
     if run.accelerator.is_main_process:
@@ -337,16 +369,19 @@ def _finish(run: _Run) -> dict:
     if objective.eval_dataset is not None:
         final_eval = evaluate_and_log(accelerator, run.model, objective, run.cfg, state.step, run.log_path)
     summary = {"objective": objective.name, "steps": state.step, f"{objective.input_unit}_seen": state.inputs_seen,
-               "targets_seen": state.targets_seen, "skipped_updates": len(state.skipped_updates), **final_eval}
+               "targets_seen": state.targets_seen, "skipped_updates": len(state.skipped_updates),
+               **({"overflow_updates": state.overflows} if accelerator.scaler is not None else {}), **final_eval}
     accelerator.wait_for_everyone()
-    objective.model = accelerator.unwrap_model(run.model)
+    objective.model = accelerator.unwrap_model(run.model)  # FSDP2 shards in place: still sharded, still usable
     _refuse_non_finite(accelerator, objective.model, out)
-    if accelerator.is_main_process:
-        def write(folder: str) -> None:
-            objective.save_pretrained(folder, summary)
-            (Path(folder) / "train_results.json").write_text(json.dumps(summary, indent=1))
+    with full_weights(accelerator, objective.model):  # FSDP: the full weights on the main process, for saving
+        if accelerator.is_main_process:
+            def write(folder: str) -> None:
+                objective.save_pretrained(folder, summary)
+                (Path(folder) / "train_results.json").write_text(json.dumps(summary, indent=1))
 
-        save_final(write, out)  # written aside, then moved in: never a half-saved model
+            save_final(write, out)  # written aside, then moved in: never a half-saved model
+    if accelerator.is_main_process:
         from hfssl.plots import plot_training_curves
 
         plot_training_curves(run.log_path, out / "training_curves.png", title=f"{objective.name}: {out.name}")
@@ -410,7 +445,7 @@ def _resume(run: _Run, path: Path) -> _State:
 
 def _refuse_non_finite(accelerator, model, out: Path) -> None:
     """Never save a final model with NaN/inf weights: stop (exit 2) naming them and the last checkpoint."""
-    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(local(p)).all()]  # FSDP: this shard
     count = accelerator.reduce(torch.tensor([float(len(bad))], device=accelerator.device), "sum").item()
     if count:
         saved = list_checkpoints(out)
@@ -418,21 +453,6 @@ def _refuse_non_finite(accelerator, model, out: Path) -> None:
             f"The final weights are not finite ({', '.join(bad[:5]) or 'on another process'}{' ...' if len(bad) > 5 else ''}): "
             f"the model was not saved. Last checkpoint: {saved[-1] if saved else 'none'}. Lower the learning rate or "
             f"max_grad_norm, use bf16 instead of fp16, or check the data.")
-
-
-def make_accelerator(cfg: TrainingArguments) -> Accelerator:
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    # Accelerate only sets up multi-process CPU training (gloo) when asked for the CPU explicitly;
-    # otherwise every process of `torchrun` on a GPU-less machine would silently train alone.
-    cpu = launched > 1 and not torch.cuda.is_available()
-    project = ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "runs"))
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.trackers or None,
-                              project_config=project, cpu=cpu)
-    if accelerator.num_processes != launched:
-        raise TrainingStopped(
-            f"{launched} processes were launched but Accelerate set up {accelerator.num_processes}: each would train "
-            f"alone. Run `accelerate config` or launch with `accelerate launch --num_processes {launched}`.")
-    return accelerator
 
 
 def _param_groups(model, weight_decay: float):

@@ -35,7 +35,7 @@ def finetune(cfg) -> dict | None:
     for bad input before any training.
     """
     from hfssl.run_dir import close_run_dir, open_run_dir
-    from hfssl.trainer import make_accelerator
+    from hfssl.distributed import make_accelerator
 
     accelerator = make_accelerator(cfg)
     if not accelerator.is_main_process:

@@ -1,0 +1,140 @@
+"""What the loop needs to run on many processes, nodes and precisions, kept out of the loop itself.
+
+* `make_accelerator`: the Accelerator of a run (DDP through `torchrun`/`accelerate launch`, FSDP2
+  from an accelerate config); DeepSpeed and FSDP version 1 are refused (never tested with this loop).
+* FSDP2 (`torch.distributed.fsdp.fully_shard`, through Accelerate): every repeated transformer block
+  becomes its own unit (`wrap_transformer_blocks`), so only one block's full weights exist at a time;
+  the final model is gathered into an ordinary `save_pretrained` folder (`full_weights`); checkpoints
+  are Accelerate's sharded ones (torch.distributed.checkpoint, one file per process).
+* fp16: the loss scaler Accelerate attaches (`loss_scale`), so the loop can report overflows.
+
+On one process nothing here changes anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, ProjectConfiguration
+
+from hfssl.errors import TrainingStopped
+
+logger = logging.getLogger(__name__)
+
+
+def make_accelerator(cfg) -> Accelerator:
+    """The run's Accelerator; refuses a launch whose processes would each train alone, and the
+    distributed back-ends this loop was never run with (DeepSpeed, FSDP version 1)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    # Accelerate only sets up multi-process CPU training (gloo) when asked for the CPU explicitly;
+    # otherwise every process of `torchrun` on a GPU-less machine would silently train alone.
+    cpu = launched > 1 and not torch.cuda.is_available()
+    project = ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "runs"))
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.trackers or None,
+                              project_config=project, cpu=cpu)
+    if accelerator.num_processes != launched:
+        raise TrainingStopped(
+            f"{launched} processes were launched but Accelerate set up {accelerator.num_processes}: each would train "
+            f"alone. Run `accelerate config` or launch with `accelerate launch --num_processes {launched}`.")
+    check_backend(accelerator)
+    return accelerator
+
+
+def check_backend(accelerator: Accelerator) -> None:
+    """Refuse DeepSpeed and FSDP1: hfssl's loop steps, clips, checkpoints and saves through paths that
+    were never run with them (see docs/distributed.md); FSDP2 and DDP are the supported ways."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise TrainingStopped(
+            "DeepSpeed is not supported by hfssl (its loop, checkpoints and final save were never run under DeepSpeed). "
+            "Shard the model and optimizer with FSDP2 instead: accelerate launch --config_file recipes/accelerate/fsdp.yaml ...")
+    if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
+        raise TrainingStopped("FSDP version 1 is not supported by hfssl: set fsdp_version: 2 in the accelerate config "
+                              "(as recipes/accelerate/fsdp.yaml does).")
+
+
+def is_fsdp(accelerator: Accelerator) -> bool:
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+# ----------------------------------------------------------------------------------- FSDP2
+
+def transformer_block_classes(model: torch.nn.Module) -> list[str]:
+    """Class names of the repeated transformer blocks in `model` (the members of a ModuleList that are
+    transformers' `GradientCheckpointingLayer`s: encoder layers, and for speech the conv layers too)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    names: dict[str, None] = {}
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList):
+            names.update((type(m).__name__, None) for m in module if isinstance(m, GradientCheckpointingLayer))
+    return list(names)
+
+
+def wrap_transformer_blocks(accelerator: Accelerator, model: torch.nn.Module) -> None:
+    """Under FSDP with TRANSFORMER_BASED_WRAP and no classes named in the accelerate config: make every
+    transformer block of `model` its own FSDP unit. (Accelerate would take the root module's
+    `_no_split_modules`; hfssl's root is its own wrapper, which has none, so the whole model would be
+    one unit, gathered in full for every forward.) Call before `accelerator.prepare`."""
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    if not is_fsdp(accelerator):
+        return
+    plugin = accelerator.state.fsdp_plugin
+    policy = plugin.auto_wrap_policy
+    if getattr(policy, "func", policy) is transformer_auto_wrap_policy and plugin.transformer_cls_names_to_wrap is None:
+        plugin.transformer_cls_names_to_wrap = transformer_block_classes(model)
+        logger.info("FSDP: one unit per %s.", ", ".join(plugin.transformer_cls_names_to_wrap) or "(no block found: the whole model)")
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's part of a (possibly FSDP-sharded) tensor: per-process checks need no collective."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+@contextlib.contextmanager
+def full_weights(accelerator: Accelerator, model: torch.nn.Module) -> Iterator[None]:
+    """While the block runs, `model`'s parameters on the main process are its full weights (gathered
+    from every shard onto the CPU), so `save_pretrained` writes an ordinary folder that loads with
+    `from_pretrained`; afterwards the sharded parameters are back in place (the model keeps training
+    or evaluating under FSDP). Every process must enter: the gather is collective. No-op without FSDP.
+    """
+    if not is_fsdp(accelerator):
+        yield
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.tensor import DTensor
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))  # rank 0 only
+    swapped = []
+    if accelerator.is_main_process:
+        gathered: dict[int, torch.nn.Parameter] = {}  # one replacement per parameter: tied weights stay tied
+        for prefix, module in model.named_modules():
+            for key, param in list(module._parameters.items()):
+                if not isinstance(param, DTensor):
+                    continue
+                name = f"{prefix}.{key}" if prefix else key
+                if id(param) not in gathered:
+                    gathered[id(param)] = torch.nn.Parameter(full[name.replace("_checkpoint_wrapped_module.", "")],
+                                                             requires_grad=False)
+                swapped.append((module, key, param))
+                module._parameters[key] = gathered[id(param)]
+    try:
+        yield
+    finally:
+        for module, key, param in swapped:
+            module._parameters[key] = param
+
+
+# ----------------------------------------------------------------------------------- fp16
+
+def loss_scale(accelerator: Accelerator) -> Optional[float]:
+    """The fp16 loss scale (None without a loss scaler: fp32, bf16)."""
+    return float(accelerator.scaler.get_scale()) if accelerator.scaler is not None else None
