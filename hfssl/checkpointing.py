@@ -66,6 +66,7 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, trainer_stat
     try:
         accelerator.save_state(str(tmp), safe_serialization=True)
         accelerator.wait_for_everyone()
+        wait_until_visible(accelerator, tmp)  # several nodes: every process's files, before the manifest
         if accelerator.is_main_process:
             write_json(tmp / STATE, trainer_state)
             if tensors:
@@ -90,6 +91,48 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, trainer_stat
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+VISIBLE_WITHIN_S = 60.0  # a shared filesystem may show another node's new file a little later (attribute caches)
+
+
+def wait_until_visible(accelerator, folder: Path, timeout: float = VISIBLE_WITHIN_S) -> None:
+    """Return once the main process sees every file that any process sees in `folder` (each process
+    writes its own: RNG states, FSDP shards); every process raises the same CheckpointError naming the
+    missing files and their writers' hosts if some stay unseen for `timeout` s (a filesystem the nodes
+    do not share)."""
+    if accelerator.num_processes == 1:
+        return
+    import socket
+    import time
+
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    views = gather_object([(accelerator.process_index, socket.gethostname(), _files(folder))])
+    problem = None
+    if accelerator.is_main_process:
+        deadline = time.monotonic() + timeout
+        while (missing := unseen(folder, views)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if missing:
+            listed = ", ".join(f"{rel} (process {rank}, host {host})" for rel, rank, host in missing[:5])
+            problem = (f"Checkpoint {folder}: the main process cannot see files other processes wrote: {listed}"
+                       f"{' ...' if len(missing) > 5 else ''}. Checkpoints must be on a filesystem every node shares "
+                       f"(NFS, Lustre, GPFS, ...): put output_dir there.")
+    problem = broadcast_object_list([problem])[0]
+    if problem:
+        raise CheckpointError(problem)
+
+
+def unseen(folder: Path, views: list[tuple[int, str, list[str]]]) -> list[tuple[str, int, str]]:
+    """(file, process, host) of the files in the processes' `views` (process, host, files it sees in
+    `folder`) that do not exist here."""
+    missing: dict[str, tuple[str, int, str]] = {}
+    for rank, host, files in views:
+        for rel in files:
+            if rel not in missing and not (folder / rel).is_file():
+                missing[rel] = (rel, rank, host)
+    return list(missing.values())
 
 
 def save_failure(error: BaseException, partial: Path, output_dir: Path) -> BaseException:
@@ -292,11 +335,14 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 def check_no_code(path: Path) -> None:
     """Load a pickled checkpoint file the safe way (torch's weights_only: tensors, numbers, containers;
-    DCP metadata: its own classes only). Raises CheckpointError if it needs anything else, i.e. could run code."""
+    DCP metadata: its own classes only, and then every non-tensor entry of the shards it lists, which
+    torch.distributed.checkpoint itself unpickles without weights_only). Raises CheckpointError if it
+    needs anything else, i.e. could run code."""
     try:
         if path.name == ".metadata":
             with open(path, "rb") as f:
-                _MetadataUnpickler(f).load()
+                metadata = _MetadataUnpickler(f).load()
+            _check_sharded_entries(path.parent, metadata)
         else:
             with torch.serialization.safe_globals(_numpy_globals()):
                 torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -304,6 +350,26 @@ def check_no_code(path: Path) -> None:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"Checkpoint file '{path}' is not plain tensors and numbers ({reason[:200]}): it could run code "
                               f"when loaded, so it is not loaded.") from None
+
+
+def _check_sharded_entries(folder: Path, metadata) -> None:
+    """FSDP sharded state (torch.distributed.checkpoint): tensors are read with weights_only, but other
+    entries (an optimizer's param_groups, counters) are stored as pickles that DCP loads with
+    weights_only=False; load each of them here with weights_only=True instead."""
+    import io
+
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
+    for index, info in metadata.storage_data.items():
+        if not isinstance(metadata.state_dict_metadata.get(index.fqn), BytesStorageMetadata):
+            continue
+        if info.transform_descriptors:
+            raise ValueError(f"entry {index.fqn} is stored with transforms {list(info.transform_descriptors)}")
+        with open(folder / info.relative_path, "rb") as f:
+            f.seek(info.offset)
+            data = f.read(info.length)
+        with torch.serialization.safe_globals(_numpy_globals()):
+            torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 # ----------------------------------------------------------------------------------- find

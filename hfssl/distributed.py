@@ -27,11 +27,21 @@ from hfssl.errors import TrainingStopped
 
 logger = logging.getLogger(__name__)
 
+_RAM_EFFICIENT = "FSDP_CPU_RAM_EFFICIENT_LOADING"
+
 
 def make_accelerator(cfg) -> Accelerator:
     """The run's Accelerator; refuses a launch whose processes would each train alone, and the
     distributed back-ends this loop was never run with (DeepSpeed, FSDP version 1)."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if os.environ.get(_RAM_EFFICIENT, "false").lower() == "true" and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        # Set by `accelerate launch` from fsdp_cpu_ram_efficient_loading, read by Accelerate and transformers.
+        # Every process builds the model in full before `prepare` anyway, so it would save no memory; and
+        # Accelerate's round trip through the meta device then unties the tied weights of a model inside
+        # hfssl's wrapper (measured: the MLM decoder trained apart from the embeddings). Off, before any model exists.
+        os.environ[_RAM_EFFICIENT] = "false"
+        logger.warning("fsdp_cpu_ram_efficient_loading turned off: it unties tied weights (e.g. MLM decoder and embeddings) "
+                       "of hfssl's models and saves no memory here.")
     # Accelerate only sets up multi-process CPU training (gloo) when asked for the CPU explicitly;
     # otherwise every process of `torchrun` on a GPU-less machine would silently train alone.
     cpu = launched > 1 and not torch.cuda.is_available()

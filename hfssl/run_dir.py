@@ -106,6 +106,11 @@ class OutputDirLock:
         os.fsync(fd)
         threading.Thread(target=self._heartbeat, name="hfssl-lock-heartbeat", daemon=True).start()
 
+    @property
+    def record(self) -> dict:
+        """What this lock's file holds (pid, host, start, command) while it is held."""
+        return dict(self._record)
+
     def _stale(self, holder: Optional[dict], flocked: Optional[bool]) -> bool:
         """An existing lock file we could flock: stale unless a live holder on another host (or, where
         the filesystem has no flock, a live pid here) may still be refreshing it."""
@@ -221,7 +226,7 @@ def open_run_dir(cfg, accelerator=None, train: bool = True) -> RunDir:
                 raise OutputDirError(f"output_dir '{path}' exists and is a file.")
             lock = OutputDirLock(path)
             lock.acquire()
-            outcome = ("ok", *_prepare(cfg, path, train))
+            outcome = ("ok", *_prepare(cfg, path, train), lock.record)
         except Exception as e:  # noqa: BLE001 - every process must learn that the main one failed
             if lock is not None:
                 lock.release()
@@ -236,10 +241,36 @@ def open_run_dir(cfg, accelerator=None, train: bool = True) -> RunDir:
     if outcome[0] == "error":
         error = getattr(errors, outcome[1], None) if outcome[1] else None
         raise (error or RuntimeError)(outcome[2] if error else f"The main process failed to open output_dir: {outcome[2]}")
-    _, run_id, resume = outcome
+    _, run_id, resume, holder = outcome
+    if accelerator is not None and accelerator.num_processes > 1:
+        try:
+            check_shared(accelerator, path / LOCK_FILE, holder)
+        except OutputDirError:
+            if lock is not None:
+                lock.release()
+            raise
     run = RunDir(path, run_id, Path(resume) if resume else None, lock)
     _OPEN[key] = run
     return run
+
+
+def check_shared(accelerator, lock_file: Path, holder: dict) -> None:
+    """Every process must see output_dir as the main process wrote it: checkpoints, the tokenizer, k-means
+    targets and the final model are written by one process and read by all. Each process reads the lock
+    file (`holder`: what the main process wrote into it); if any cannot, every process raises the same
+    OutputDirError naming the processes and hosts."""
+    from accelerate.utils import gather_object
+
+    seen = _read_holder(lock_file) == holder
+    views = gather_object([(accelerator.process_index, socket.gethostname(), seen)])
+    blind = [(rank, host) for rank, host, ok in views if not ok]
+    if blind:
+        who = ", ".join(f"process {rank} on host {host}" for rank, host in blind[:8]) + (" ..." if len(blind) > 8 else "")
+        raise OutputDirError(
+            f"output_dir '{lock_file.parent}' is not shared by every process: {who} cannot see the lock file {lock_file} "
+            f"that the main process wrote on host {holder.get('host')}. Checkpoints, the tokenizer, k-means targets and the "
+            f"final model are written by one process and read by all, so output_dir must be on a filesystem every node "
+            f"mounts at the same path (NFS, Lustre, GPFS, ...), not a node-local disk.")
 
 
 def close_run_dir(run: RunDir) -> None:
