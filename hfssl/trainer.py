@@ -36,14 +36,14 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from hfssl.checkpointing import list_checkpoints, load_objective_tensors, save_checkpoint, verify_on_main
-from hfssl.data.batching import Position, train_batches
-from hfssl.distributed import full_weights, local, loss_scale, make_accelerator, wrap_transformer_blocks
-from hfssl.evaluate import evaluate_and_log
-from hfssl.loss_terms import accumulate, as_terms, per_target, reduce_sums
-from hfssl.errors import RollbackRequested, TrainingStopped
 from hfssl.config import TrainingArguments, save_config
+from hfssl.data.batching import Position, train_batches
+from hfssl.distributed import full_weights, loss_scale, make_accelerator, wrap_transformer_blocks
+from hfssl.errors import RollbackRequested, TrainingStopped
+from hfssl.evaluate import evaluate_and_log
 from hfssl.layerdrop import constant_graph_layerdrop
+from hfssl.loop_state import LoopState, refuse_non_finite, resume_loop, save_loop_checkpoint
+from hfssl.loss_terms import accumulate, as_terms, per_target, reduce_sums
 from hfssl.objectives.base import Objective
 from hfssl.run_dir import RunDir, close_run_dir, open_run_dir, save_final, trim_log
 from hfssl.schedules import build_scheduler, steps_on_eval_loss
@@ -59,19 +59,6 @@ MIN_LOSS_SCALE = 1e-4
 # ----------------------------------------------------------------------------------- the loop
 
 @dataclass
-class _State:
-    step: int = 0  # optimizer updates done (including skipped non-finite ones and fp16 overflows)
-    epoch: int = 0
-    step_in_epoch: int = 0
-    inputs_seen: float = 0.0  # tokens / audio seconds / examples
-    targets_seen: int = 0
-    bad_in_a_row: int = 0
-    rollbacks: int = 0
-    overflows: int = 0  # fp16 updates the loss scaler skipped
-    skipped_updates: list = field(default_factory=list)
-
-
-@dataclass
 class _Run:
     """What one training run holds while it goes: built by `_setup`, advanced by the steps of `train`."""
 
@@ -81,7 +68,7 @@ class _Run:
     model: torch.nn.Module  # prepared (DDP/FSDP-wrapped, maybe compiled)
     optimizer: torch.optim.Optimizer
     scheduler: object
-    state: _State
+    state: LoopState
     steps_per_epoch: int
     total_steps: int
     out: Path
@@ -171,10 +158,10 @@ def _setup(cfg, objective, accelerator, run_dir: RunDir) -> _Run:
     model, optimizer = accelerator.prepare(objective.model, optimizer)
     if cfg.torch_compile:
         model = torch.compile(model, dynamic=True)
-    run = _Run(cfg, objective, accelerator, model, optimizer, scheduler, _State(), steps_per_epoch, total_steps,
+    run = _Run(cfg, objective, accelerator, model, optimizer, scheduler, LoopState(), steps_per_epoch, total_steps,
                Path(cfg.output_dir), run_dir.run_id, on_eval_loss)
     if run_dir.resume is not None:
-        run.state = _resume(run, run_dir.resume)
+        run.state = resume_loop(run, run_dir.resume)
     if accelerator.is_main_process:
         run.out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.out / "hfssl_config.yaml")
@@ -324,7 +311,7 @@ def _health_check(run: _Run) -> bool:
             raise TrainingStopped(f"{request} Already rolled back {state.rollbacks} times (max_rollbacks); stopping.") from None
         logger.warning("%s Rolling back to %s with fresh masks and noise.", request, request.checkpoint)
         rollbacks = state.rollbacks + 1
-        run.state = _resume(run, Path(request.checkpoint))
+        run.state = resume_loop(run, Path(request.checkpoint))
         run.state.rollbacks = rollbacks
         if run.accelerator.is_main_process:
             trim_log(run.log_path, run.state.step)
@@ -355,7 +342,7 @@ def _evaluate_and_checkpoint(run: _Run, stop: dict) -> None:
         if run.on_eval_loss:
             run.scheduler.step(result["eval_loss"])
     if (cfg.save_steps and step % cfg.save_steps == 0) or stop["flag"]:
-        _checkpoint(run)
+        save_loop_checkpoint(run)
     if stop["flag"]:
         logger.warning("SIGTERM: checkpoint-%d written; exiting with 143. Resume with --resume_from_checkpoint latest.", step)
         run.accelerator.end_training()
@@ -373,7 +360,7 @@ def _finish(run: _Run) -> dict:
                **({"overflow_updates": state.overflows} if accelerator.scaler is not None else {}), **final_eval}
     accelerator.wait_for_everyone()
     objective.model = accelerator.unwrap_model(run.model)  # FSDP2 shards in place: still sharded, still usable
-    _refuse_non_finite(accelerator, objective.model, out)
+    refuse_non_finite(accelerator, objective.model, out)
     with full_weights(accelerator, objective.model):  # FSDP: the full weights on the main process, for saving
         if accelerator.is_main_process:
             def write(folder: str) -> None:
@@ -400,60 +387,7 @@ def _sigterm_flag():
             signal.signal(signal.SIGTERM, previous)
 
 
-# ----------------------------------------------------------------------------------- state, resume, setup helpers
-
-def _checkpoint(run: _Run) -> None:
-    """checkpoint-<step>: trainer_state.json holds the loop counters, the batch geometry resume checks,
-    the scheduler and the objective's plain values (JSON); the objective's tensors (e.g. an EMA teacher)
-    go to safetensors. Nothing in a checkpoint can carry code."""
-    cfg, W = run.cfg, run.world
-    objective = run.objective.state_dict()
-    tensors = {k: v for k, v in objective.items() if isinstance(v, torch.Tensor)}
-    state = {**run.state.__dict__, "world_size": W, "global_batch_size": cfg.per_device_train_batch_size * W * cfg.gradient_accumulation_steps,
-             "per_device_train_batch_size": cfg.per_device_train_batch_size, "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
-             "seed": cfg.seed, "scheduler": run.scheduler.state_dict(),
-             "objective": {k: v for k, v in objective.items() if k not in tensors}}
-    save_checkpoint(run.accelerator, run.out, run.state.step, state, cfg.save_total_limit, run.run_id, tensors)
-
-
-def _resume(run: _Run, path: Path) -> _State:
-    """Load checkpoint `path` (verified again here: a rollback target was never checked) and return its loop state."""
-    accelerator, cfg, W = run.accelerator, run.cfg, run.world
-    saved = verify_on_main(accelerator, path)
-    global_batch = cfg.per_device_train_batch_size * W * cfg.gradient_accumulation_steps
-    if saved["global_batch_size"] != global_batch:
-        raise TrainingStopped(
-            f"Checkpoint {path} was written with global batch size {saved['global_batch_size']} (per device "
-            f"{saved['per_device_train_batch_size']} x {saved['world_size']} processes x {saved['gradient_accumulation_steps']} "
-            f"accumulation); this run has {global_batch}. Exact resume needs the same global batch: change "
-            f"per_device_train_batch_size/gradient_accumulation_steps to match.")
-    if saved["seed"] != cfg.seed:
-        raise TrainingStopped(f"Checkpoint {path} was written with seed {saved['seed']}; this run has seed {cfg.seed}. "
-                              f"Exact resume needs the same seed: set --seed {saved['seed']}.")
-    if saved["world_size"] != W:
-        logger.warning("Resuming %s on %d processes (saved with %d): same global batch, so the data order and masks are unchanged.",
-                       path, W, saved["world_size"])
-    # Model weights load from safetensors; optimizer and RNG states with weights_only (and were
-    # loaded that way by verify_checkpoint first): nothing in a checkpoint can run code.
-    accelerator.load_state(str(path), load_kwargs={"weights_only": True})
-    run.scheduler.load_state_dict(saved["scheduler"])
-    run.objective.load_state_dict({**saved["objective"], **load_objective_tensors(path)})
-    fields = {k: v for k, v in saved.items() if k in _State.__dataclass_fields__}
-    logger.info("Resumed from %s at step %d.", path, saved["step"])
-    return _State(**fields)
-
-
-def _refuse_non_finite(accelerator, model, out: Path) -> None:
-    """Never save a final model with NaN/inf weights: stop (exit 2) naming them and the last checkpoint."""
-    bad = [name for name, p in model.named_parameters() if not torch.isfinite(local(p)).all()]  # FSDP: this shard
-    count = accelerator.reduce(torch.tensor([float(len(bad))], device=accelerator.device), "sum").item()
-    if count:
-        saved = list_checkpoints(out)
-        raise TrainingStopped(
-            f"The final weights are not finite ({', '.join(bad[:5]) or 'on another process'}{' ...' if len(bad) > 5 else ''}): "
-            f"the model was not saved. Last checkpoint: {saved[-1] if saved else 'none'}. Lower the learning rate or "
-            f"max_grad_norm, use bf16 instead of fp16, or check the data.")
-
+# ----------------------------------------------------------------------------------- setup helpers
 
 def _param_groups(model, weight_decay: float):
     decay, no_decay = [], []
