@@ -7,6 +7,8 @@
   the final model is gathered into an ordinary `save_pretrained` folder (`full_weights`); checkpoints
   are Accelerate's sharded ones (torch.distributed.checkpoint, one file per process).
 * fp16: the loss scaler Accelerate attaches (`loss_scale`), so the loop can report overflows.
+* One-time work on several nodes (`cache_builder_first`): once in all on a shared path, once per node
+  on a node-local one.
 
 On one process nothing here changes anything.
 """
@@ -70,6 +72,46 @@ def check_backend(accelerator: Accelerator) -> None:
 
 def is_fsdp(accelerator: Accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.FSDP
+
+
+# ----------------------------------------------------------------------------------- one-time work
+
+def shared_by_all(accelerator: Accelerator, directory: str | os.PathLike) -> bool:
+    """Whether every process sees `directory` as the main process does (one filesystem for all nodes):
+    the main process writes a marker file there, every process looks for it. Collective."""
+    import uuid
+
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    if accelerator.num_processes == 1:
+        return True
+    marker = None
+    if accelerator.is_main_process:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        marker = Path(directory) / f".hfssl-shared-{uuid.uuid4().hex}"
+        marker.touch()
+    marker = broadcast_object_list([marker])[0]
+    seen = all(gather_object([marker.is_file()]))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        marker.unlink(missing_ok=True)
+    return seen
+
+
+@contextlib.contextmanager
+def cache_builder_first(accelerator: Optional[Accelerator], cache_dir: str | os.PathLike) -> Iterator[None]:
+    """Work whose result is a cache in `cache_dir` (e.g. tokenized datasets): built once, then read.
+
+    A cache every process sees (a shared filesystem) is built once in all, by the main process, while
+    the others wait; a node-local one (the default ~/.cache) once per node, by each node's first
+    process. Files in output_dir (tokenizer, k-means, audio reports) are always written once in all:
+    output_dir must be shared (`hfssl.run_dir.check_shared`)."""
+    if accelerator is None:
+        yield
+        return
+    first = accelerator.main_process_first if shared_by_all(accelerator, cache_dir) else accelerator.local_main_process_first
+    with first():
+        yield
 
 
 # ----------------------------------------------------------------------------------- FSDP2

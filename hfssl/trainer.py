@@ -77,6 +77,8 @@ class _Run:
     data: Optional[Iterator[dict]] = None  # this process's micro-batches for the rest of the epoch
     window: list = field(default_factory=list)  # log rows since the last logging step
     t_last: float = 0.0  # end of the previous update (throughput excludes evaluation and checkpointing)
+    sigterm: dict = field(default_factory=lambda: {"flag": False})  # this process got SIGTERM
+    stopping: bool = False  # some process got SIGTERM (agreed by all at the start of an update)
 
     @property
     def world(self) -> int:
@@ -107,7 +109,7 @@ def _train(run: "_Run") -> dict:
     objective = run.objective
     bar = tqdm(total=run.total_steps, initial=run.state.step, disable=not run.accelerator.is_local_main_process,
                desc=objective.name, dynamic_ncols=True)
-    with _sigterm_flag() as stop, contextlib.closing(bar):  # the bar closes on errors too: messages start on a new line
+    with _sigterm_flag(run.sigterm), contextlib.closing(bar):  # the bar closes on errors too: messages start on a new line
         while run.state.step < run.total_steps:
             micro = _next_update(run)  # this process's A micro-batches, or None at the end of an epoch
             if micro is None:
@@ -122,7 +124,7 @@ def _train(run: "_Run") -> dict:
                 bar.update(run.state.step)
                 continue
             _report(run, bar)
-            _evaluate_and_checkpoint(run, stop)
+            _evaluate_and_checkpoint(run)
             run.t_last = time.perf_counter()
     return _finish(run)
 
@@ -202,15 +204,17 @@ def _next_epoch(run: _Run) -> None:
 
 def _forward_backward(run: _Run, micro: list[dict]):
     """Gradients of the update: every loss term divided by its global target count (counted over all
-    micro-batches and processes before the first forward, one all-reduce).
+    micro-batches and processes before the first forward, one all-reduce, which also tells every
+    process whether any got SIGTERM: all then checkpoint after this same update).
 
     Returns (loss, metrics incl. per-term losses, {term: global targets}, global inputs)."""
     accelerator, model, W = run.accelerator, run.model, run.world
     counts = [as_terms(b["num_targets"]) for b in micro]  # per micro-batch {term: targets}, collator's term order
     names = list(counts[0])
-    local = [sum(c[k] for c in counts) for k in names] + [sum(b["num_inputs"] for b in micro)]
+    local = [sum(c[k] for c in counts) for k in names] + [sum(b["num_inputs"] for b in micro), float(run.sigterm["flag"])]
     totals = accelerator.reduce(torch.tensor(local, dtype=torch.float64, device=accelerator.device), "sum").tolist()
-    n_targets, n_inputs = dict(zip(names, totals[:-1])), totals[-1]  # note: CPU-GPU sync point, once per update
+    n_targets, n_inputs = dict(zip(names, totals[:-2])), totals[-2]  # note: CPU-GPU sync point, once per update
+    run.stopping = totals[-1] > 0
     # DDP averages gradients over W processes: scale by W so each term becomes sum / its global count.
     scales = {k: W / max(n, 1.0) for k, n in n_targets.items()}
     sums: dict[str, torch.Tensor] = {}
@@ -334,16 +338,16 @@ def _report(run: _Run, bar) -> None:
         run.accelerator.log({f"train/{k}": v for k, v in avg.items()}, step=step)
 
 
-def _evaluate_and_checkpoint(run: _Run, stop: dict) -> None:
-    """Periodic evaluation and checkpoints; after SIGTERM, a checkpoint and exit status 143."""
+def _evaluate_and_checkpoint(run: _Run) -> None:
+    """Periodic evaluation and checkpoints; after SIGTERM (to any process), a checkpoint and exit status 143."""
     cfg, step = run.cfg, run.state.step
     if cfg.eval_steps and step % cfg.eval_steps == 0 and step < run.total_steps and run.objective.eval_dataset is not None:
         result = evaluate_and_log(run.accelerator, run.model, run.objective, cfg, step, run.log_path)
         if run.on_eval_loss:
             run.scheduler.step(result["eval_loss"])
-    if (cfg.save_steps and step % cfg.save_steps == 0) or stop["flag"]:
+    if (cfg.save_steps and step % cfg.save_steps == 0) or run.stopping:
         save_loop_checkpoint(run)
-    if stop["flag"]:
+    if run.stopping:
         logger.warning("SIGTERM: checkpoint-%d written; exiting with 143. Resume with --resume_from_checkpoint latest.", step)
         run.accelerator.end_training()
         raise SystemExit(143)
@@ -376,9 +380,9 @@ def _finish(run: _Run) -> dict:
 
 
 @contextlib.contextmanager
-def _sigterm_flag():
-    """{"flag": bool} set by SIGTERM (preemption): the loop checkpoints after the current update and exits."""
-    stop = {"flag": False}
+def _sigterm_flag(stop: dict):
+    """Sets stop["flag"] on SIGTERM (preemption): the loop checkpoints after the next update and exits.
+    A cluster may signal one node before the others: the processes agree first (`_forward_backward`)."""
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True)) if _main_thread() else None
     try:
         yield stop
