@@ -6,8 +6,8 @@
   resumes to the uninterrupted run's losses.
 * An output_dir one node cannot see (a private mount) is refused before training.
 * LayerDrop 0.5 with 2 processes (DDP, and FSDP2) gives the losses of 1 process with accumulation 2.
-* FSDP2 (through Accelerate, forced on CPU by tests/integration/fsdp_on_cpu.py) for MLM and wav2vec 2.0
-  pretraining and CTC fine-tuning: same losses as one process, padded evaluation, sharded
+* FSDP2 (through Accelerate, forced on CPU by tests/integration/fsdp_on_cpu.py) for MLM, ELECTRA,
+  wav2vec 2.0 and HuBERT pretraining and CTC fine-tuning: same losses as one process, padded evaluation, sharded
   checkpoints that resume exactly, final folders that `from_pretrained` and `pipeline` load.
 
 Each torchrun start costs 15-30 s on a busy 2-core machine: the tests that need several (all together
@@ -328,11 +328,40 @@ def test_ctc_fine_tuning_under_fsdp_keeps_the_frozen_feature_encoder(w2v2_runs, 
 
 
 @pytest.mark.slow  # see the module docstring
-def test_hubert_layerdrop_two_processes_equal_one_with_accumulation(tmp_path):
+def test_hubert_layerdrop_ddp_and_fsdp_equal_one_process_with_accumulation(tmp_path):
     recipe = _layerdrop_recipe(tmp_path, "hubert/tiny-cpu-iter1.yaml")
-    args = [recipe, "--train_dir", FIXTURES / "speech" / "unlabeled", "--max_steps", "4", "--save_steps", "0", "--eval_steps", "0",
-            "--logging_steps", "1", "--per_device_train_batch_size", "4", "--kmeans_iterations", "20"]
-    one, two = tmp_path / "one", tmp_path / "two"
+    args = [recipe, "--train_dir", FIXTURES / "speech" / "unlabeled", "--max_steps", "4", "--save_steps", "0", "--eval_steps", "2",
+            "--max_eval_batches", "3", "--per_device_eval_batch_size", "2", "--logging_steps", "1",
+            "--per_device_train_batch_size", "4", "--kmeans_iterations", "20"]
+    one, ddp, fsdp = tmp_path / "one", tmp_path / "ddp", tmp_path / "fsdp"
     run_cli("run_pretrain.py", [*args, "--gradient_accumulation_steps", "2", "--output_dir", one], env=ONE_THREAD)
-    run_cli("run_pretrain.py", [*args, "--output_dir", two], launcher=_two(29641), env=ONE_THREAD)
-    _close(train_losses(two), train_losses(one))
+    run_cli("run_pretrain.py", [*args, "--output_dir", ddp], launcher=_two(29641), env=ONE_THREAD)
+    run_cli(FSDP_SCRIPT, ["pretrain", *args, "--output_dir", fsdp], launcher=_two(29643), env=FSDP_ENV)
+    for out in (ddp, fsdp):
+        _close(train_losses(out), train_losses(one))
+        _close(_eval_losses(out), _eval_losses(one))
+    for name in ("model.safetensors", "hubert_head.safetensors"):  # encoder, and projection + cluster embeddings
+        a, b = load_file(fsdp / name), load_file(one / name)
+        assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a), name
+
+
+ELECTRA = [ROOT / "recipes" / "electra" / "tiny-cpu.yaml", "--train_file", FIXTURES / "text" / "corpus.txt",
+           "--tokenizer_name", FIXTURES / "text" / "tokenizer", "--config_overrides",
+           "hidden_size=64,embedding_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=128,max_position_embeddings=64",
+           "--max_seq_length", "64", "--per_device_train_batch_size", "4", "--max_steps", "6", "--save_steps", "3", "--eval_steps", "3",
+           "--logging_steps", "1", "--learning_rate", "2e-3", "--warmup_steps", "2", "--validation_split_percentage", "10",
+           "--max_eval_batches", "3"]
+
+
+@pytest.mark.slow  # see the module docstring
+def test_electra_under_fsdp_keeps_the_shared_embeddings_shared(tmp_path):
+    """Generator and discriminator share their embeddings: under FSDP they must stay one parameter."""
+    one, fsdp = tmp_path / "one", tmp_path / "fsdp"
+    run_cli("run_pretrain.py", [*ELECTRA, "--gradient_accumulation_steps", "2", "--output_dir", one], env=ONE_THREAD)
+    run_cli(FSDP_SCRIPT, ["pretrain", *ELECTRA, "--output_dir", fsdp], launcher=_two(29644), env=FSDP_ENV)
+    _close(train_losses(fsdp), train_losses(one))
+    _close(_eval_losses(fsdp), _eval_losses(one))
+    discriminator, generator = load_file(fsdp / "model.safetensors"), load_file(fsdp / "generator" / "model.safetensors")
+    key = "electra.embeddings.word_embeddings.weight"
+    assert torch.equal(discriminator[key], generator[key])
+    torch.testing.assert_close(discriminator[key], load_file(one / "model.safetensors")[key], rtol=1e-4, atol=1e-6)
