@@ -62,6 +62,11 @@ def _train_and_evaluate(cfg, accelerator) -> tuple[dict, object, dict]:
     from hfssl.finetune.evaluation import evaluate_split, write_split_outputs
     from hfssl.trainer import train
 
+    if cfg.probe and is_fsdp(accelerator):
+        from hfssl.errors import ConfigError
+
+        raise ConfigError("probe: a frozen-upstream probe trains a few thousand parameters, which FSDP has no reason to "
+                          "shard (and its layer weights are read on one process): run it with DDP or on one GPU.")
     set_seed(cfg.seed)  # head / from-scratch initialization
     task = build_task(cfg, accelerator)
     summary = train(cfg, task, accelerator) if cfg.do_train else {}
