@@ -43,3 +43,36 @@ def test_transformer_blocks_are_found_inside_hfssl_wrappers():
                                                  conv_dim=[8, 8], conv_kernel=[10, 4], conv_stride=[5, 4], num_conv_pos_embeddings=4,
                                                  num_conv_pos_embedding_groups=2, codevector_dim=16, proj_codevector_dim=16))
     assert "Wav2Vec2EncoderLayer" in transformer_block_classes(Wav2Vec2Pretraining(w2v2))
+
+
+def test_a_scan_divided_between_processes_equals_one_scan(monkeypatch, tmp_path):
+    """Each process decodes every W-th file; gathered back in input order, the outcome is the one-process
+    scan's (good files with lengths, bad files with reasons, long files), and a bad file is an error on
+    every process alike. Process 1's share is computed inside the stand-in for the gather."""
+    import accelerate.utils
+    import pytest
+
+    from hfssl.data.audio.decode import AudioScanError, scan_audio, scan_audio_split
+    from hfssl.data.audio.files import find_audio_files
+
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF not audio")
+    from conftest import FIXTURES
+
+    paths = [str(p) for p in find_audio_files(FIXTURES / "speech" / "unlabeled")[:6]] + [str(broken)]
+    options = dict(max_duration_in_seconds=2.0, num_workers=0)
+
+    class TwoProcesses:
+        num_processes, process_index = 2, 0
+
+    def gather_object(mine):
+        other = scan_audio(paths[1::2], 16000, 400, on_bad_audio="skip", **options)
+        return [mine[0], (other.good, other.bad, other.num_long)]
+
+    monkeypatch.setattr(accelerate.utils, "gather_object", gather_object)
+    one = scan_audio(paths, 16000, 400, on_bad_audio="skip", **options)
+    split = scan_audio_split(paths, 16000, 400, TwoProcesses(), on_bad_audio="skip", **options)
+    assert (split.good, split.bad, split.num_long) == (one.good, one.bad, one.num_long)
+    assert [p for p, _ in split.bad] == [str(broken)] and len(split.good) == 6 and split.num_long > 0
+    with pytest.raises(AudioScanError, match="1 of 7 audio files failed"):
+        scan_audio_split(paths, 16000, 400, TwoProcesses(), on_bad_audio="error", **options)
