@@ -271,13 +271,16 @@ W2V2 = ["--train_dir", FIXTURES / "speech" / "unlabeled", "--max_steps", "4", "-
 
 @pytest.fixture(scope="module")
 def w2v2_runs(tmp_path_factory):
-    """wav2vec 2.0 with LayerDrop 0.5: 1 process with accumulation 2, 2 processes (DDP), 2 processes (FSDP)."""
+    """wav2vec 2.0 with LayerDrop 0.5: 1 process with accumulation 2, 2 processes (DDP), 2 processes (FSDP),
+    2 processes (FSDP) with gradient checkpointing."""
     root = tmp_path_factory.mktemp("w2v2-layerdrop")
     recipe = _layerdrop_recipe(root, "wav2vec2/tiny-cpu.yaml")
-    runs = {name: root / name for name in ("one", "ddp", "fsdp")}
+    runs = {name: root / name for name in ("one", "ddp", "fsdp", "fsdp-checkpointing")}
     run_cli("run_pretrain.py", [recipe, *W2V2, "--gradient_accumulation_steps", "2", "--output_dir", runs["one"]], env=ONE_THREAD)
     run_cli("run_pretrain.py", [recipe, *W2V2, "--output_dir", runs["ddp"]], launcher=_two(29638), env=ONE_THREAD)
     run_cli(FSDP_SCRIPT, ["pretrain", recipe, *W2V2, "--output_dir", runs["fsdp"]], launcher=_two(29639), env=FSDP_ENV)
+    run_cli(FSDP_SCRIPT, ["pretrain", recipe, *W2V2, "--gradient_checkpointing", "true", "--output_dir", runs["fsdp-checkpointing"]],
+            launcher=_two(29645), env=FSDP_ENV)
     return runs
 
 
@@ -285,7 +288,9 @@ def w2v2_runs(tmp_path_factory):
 def test_wav2vec2_layerdrop_two_processes_equal_one_with_accumulation(w2v2_runs):
     one = train_losses(w2v2_runs["one"])
     assert sorted(one) == [1, 2, 3, 4]
-    for kind in ("ddp", "fsdp"):  # transformers' skipping LayerDrop stops DDP at the first dropped layer
+    # transformers' skipping LayerDrop stops DDP at the first dropped layer; recomputed layers must
+    # make the same drop decisions and dropout as in the forward.
+    for kind in ("ddp", "fsdp", "fsdp-checkpointing"):
         _close(train_losses(w2v2_runs[kind]), one)
         _close(_eval_losses(w2v2_runs[kind]), _eval_losses(w2v2_runs["one"]))
 
