@@ -30,6 +30,7 @@ from typing import Optional
 import torch
 import xxhash
 
+from hfssl.distributed import wait_until_visible
 from hfssl.errors import CheckpointError, TrainingStopped
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, trainer_stat
     try:
         accelerator.save_state(str(tmp), safe_serialization=True)
         accelerator.wait_for_everyone()
-        wait_until_visible(accelerator, tmp)  # several nodes: every process's files, before the manifest
+        wait_until_visible(accelerator, tmp, _files)  # several nodes: every process's files, before the manifest
         if accelerator.is_main_process:
             write_json(tmp / STATE, trainer_state)
             if tensors:
@@ -91,48 +92,6 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, trainer_stat
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
-
-
-VISIBLE_WITHIN_S = 60.0  # a shared filesystem may show another node's new file a little later (attribute caches)
-
-
-def wait_until_visible(accelerator, folder: Path, timeout: float = VISIBLE_WITHIN_S) -> None:
-    """Return once the main process sees every file that any process sees in `folder` (each process
-    writes its own: RNG states, FSDP shards); every process raises the same CheckpointError naming the
-    missing files and their writers' hosts if some stay unseen for `timeout` s (a filesystem the nodes
-    do not share)."""
-    if accelerator.num_processes == 1:
-        return
-    import socket
-    import time
-
-    from accelerate.utils import broadcast_object_list, gather_object
-
-    views = gather_object([(accelerator.process_index, socket.gethostname(), _files(folder))])
-    problem = None
-    if accelerator.is_main_process:
-        deadline = time.monotonic() + timeout
-        while (missing := unseen(folder, views)) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        if missing:
-            listed = ", ".join(f"{rel} (process {rank}, host {host})" for rel, rank, host in missing[:5])
-            problem = (f"Checkpoint {folder}: the main process cannot see files other processes wrote: {listed}"
-                       f"{' ...' if len(missing) > 5 else ''}. Checkpoints must be on a filesystem every node shares "
-                       f"(NFS, Lustre, GPFS, ...): put output_dir there.")
-    problem = broadcast_object_list([problem])[0]
-    if problem:
-        raise CheckpointError(problem)
-
-
-def unseen(folder: Path, views: list[tuple[int, str, list[str]]]) -> list[tuple[str, int, str]]:
-    """(file, process, host) of the files in the processes' `views` (process, host, files it sees in
-    `folder`) that do not exist here."""
-    missing: dict[str, tuple[str, int, str]] = {}
-    for rank, host, files in views:
-        for rel in files:
-            if rel not in missing and not (folder / rel).is_file():
-                missing[rel] = (rel, rank, host)
-    return list(missing.values())
 
 
 def save_failure(error: BaseException, partial: Path, output_dir: Path) -> BaseException:

@@ -7,8 +7,9 @@
   the final model is gathered into an ordinary `save_pretrained` folder (`full_weights`); checkpoints
   are Accelerate's sharded ones (torch.distributed.checkpoint, one file per process).
 * fp16: the loss scaler Accelerate attaches (`loss_scale`), so the loop can report overflows.
-* One-time work on several nodes (`cache_builder_first`): once in all on a shared path, once per node
-  on a node-local one.
+* Several nodes: output_dir must be one filesystem for all (`check_shared`), a checkpoint's manifest
+  waits until every process's files are visible (`wait_until_visible`); one-time work
+  (`cache_builder_first`) runs once in all on a shared path, once per node on a node-local one.
 
 On one process nothing here changes anything.
 """
@@ -16,16 +17,19 @@ On one process nothing here changes anything.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import socket
+import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, ProjectConfiguration
 
-from hfssl.errors import TrainingStopped
+from hfssl.errors import CheckpointError, OutputDirError, TrainingStopped
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +78,70 @@ def is_fsdp(accelerator: Accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.FSDP
 
 
+# ----------------------------------------------------------------------------------- a filesystem shared by all
+
+def check_shared(accelerator: Accelerator, lock_file: Path, holder: dict) -> None:
+    """Every process must see output_dir as the main process wrote it: checkpoints, the tokenizer, k-means
+    targets and the final model are written by one process and read by all. Each process reads the lock
+    file (`holder`: what the main process wrote into it); if any cannot, every process raises the same
+    OutputDirError naming the processes and hosts."""
+    from accelerate.utils import gather_object
+
+    try:
+        seen = json.loads(lock_file.read_text()) == holder
+    except (OSError, ValueError):
+        seen = False
+    views = gather_object([(accelerator.process_index, socket.gethostname(), seen)])
+    blind = [(rank, host) for rank, host, ok in views if not ok]
+    if blind:
+        who = ", ".join(f"process {rank} on host {host}" for rank, host in blind[:8]) + (" ..." if len(blind) > 8 else "")
+        raise OutputDirError(
+            f"output_dir '{lock_file.parent}' is not shared by every process: {who} cannot see the lock file {lock_file} "
+            f"that the main process wrote on host {holder.get('host')}. Checkpoints, the tokenizer, k-means targets and the "
+            f"final model are written by one process and read by all, so output_dir must be on a filesystem every node "
+            f"mounts at the same path (NFS, Lustre, GPFS, ...), not a node-local disk.")
+
+
+VISIBLE_WITHIN_S = 60.0  # a shared filesystem may show another node's new file a little later (attribute caches)
+
+
+def wait_until_visible(accelerator: Accelerator, folder: Path, list_files: Callable[[Path], list[str]],
+                       timeout: float = VISIBLE_WITHIN_S) -> None:
+    """Return once the main process sees every file that any process sees in `folder` (`list_files`: the
+    checkpoint's files; each process writes its own: RNG states, FSDP shards). If some stay unseen for
+    `timeout` s (a filesystem the nodes do not share), every process raises the same CheckpointError
+    naming them and their writers' hosts."""
+    if accelerator.num_processes == 1:
+        return
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    views = gather_object([(accelerator.process_index, socket.gethostname(), list_files(folder))])
+    problem = None
+    if accelerator.is_main_process:
+        deadline = time.monotonic() + timeout
+        while (missing := unseen(folder, views)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if missing:
+            listed = ", ".join(f"{rel} (process {rank}, host {host})" for rel, rank, host in missing[:5])
+            problem = (f"Checkpoint {folder}: the main process cannot see files other processes wrote: {listed}"
+                       f"{' ...' if len(missing) > 5 else ''}. Checkpoints must be on a filesystem every node shares "
+                       f"(NFS, Lustre, GPFS, ...): put output_dir there.")
+    problem = broadcast_object_list([problem])[0]
+    if problem:
+        raise CheckpointError(problem)
+
+
+def unseen(folder: Path, views: list[tuple[int, str, list[str]]]) -> list[tuple[str, int, str]]:
+    """(file, process, host) of the files in the processes' `views` (process, host, files it sees in
+    `folder`) that do not exist here."""
+    missing: dict[str, tuple[str, int, str]] = {}
+    for rank, host, files in views:
+        for rel in files:
+            if rel not in missing and not (folder / rel).is_file():
+                missing[rel] = (rel, rank, host)
+    return list(missing.values())
+
+
 # ----------------------------------------------------------------------------------- one-time work
 
 def shared_by_all(accelerator: Accelerator, directory: str | os.PathLike) -> bool:
@@ -87,10 +155,15 @@ def shared_by_all(accelerator: Accelerator, directory: str | os.PathLike) -> boo
         return True
     marker = None
     if accelerator.is_main_process:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        marker = Path(directory) / f".hfssl-shared-{uuid.uuid4().hex}"
-        marker.touch()
+        try:
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            marker = Path(directory) / f".hfssl-shared-{uuid.uuid4().hex}"
+            marker.touch()
+        except OSError:  # read-only: nothing will be written there either; say "not shared"
+            marker = None
     marker = broadcast_object_list([marker])[0]
+    if marker is None:
+        return False
     seen = all(gather_object([marker.is_file()]))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

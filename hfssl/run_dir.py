@@ -48,6 +48,7 @@ from hfssl.checkpointing import (
     verify_checkpoint,
     write_json,
 )
+from hfssl.distributed import check_shared
 from hfssl.errors import CheckpointError, OutputDirError
 
 logger = logging.getLogger(__name__)
@@ -244,7 +245,7 @@ def open_run_dir(cfg, accelerator=None, train: bool = True) -> RunDir:
     _, run_id, resume, holder = outcome
     if accelerator is not None and accelerator.num_processes > 1:
         try:
-            check_shared(accelerator, path / LOCK_FILE, holder)
+            check_shared(accelerator, path / LOCK_FILE, holder)  # every process sees output_dir
         except OutputDirError:
             if lock is not None:
                 lock.release()
@@ -252,25 +253,6 @@ def open_run_dir(cfg, accelerator=None, train: bool = True) -> RunDir:
     run = RunDir(path, run_id, Path(resume) if resume else None, lock)
     _OPEN[key] = run
     return run
-
-
-def check_shared(accelerator, lock_file: Path, holder: dict) -> None:
-    """Every process must see output_dir as the main process wrote it: checkpoints, the tokenizer, k-means
-    targets and the final model are written by one process and read by all. Each process reads the lock
-    file (`holder`: what the main process wrote into it); if any cannot, every process raises the same
-    OutputDirError naming the processes and hosts."""
-    from accelerate.utils import gather_object
-
-    seen = _read_holder(lock_file) == holder
-    views = gather_object([(accelerator.process_index, socket.gethostname(), seen)])
-    blind = [(rank, host) for rank, host, ok in views if not ok]
-    if blind:
-        who = ", ".join(f"process {rank} on host {host}" for rank, host in blind[:8]) + (" ..." if len(blind) > 8 else "")
-        raise OutputDirError(
-            f"output_dir '{lock_file.parent}' is not shared by every process: {who} cannot see the lock file {lock_file} "
-            f"that the main process wrote on host {holder.get('host')}. Checkpoints, the tokenizer, k-means targets and the "
-            f"final model are written by one process and read by all, so output_dir must be on a filesystem every node "
-            f"mounts at the same path (NFS, Lustre, GPFS, ...), not a node-local disk.")
 
 
 def close_run_dir(run: RunDir) -> None:

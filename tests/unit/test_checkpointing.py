@@ -307,7 +307,7 @@ def test_fsdp_shard_entry_that_would_run_code_is_refused(tmp_path):
 
 
 def test_files_another_process_wrote_are_named_until_the_main_process_sees_them(tmp_path):
-    from hfssl.checkpointing import unseen
+    from hfssl.distributed import unseen
 
     (tmp_path / "model.safetensors").write_bytes(b"x")
     views = [(0, "node-a", ["model.safetensors", "random_states_0.pkl"]), (1, "node-b", ["random_states_1.pkl"])]
