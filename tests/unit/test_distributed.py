@@ -76,3 +76,22 @@ def test_a_scan_divided_between_processes_equals_one_scan(monkeypatch, tmp_path)
     assert [p for p, _ in split.bad] == [str(broken)] and len(split.good) == 6 and split.num_long > 0
     with pytest.raises(AudioScanError, match="1 of 7 audio files failed"):
         scan_audio_split(paths, 16000, 400, TwoProcesses(), on_bad_audio="error", **options)
+
+
+def test_deepspeed_and_fsdp1_are_refused_at_start():
+    import pytest
+    from accelerate.utils import DistributedType
+
+    from hfssl.distributed import check_backend
+    from hfssl.errors import TrainingStopped
+
+    class Launched:
+        def __init__(self, kind, fsdp2=False):
+            self.distributed_type, self.is_fsdp2 = kind, fsdp2
+
+    with pytest.raises(TrainingStopped, match="DeepSpeed is not supported by hfssl"):
+        check_backend(Launched(DistributedType.DEEPSPEED))
+    with pytest.raises(TrainingStopped, match="FSDP version 1 is not supported"):
+        check_backend(Launched(DistributedType.FSDP))
+    check_backend(Launched(DistributedType.FSDP, fsdp2=True))
+    check_backend(Launched(DistributedType.MULTI_GPU))
