@@ -30,6 +30,7 @@ from typing import Optional
 import torch
 import xxhash
 
+from hfssl.distributed import wait_until_visible
 from hfssl.errors import CheckpointError, TrainingStopped
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, trainer_stat
     try:
         accelerator.save_state(str(tmp), safe_serialization=True)
         accelerator.wait_for_everyone()
+        wait_until_visible(accelerator, tmp, _files)  # several nodes: every process's files, before the manifest
         if accelerator.is_main_process:
             write_json(tmp / STATE, trainer_state)
             if tensors:
@@ -292,11 +294,14 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 def check_no_code(path: Path) -> None:
     """Load a pickled checkpoint file the safe way (torch's weights_only: tensors, numbers, containers;
-    DCP metadata: its own classes only). Raises CheckpointError if it needs anything else, i.e. could run code."""
+    DCP metadata: its own classes only, and then every non-tensor entry of the shards it lists, which
+    torch.distributed.checkpoint itself unpickles without weights_only). Raises CheckpointError if it
+    needs anything else, i.e. could run code."""
     try:
         if path.name == ".metadata":
             with open(path, "rb") as f:
-                _MetadataUnpickler(f).load()
+                metadata = _MetadataUnpickler(f).load()
+            _check_sharded_entries(path.parent, metadata)
         else:
             with torch.serialization.safe_globals(_numpy_globals()):
                 torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -304,6 +309,26 @@ def check_no_code(path: Path) -> None:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"Checkpoint file '{path}' is not plain tensors and numbers ({reason[:200]}): it could run code "
                               f"when loaded, so it is not loaded.") from None
+
+
+def _check_sharded_entries(folder: Path, metadata) -> None:
+    """FSDP sharded state (torch.distributed.checkpoint): tensors are read with weights_only, but other
+    entries (an optimizer's param_groups, counters) are stored as pickles that DCP loads with
+    weights_only=False; load each of them here with weights_only=True instead."""
+    import io
+
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
+    for index, info in metadata.storage_data.items():
+        if not isinstance(metadata.state_dict_metadata.get(index.fqn), BytesStorageMetadata):
+            continue
+        if info.transform_descriptors:
+            raise ValueError(f"entry {index.fqn} is stored with transforms {list(info.transform_descriptors)}")
+        with open(folder / info.relative_path, "rb") as f:
+            f.seek(info.offset)
+            data = f.read(info.length)
+        with torch.serialization.safe_globals(_numpy_globals()):
+            torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 # ----------------------------------------------------------------------------------- find

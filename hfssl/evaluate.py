@@ -19,7 +19,9 @@ def evaluate(accelerator, model, objective, cfg) -> dict[str, float]:
     """`eval_loss` (sum over terms of term sum / term targets), `eval_loss_<term>` with several terms,
     `eval_<metric>`, `eval_targets`; then the objective's `eval_summary`."""
     W, rank = accelerator.num_processes, accelerator.process_index
-    # The unwrapped module: a DDP forward would wait for processes that have no batch left.
+    # Without DDP's wrapper (its forward adds nothing here). FSDP2 shards the module in place: the
+    # unwrapped module is still sharded, each forward gathers weights from all processes, so every
+    # process runs the same number of batches (`eval_batches` pads; padding is left out of the sums).
     model = accelerator.unwrap_model(model).eval()
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, float] = {}
@@ -28,6 +30,8 @@ def evaluate(accelerator, model, objective, cfg) -> dict[str, float]:
         torch.manual_seed(batch["seed"])
         with accelerator.autocast():
             outputs = model(**inputs)
+        if batch["pad"]:
+            continue
         n = as_terms(batch["num_targets"])
         accumulate(sums, outputs, n)
         for k, v in n.items():

@@ -31,7 +31,8 @@ def main(argv: list[str]) -> int:
 def run(cfg) -> int:
     from hfssl.objectives import build_objective
     from hfssl.run_dir import close_run_dir, open_run_dir
-    from hfssl.trainer import make_accelerator, train
+    from hfssl.distributed import make_accelerator
+    from hfssl.trainer import train
 
     setup_logging()
     accelerator = make_accelerator(cfg)

@@ -48,6 +48,7 @@ from hfssl.checkpointing import (
     verify_checkpoint,
     write_json,
 )
+from hfssl.distributed import check_shared
 from hfssl.errors import CheckpointError, OutputDirError
 
 logger = logging.getLogger(__name__)
@@ -105,6 +106,11 @@ class OutputDirLock:
         os.pwrite(fd, data, 0)
         os.fsync(fd)
         threading.Thread(target=self._heartbeat, name="hfssl-lock-heartbeat", daemon=True).start()
+
+    @property
+    def record(self) -> dict:
+        """What this lock's file holds (pid, host, start, command) while it is held."""
+        return dict(self._record)
 
     def _stale(self, holder: Optional[dict], flocked: Optional[bool]) -> bool:
         """An existing lock file we could flock: stale unless a live holder on another host (or, where
@@ -221,7 +227,7 @@ def open_run_dir(cfg, accelerator=None, train: bool = True) -> RunDir:
                 raise OutputDirError(f"output_dir '{path}' exists and is a file.")
             lock = OutputDirLock(path)
             lock.acquire()
-            outcome = ("ok", *_prepare(cfg, path, train))
+            outcome = ("ok", *_prepare(cfg, path, train), lock.record)
         except Exception as e:  # noqa: BLE001 - every process must learn that the main one failed
             if lock is not None:
                 lock.release()
@@ -236,7 +242,14 @@ def open_run_dir(cfg, accelerator=None, train: bool = True) -> RunDir:
     if outcome[0] == "error":
         error = getattr(errors, outcome[1], None) if outcome[1] else None
         raise (error or RuntimeError)(outcome[2] if error else f"The main process failed to open output_dir: {outcome[2]}")
-    _, run_id, resume = outcome
+    _, run_id, resume, holder = outcome
+    if accelerator is not None and accelerator.num_processes > 1:
+        try:
+            check_shared(accelerator, path / LOCK_FILE, holder)  # every process sees output_dir
+        except OutputDirError:
+            if lock is not None:
+                lock.release()
+            raise
     run = RunDir(path, run_id, Path(resume) if resume else None, lock)
     _OPEN[key] = run
     return run

@@ -14,6 +14,9 @@ the members that protocol declares. Design choices, and why:
 * Checkpoints carry no code: the scheduler's and the objective's state go into trainer_state.json
   (`Objective.state_dict` must be JSON), the rest through Accelerate (`hfssl.checkpointing`).
   output_dir is locked and checked by `hfssl.run_dir` before the run starts.
+* Several processes, nodes and precisions (`hfssl.distributed`): DDP or FSDP2 through Accelerate; the
+  encoders' LayerDrop keeps a constant graph (`hfssl.layerdrop`); fp16 overflows are the loss
+  scaler's business (the step is skipped and the scale lowered), never counted as bad updates.
 """
 from __future__ import annotations
 
@@ -22,7 +25,6 @@ import itertools
 import json
 import logging
 import math
-import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -32,15 +34,16 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
 from tqdm.auto import tqdm
 
-from hfssl.checkpointing import list_checkpoints, load_objective_tensors, save_checkpoint, verify_on_main
-from hfssl.data.batching import Position, train_batches
-from hfssl.evaluate import evaluate_and_log
-from hfssl.loss_terms import accumulate, as_terms, per_target, reduce_sums
-from hfssl.errors import RollbackRequested, TrainingStopped
 from hfssl.config import TrainingArguments, save_config
+from hfssl.data.batching import Position, train_batches
+from hfssl.distributed import full_weights, loss_scale, make_accelerator, wrap_transformer_blocks
+from hfssl.errors import RollbackRequested, TrainingStopped
+from hfssl.evaluate import evaluate_and_log
+from hfssl.layerdrop import constant_graph_layerdrop
+from hfssl.loop_state import LoopState, refuse_non_finite, resume_loop, save_loop_checkpoint
+from hfssl.loss_terms import accumulate, as_terms, per_target, reduce_sums
 from hfssl.objectives.base import Objective
 from hfssl.run_dir import RunDir, close_run_dir, open_run_dir, save_final, trim_log
 from hfssl.schedules import build_scheduler, steps_on_eval_loss
@@ -48,21 +51,12 @@ from hfssl.schedules import build_scheduler, steps_on_eval_loss
 logger = logging.getLogger(__name__)
 
 LOG_FILE = "training_log.jsonl"
+# fp16: a loss scale below this means the gradients are not finite at any scale (NaN in the model, not
+# an overflow): stop instead of halving forever (fairseq's min_loss_scale).
+MIN_LOSS_SCALE = 1e-4
 
 
 # ----------------------------------------------------------------------------------- the loop
-
-@dataclass
-class _State:
-    step: int = 0  # optimizer updates done (including skipped non-finite ones)
-    epoch: int = 0
-    step_in_epoch: int = 0
-    inputs_seen: float = 0.0  # tokens / audio seconds / examples
-    targets_seen: int = 0
-    bad_in_a_row: int = 0
-    rollbacks: int = 0
-    skipped_updates: list = field(default_factory=list)
-
 
 @dataclass
 class _Run:
@@ -74,7 +68,7 @@ class _Run:
     model: torch.nn.Module  # prepared (DDP/FSDP-wrapped, maybe compiled)
     optimizer: torch.optim.Optimizer
     scheduler: object
-    state: _State
+    state: LoopState
     steps_per_epoch: int
     total_steps: int
     out: Path
@@ -83,6 +77,8 @@ class _Run:
     data: Optional[Iterator[dict]] = None  # this process's micro-batches for the rest of the epoch
     window: list = field(default_factory=list)  # log rows since the last logging step
     t_last: float = 0.0  # end of the previous update (throughput excludes evaluation and checkpointing)
+    sigterm: dict = field(default_factory=lambda: {"flag": False})  # this process got SIGTERM
+    stopping: bool = False  # some process got SIGTERM (agreed by all at the start of an update)
 
     @property
     def world(self) -> int:
@@ -113,7 +109,7 @@ def _train(run: "_Run") -> dict:
     objective = run.objective
     bar = tqdm(total=run.total_steps, initial=run.state.step, disable=not run.accelerator.is_local_main_process,
                desc=objective.name, dynamic_ncols=True)
-    with _sigterm_flag() as stop, contextlib.closing(bar):  # the bar closes on errors too: messages start on a new line
+    with _sigterm_flag(run.sigterm), contextlib.closing(bar):  # the bar closes on errors too: messages start on a new line
         while run.state.step < run.total_steps:
             micro = _next_update(run)  # this process's A micro-batches, or None at the end of an epoch
             if micro is None:
@@ -128,7 +124,7 @@ def _train(run: "_Run") -> dict:
                 bar.update(run.state.step)
                 continue
             _report(run, bar)
-            _evaluate_and_checkpoint(run, stop)
+            _evaluate_and_checkpoint(run)
             run.t_last = time.perf_counter()
     return _finish(run)
 
@@ -140,6 +136,8 @@ def _setup(cfg, objective, accelerator, run_dir: RunDir) -> _Run:
     W, A = accelerator.num_processes, cfg.gradient_accumulation_steps
     if cfg.gradient_checkpointing:
         objective.enable_gradient_checkpointing()
+    constant_graph_layerdrop(objective.model)  # every parameter in every graph: DDP and FSDP need it
+    wrap_transformer_blocks(accelerator, objective.model)
     optimizer = torch.optim.AdamW(
         _param_groups(objective.model, cfg.weight_decay), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
         eps=cfg.adam_epsilon, fused=torch.cuda.is_available())
@@ -164,10 +162,10 @@ def _setup(cfg, objective, accelerator, run_dir: RunDir) -> _Run:
         # dynamic=None: shapes start static (the fastest kernels, CUDA-graph friendly); a dimension that
         # changes (masked-token count, packed rows, padded length) is recompiled once, as a dynamic dimension.
         model = torch.compile(model, dynamic=None)
-    run = _Run(cfg, objective, accelerator, model, optimizer, scheduler, _State(), steps_per_epoch, total_steps,
+    run = _Run(cfg, objective, accelerator, model, optimizer, scheduler, LoopState(), steps_per_epoch, total_steps,
                Path(cfg.output_dir), run_dir.run_id, on_eval_loss)
     if run_dir.resume is not None:
-        run.state = _resume(run, run_dir.resume)
+        run.state = resume_loop(run, run_dir.resume)
     if accelerator.is_main_process:
         run.out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.out / "hfssl_config.yaml")
@@ -208,17 +206,20 @@ def _next_epoch(run: _Run) -> None:
 
 def _forward_backward(run: _Run, micro: list[dict]):
     """Gradients of the update: every loss term divided by its global target count (counted over all
-    micro-batches and processes before the first forward, one all-reduce).
+    micro-batches and processes before the first forward, one all-reduce, which also tells every
+    process whether any got SIGTERM: all then checkpoint after this same update).
 
     Returns (loss, metrics incl. per-term losses, {term: global targets}, global inputs)."""
     accelerator, model, W = run.accelerator, run.model, run.world
     counts = [as_terms(b["num_targets"]) for b in micro]  # per micro-batch {term: targets}, collator's term order
     names = list(counts[0])
-    local = [float(sum(c[k] for c in counts)) for k in names] + [float(sum(b["num_inputs"] for b in micro))]
-    # One process: the collator's counts are already global; the round trip through the device would
-    # wait for the GPU to finish the previous update. Several: note: CPU-GPU sync point, once per update.
+    local = [float(sum(c[k] for c in counts)) for k in names] + [float(sum(b["num_inputs"] for b in micro)), float(run.sigterm["flag"])]
+    # One process: the collator's counts are already global and the stop flag is its own; the round trip
+    # through the device would wait for the GPU to finish the previous update. Several: one all-reduce
+    # (note: CPU-GPU sync point, once per update) that also tells every process whether any got SIGTERM.
     totals = local if W == 1 else accelerator.reduce(torch.tensor(local, dtype=torch.float64, device=accelerator.device), "sum").tolist()
-    n_targets, n_inputs = dict(zip(names, totals[:-1])), totals[-1]
+    n_targets, n_inputs = dict(zip(names, totals[:-2])), totals[-2]
+    run.stopping = totals[-1] > 0
     # DDP averages gradients over W processes: scale by W so each term becomes sum / its global count.
     scales = {k: W / max(n, 1.0) for k, n in n_targets.items()}
     sums: dict[str, torch.Tensor] = {}
@@ -240,19 +241,28 @@ def _forward_backward(run: _Run, micro: list[dict]):
 
 
 def _optimizer_step(run: _Run, loss: float, n_targets: dict, micro: list[dict]) -> Optional[float]:
-    """Clip and step; a non-finite loss or gradient norm skips the update (no weight changes) and is
-    reported with its sample ids; max_bad_steps in a row stop the run. Returns the gradient norm."""
-    cfg, state = run.cfg, run.state
+    """Clip and step; returns the gradient norm (None when not measured).
+
+    fp16 (a loss scaler): the optimizer is always stepped, so the scaler decides. With gradients that
+    overflowed at this scale it skips the update and lowers the scale (`scaler.update` always runs):
+    logged as an overflow, the scheduler does not step, it is not a bad update. Otherwise a non-finite
+    loss or gradient norm skips the update (no weight changes), reported with its sample ids;
+    max_bad_steps in a row stop the run."""
+    cfg, state, accelerator = run.cfg, run.state, run.accelerator
     grad_norm = None
     finite = math.isfinite(loss) and sum(n_targets.values()) > 0
     if finite:  # max_grad_norm 0: measure the norm (logged, checked) without clipping
-        grad_norm = float(run.accelerator.clip_grad_norm_(run.model.parameters(), cfg.max_grad_norm or float("inf")))
-        finite = math.isfinite(grad_norm)
+        grad_norm = float(accelerator.clip_grad_norm_(run.model.parameters(), cfg.max_grad_norm or float("inf")))
+        finite = math.isfinite(grad_norm) or accelerator.scaler is not None
     if finite:
-        run.optimizer.step()
-        if not run.on_eval_loss:
-            run.scheduler.step()
-        state.bad_in_a_row = 0
+        run.optimizer.step()  # with a scaler: scaler.step (skipped on inf/NaN gradients) + scaler.update
+        if accelerator.optimizer_step_was_skipped:
+            _overflow(run)
+            grad_norm = None  # measured at a scale that overflowed: says nothing
+        else:
+            if not run.on_eval_loss:
+                run.scheduler.step()
+            state.bad_in_a_row = 0
     else:
         ids = sorted(i for b in micro for i in b["sample_ids"])
         state.bad_in_a_row += 1
@@ -263,6 +273,18 @@ def _optimizer_step(run: _Run, loss: float, n_targets: dict, micro: list[dict]) 
     return grad_norm
 
 
+def _overflow(run: _Run) -> None:
+    """An fp16 update the loss scaler skipped: count and log it; stop if the scale has collapsed."""
+    run.state.overflows += 1
+    scale = loss_scale(run.accelerator)
+    logger.info("Update %d: fp16 overflow, scale now %g (the update was skipped).", run.state.step + 1, scale)
+    if scale < MIN_LOSS_SCALE:
+        raise TrainingStopped(
+            f"The fp16 loss scale fell to {scale:g} after {run.state.overflows} overflows (last at update {run.state.step + 1}): "
+            f"the gradients are not finite at any scale. Use bf16 (--mixed_precision bf16) or fp32, lower the learning "
+            f"rate, or check the data; the last checkpoint is in {run.out}.")
+
+
 def _record_update(run: _Run, loss, metrics, grad_norm, n_targets, n_inputs) -> None:
     """Advance the counters and the objective's schedules; append the update's row to the log."""
     state, first = run.state, next(iter(n_targets))
@@ -271,8 +293,10 @@ def _record_update(run: _Run, loss, metrics, grad_norm, n_targets, n_inputs) -> 
     state.inputs_seen += n_inputs
     state.targets_seen += int(n_targets[first])
     extra = run.objective.on_update(state.step, run.total_steps)
+    scale = loss_scale(run.accelerator)
     row = {"step": state.step, "epoch": state.epoch, "loss": loss, "lr": run.scheduler.get_last_lr()[0],
            "grad_norm": grad_norm, "num_targets": int(n_targets[first]), **metrics, **extra,
+           **({"loss_scale": scale} if scale is not None else {}),
            f"{run.objective.input_unit}_per_second": n_inputs / (time.perf_counter() - run.t_last), "time": round(time.time(), 3)}
     run.window.append(row)
     if run.accelerator.is_main_process:
@@ -296,7 +320,7 @@ def _health_check(run: _Run) -> bool:
             raise TrainingStopped(f"{request} Already rolled back {state.rollbacks} times (max_rollbacks); stopping.") from None
         logger.warning("%s Rolling back to %s with fresh masks and noise.", request, request.checkpoint)
         rollbacks = state.rollbacks + 1
-        run.state = _resume(run, Path(request.checkpoint))
+        run.state = resume_loop(run, Path(request.checkpoint))
         run.state.rollbacks = rollbacks
         if run.accelerator.is_main_process:
             trim_log(run.log_path, run.state.step)
@@ -319,16 +343,16 @@ def _report(run: _Run, bar) -> None:
         run.accelerator.log({f"train/{k}": v for k, v in avg.items()}, step=step)
 
 
-def _evaluate_and_checkpoint(run: _Run, stop: dict) -> None:
-    """Periodic evaluation and checkpoints; after SIGTERM, a checkpoint and exit status 143."""
+def _evaluate_and_checkpoint(run: _Run) -> None:
+    """Periodic evaluation and checkpoints; after SIGTERM (to any process), a checkpoint and exit status 143."""
     cfg, step = run.cfg, run.state.step
     if cfg.eval_steps and step % cfg.eval_steps == 0 and step < run.total_steps and run.objective.eval_dataset is not None:
         result = evaluate_and_log(run.accelerator, run.model, run.objective, cfg, step, run.log_path)
         if run.on_eval_loss:
             run.scheduler.step(result["eval_loss"])
-    if (cfg.save_steps and step % cfg.save_steps == 0) or stop["flag"]:
-        _checkpoint(run)
-    if stop["flag"]:
+    if (cfg.save_steps and step % cfg.save_steps == 0) or run.stopping:
+        save_loop_checkpoint(run)
+    if run.stopping:
         logger.warning("SIGTERM: checkpoint-%d written; exiting with 143. Resume with --resume_from_checkpoint latest.", step)
         run.accelerator.end_training()
         raise SystemExit(143)
@@ -341,16 +365,19 @@ def _finish(run: _Run) -> dict:
     if objective.eval_dataset is not None:
         final_eval = evaluate_and_log(accelerator, run.model, objective, run.cfg, state.step, run.log_path)
     summary = {"objective": objective.name, "steps": state.step, f"{objective.input_unit}_seen": state.inputs_seen,
-               "targets_seen": state.targets_seen, "skipped_updates": len(state.skipped_updates), **final_eval}
+               "targets_seen": state.targets_seen, "skipped_updates": len(state.skipped_updates),
+               **({"overflow_updates": state.overflows} if accelerator.scaler is not None else {}), **final_eval}
     accelerator.wait_for_everyone()
-    objective.model = accelerator.unwrap_model(run.model)
-    _refuse_non_finite(accelerator, objective.model, out)
-    if accelerator.is_main_process:
-        def write(folder: str) -> None:
-            objective.save_pretrained(folder, summary)
-            (Path(folder) / "train_results.json").write_text(json.dumps(summary, indent=1))
+    objective.model = accelerator.unwrap_model(run.model)  # FSDP2 shards in place: still sharded, still usable
+    refuse_non_finite(accelerator, objective.model, out)
+    with full_weights(accelerator, objective.model):  # FSDP: the full weights on the main process, for saving
+        if accelerator.is_main_process:
+            def write(folder: str) -> None:
+                objective.save_pretrained(folder, summary)
+                (Path(folder) / "train_results.json").write_text(json.dumps(summary, indent=1))
 
-        save_final(write, out)  # written aside, then moved in: never a half-saved model
+            save_final(write, out)  # written aside, then moved in: never a half-saved model
+    if accelerator.is_main_process:
         from hfssl.plots import plot_training_curves
 
         plot_training_curves(run.log_path, out / "training_curves.png", title=f"{objective.name}: {out.name}")
@@ -358,9 +385,9 @@ def _finish(run: _Run) -> dict:
 
 
 @contextlib.contextmanager
-def _sigterm_flag():
-    """{"flag": bool} set by SIGTERM (preemption): the loop checkpoints after the current update and exits."""
-    stop = {"flag": False}
+def _sigterm_flag(stop: dict):
+    """Sets stop["flag"] on SIGTERM (preemption): the loop checkpoints after the next update and exits.
+    A cluster may signal one node before the others: the processes agree first (`_forward_backward`)."""
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True)) if _main_thread() else None
     try:
         yield stop
@@ -369,75 +396,7 @@ def _sigterm_flag():
             signal.signal(signal.SIGTERM, previous)
 
 
-# ----------------------------------------------------------------------------------- state, resume, setup helpers
-
-def _checkpoint(run: _Run) -> None:
-    """checkpoint-<step>: trainer_state.json holds the loop counters, the batch geometry resume checks,
-    the scheduler and the objective's plain values (JSON); the objective's tensors (e.g. an EMA teacher)
-    go to safetensors. Nothing in a checkpoint can carry code."""
-    cfg, W = run.cfg, run.world
-    objective = run.objective.state_dict()
-    tensors = {k: v for k, v in objective.items() if isinstance(v, torch.Tensor)}
-    state = {**run.state.__dict__, "world_size": W, "global_batch_size": cfg.per_device_train_batch_size * W * cfg.gradient_accumulation_steps,
-             "per_device_train_batch_size": cfg.per_device_train_batch_size, "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
-             "seed": cfg.seed, "scheduler": run.scheduler.state_dict(),
-             "objective": {k: v for k, v in objective.items() if k not in tensors}}
-    save_checkpoint(run.accelerator, run.out, run.state.step, state, cfg.save_total_limit, run.run_id, tensors)
-
-
-def _resume(run: _Run, path: Path) -> _State:
-    """Load checkpoint `path` (verified again here: a rollback target was never checked) and return its loop state."""
-    accelerator, cfg, W = run.accelerator, run.cfg, run.world
-    saved = verify_on_main(accelerator, path)
-    global_batch = cfg.per_device_train_batch_size * W * cfg.gradient_accumulation_steps
-    if saved["global_batch_size"] != global_batch:
-        raise TrainingStopped(
-            f"Checkpoint {path} was written with global batch size {saved['global_batch_size']} (per device "
-            f"{saved['per_device_train_batch_size']} x {saved['world_size']} processes x {saved['gradient_accumulation_steps']} "
-            f"accumulation); this run has {global_batch}. Exact resume needs the same global batch: change "
-            f"per_device_train_batch_size/gradient_accumulation_steps to match.")
-    if saved["seed"] != cfg.seed:
-        raise TrainingStopped(f"Checkpoint {path} was written with seed {saved['seed']}; this run has seed {cfg.seed}. "
-                              f"Exact resume needs the same seed: set --seed {saved['seed']}.")
-    if saved["world_size"] != W:
-        logger.warning("Resuming %s on %d processes (saved with %d): same global batch, so the data order and masks are unchanged.",
-                       path, W, saved["world_size"])
-    # Model weights load from safetensors; optimizer and RNG states with weights_only (and were
-    # loaded that way by verify_checkpoint first): nothing in a checkpoint can run code.
-    accelerator.load_state(str(path), load_kwargs={"weights_only": True})
-    run.scheduler.load_state_dict(saved["scheduler"])
-    run.objective.load_state_dict({**saved["objective"], **load_objective_tensors(path)})
-    fields = {k: v for k, v in saved.items() if k in _State.__dataclass_fields__}
-    logger.info("Resumed from %s at step %d.", path, saved["step"])
-    return _State(**fields)
-
-
-def _refuse_non_finite(accelerator, model, out: Path) -> None:
-    """Never save a final model with NaN/inf weights: stop (exit 2) naming them and the last checkpoint."""
-    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
-    count = accelerator.reduce(torch.tensor([float(len(bad))], device=accelerator.device), "sum").item()
-    if count:
-        saved = list_checkpoints(out)
-        raise TrainingStopped(
-            f"The final weights are not finite ({', '.join(bad[:5]) or 'on another process'}{' ...' if len(bad) > 5 else ''}): "
-            f"the model was not saved. Last checkpoint: {saved[-1] if saved else 'none'}. Lower the learning rate or "
-            f"max_grad_norm, use bf16 instead of fp16, or check the data.")
-
-
-def make_accelerator(cfg: TrainingArguments) -> Accelerator:
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    # Accelerate only sets up multi-process CPU training (gloo) when asked for the CPU explicitly;
-    # otherwise every process of `torchrun` on a GPU-less machine would silently train alone.
-    cpu = launched > 1 and not torch.cuda.is_available()
-    project = ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "runs"))
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.trackers or None,
-                              project_config=project, cpu=cpu)
-    if accelerator.num_processes != launched:
-        raise TrainingStopped(
-            f"{launched} processes were launched but Accelerate set up {accelerator.num_processes}: each would train "
-            f"alone. Run `accelerate config` or launch with `accelerate launch --num_processes {launched}`.")
-    return accelerator
-
+# ----------------------------------------------------------------------------------- setup helpers
 
 def _param_groups(model, weight_decay: float):
     decay, no_decay = [], []

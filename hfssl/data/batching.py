@@ -59,13 +59,18 @@ def train_batches(objective, cfg, pos: Position, world: int, rank: int, total_st
 
 
 def eval_batches(objective, cfg, world: int, rank: int) -> DataLoader:
-    """This process's share of the evaluation batches (every W-th), with fixed seeds (epoch -1)."""
+    """This process's share of the evaluation batches (every W-th), with fixed seeds (epoch -1).
+
+    Every process gets the same number of batches: one short of the others runs the plan's first batch
+    again with `pad` True, to be left out of the sums (an FSDP-sharded model runs each forward on all
+    processes together, so a process with nothing left would leave the others waiting)."""
     plan = objective.eval_plan()
     if cfg.max_eval_batches:
         plan = plan[: cfg.max_eval_batches]
-    mine = range(rank, len(plan), world)
-    keys = [_Key(batch_seed(cfg.seed, -1, g), 1.0) for g in mine]
-    return _loader(objective.eval_dataset, [plan[g] for g in mine], keys, objective.collator, 0)
+    mine = list(range(rank, len(plan), world))
+    pads = -(-len(plan) // world) - len(mine)
+    keys = [_Key(batch_seed(cfg.seed, -1, g), 1.0) for g in mine] + [_Key(batch_seed(cfg.seed, -1, 0), 1.0, pad=True)] * pads
+    return _loader(objective.eval_dataset, [plan[g] for g in mine] + [plan[0]] * pads, keys, objective.collator, 0)
 
 
 def _stream_batches(objective, cfg, pos: Position, W: int, rank: int, total_steps: int) -> Iterator[dict]:
@@ -96,6 +101,7 @@ def _stream_batches(objective, cfg, pos: Position, W: int, rank: int, total_step
 class _Key:
     seed: int
     progress: float
+    pad: bool = False  # an evaluation batch run only to keep the processes in step
 
 
 class _Keyed(torch.utils.data.Dataset):
@@ -125,6 +131,7 @@ class _Collate:
         batch = self.collator(rows, seed=key.seed, progress=key.progress)
         batch["sample_ids"] = indices
         batch["seed"] = key.seed
+        batch["pad"] = key.pad
         return batch
 
 

@@ -1,7 +1,9 @@
 """Predictions over a whole split with the accelerator, then metrics and result files.
 
 Each process runs every W-th batch; per-example outputs are gathered and put back in dataset
-order, so the metrics are those of the full split whatever the number of processes.
+order, so the metrics are those of the full split whatever the number of processes. Every process
+runs the same number of batches (one short of the others repeats the first and drops its outputs):
+an FSDP-sharded model runs each forward on all processes together.
 """
 
 from __future__ import annotations
@@ -31,12 +33,15 @@ def predict(accelerator, model, dataset, collator, batch_size: int, plan=None, d
     device = accelerator.device
     mine: list[tuple[int, np.ndarray]] = []
     loss_sum, labeled = 0.0, 0
-    for g in range(rank, len(plan), W):
-        rows = dataset.__getitems__(plan[g])
+    turns = list(range(rank, len(plan), W))
+    for g in turns + [None] * (-(-len(plan) // W) - len(turns)):  # None: padding, outputs dropped
+        rows = dataset.__getitems__(plan[0 if g is None else g])
         batch = collator(rows, seed=0, progress=1.0)
         inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
         with accelerator.autocast():
             loss, outputs = model.predict_step(**inputs)
+        if g is None:
+            continue
         if loss is not None:
             loss_sum += float(loss)
             labeled += len(rows)
@@ -51,8 +56,10 @@ def predict(accelerator, model, dataset, collator, batch_size: int, plan=None, d
 
 def evaluate_split(accelerator, task, split: str, distributed: bool = True) -> tuple[dict, list[dict]]:
     """Metrics ('{prefix}_loss', '{prefix}_accuracy', ...) and prediction rows for 'validation' or 'test'."""
+    from torch.distributed.fsdp import FSDPModule
+
     dataset = task.eval_dataset if split == "validation" else task.test_dataset
-    model = task.model.to(accelerator.device)
+    model = task.model if isinstance(task.model, FSDPModule) else task.model.to(accelerator.device)  # FSDP placed it
     loss_sum, labeled, outputs = predict(accelerator, model, dataset, task.collator, task.cfg.per_device_eval_batch_size,
                                          task.eval_batches, distributed)
     metrics, rows = task.evaluate_outputs(split, outputs)

@@ -35,7 +35,7 @@ def finetune(cfg) -> dict | None:
     for bad input before any training.
     """
     from hfssl.run_dir import close_run_dir, open_run_dir
-    from hfssl.trainer import make_accelerator
+    from hfssl.distributed import make_accelerator
 
     accelerator = make_accelerator(cfg)
     if not accelerator.is_main_process:
@@ -58,12 +58,23 @@ def finetune(cfg) -> dict | None:
 def _train_and_evaluate(cfg, accelerator) -> tuple[dict, object, dict]:
     from accelerate.utils import set_seed
 
+    from hfssl.distributed import is_fsdp
     from hfssl.finetune.evaluation import evaluate_split, write_split_outputs
     from hfssl.trainer import train
 
+    if cfg.probe and is_fsdp(accelerator):
+        from hfssl.errors import ConfigError
+
+        raise ConfigError("probe: a frozen-upstream probe trains a few thousand parameters, which FSDP has no reason to "
+                          "shard (and its layer weights are read on one process): run it with DDP or on one GPU.")
     set_seed(cfg.seed)  # head / from-scratch initialization
     task = build_task(cfg, accelerator)
     summary = train(cfg, task, accelerator) if cfg.do_train else {}
+    if is_fsdp(accelerator) and cfg.do_train:
+        from torch.distributed.fsdp import register_fsdp_forward_method
+
+        # Evaluation calls predict_step, not forward: under FSDP it must gather the sharded weights too.
+        register_fsdp_forward_method(task.model, "predict_step")
     # Evaluation splits the batches over the processes (the same number per process).
     distributed = accelerator.num_processes > 1
     results = {"train_samples": len(task.train_dataset)} if task.train_dataset is not None else {}

@@ -25,7 +25,7 @@ from hfssl.collators.finetune import AudioCollator
 from hfssl.errors import ConfigError
 from hfssl.data.audio.batching import audio_batch_plan
 from hfssl.data.audio.datasets import AudioDataset
-from hfssl.data.audio.decode import AudioScanError, scan_audio
+from hfssl.data.audio.decode import AudioScanError, scan_audio_split
 from hfssl.data.audio.files import list_audio_dir, read_manifest
 from hfssl.data.audio.fbank import FbankFrontend
 from hfssl.data.audio.geometry import ConvFrames, receptive_field
@@ -98,8 +98,8 @@ class SpeechTask(Task):
             self.fbank = None
             self.frames = ConvFrames(self.config.conv_kernel, self.config.conv_stride)
             self.min_samples = receptive_field(self.config.conv_kernel, self.config.conv_stride)
-        main = accelerator is None or accelerator.is_main_process
-        self.splits = self._load_audio(dataclasses.replace(cfg, sampling_rate=self.sr) if cfg.sampling_rate != self.sr else cfg, main)
+        self.splits = self._load_audio(dataclasses.replace(cfg, sampling_rate=self.sr) if cfg.sampling_rate != self.sr else cfg,
+                                       accelerator)
 
     def _feature_extractor(self, cfg, feature_input: bool):
         from transformers import AutoFeatureExtractor, SeamlessM4TFeatureExtractor, Wav2Vec2FeatureExtractor
@@ -129,12 +129,14 @@ class SpeechTask(Task):
             model.freeze_feature_encoder()
 
     # ------------------------------------------------------------------ data
-    def _load_audio(self, cfg, main: bool) -> dict:
+    def _load_audio(self, cfg, accelerator) -> dict:
+        """Scanned splits; the files are divided between the processes (each decodes its share)."""
+        main = accelerator is None or accelerator.is_main_process
         splits = {}
         if cfg.do_train:
             carve = self.stratified_validation and cfg.validation_split_percentage > 0 and not (cfg.validation_dir or cfg.validation_file)
             source = dataclasses.replace(cfg, validation_split_percentage=0) if carve else cfg
-            train, validation, _ = build_audio_splits(source, cfg.output_dir if main else None, self.min_samples)
+            train, validation, _ = build_audio_splits(source, cfg.output_dir if main else None, self.min_samples, accelerator)
             if not isinstance(train, AudioDataset):
                 raise ConfigError("Fine-tuning needs a map-style audio set; streaming is for pretraining.")
             if carve and validation is None:  # no validation split came with the data: a stratified one from train
@@ -145,12 +147,12 @@ class SpeechTask(Task):
             if validation is not None:
                 splits["validation"] = validation
         elif cfg.validation_dir or cfg.validation_file:
-            splits["validation"] = self._scan(cfg, cfg.validation_dir, cfg.validation_file, "validation")
+            splits["validation"] = self._scan(cfg, cfg.validation_dir, cfg.validation_file, "validation", accelerator)
         if cfg.test_dir or cfg.test_file:
-            splits["test"] = self._scan(cfg, cfg.test_dir, cfg.test_file, "test")
+            splits["test"] = self._scan(cfg, cfg.test_dir, cfg.test_file, "test", accelerator)
         return splits
 
-    def _scan(self, cfg, folder, manifest, split) -> AudioDataset:
+    def _scan(self, cfg, folder, manifest, split, accelerator) -> AudioDataset:
         try:
             rows = list_audio_dir(folder) if folder else read_manifest(manifest, cfg.audio_column_name)
         except (NotADirectoryError, ValueError) as e:
@@ -158,8 +160,8 @@ class SpeechTask(Task):
         if not rows:
             raise DataError(f"No audio files found for the {split} split in '{folder or manifest}'.")
         try:
-            result = scan_audio([r["path"] for r in rows], self.sr, self.min_samples, on_bad_audio=cfg.on_bad_audio,
-                                num_workers=cfg.preprocessing_num_workers)
+            result = scan_audio_split([r["path"] for r in rows], self.sr, self.min_samples, accelerator,
+                                      on_bad_audio=cfg.on_bad_audio, num_workers=cfg.preprocessing_num_workers)
         except AudioScanError as e:
             raise DataError(str(e)) from e
         lengths = dict(result.good)

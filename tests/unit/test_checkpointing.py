@@ -288,6 +288,35 @@ def test_fsdp_sharded_metadata_is_read_without_code(tmp_path):
     assert not marker.exists()
 
 
+def test_fsdp_shard_entry_that_would_run_code_is_refused(tmp_path):
+    """torch.distributed.checkpoint stores non-tensor entries (an optimizer's param_groups) as pickles
+    and loads them with weights_only=False: a hostile entry must be caught before any load."""
+    import torch.distributed.checkpoint as dcp
+
+    from hfssl.checkpointing import check_no_code
+
+    marker = tmp_path / "pwned"
+    plain, hostile = tmp_path / "plain", tmp_path / "hostile"
+    with pytest.warns(UserWarning):
+        dcp.save({"w": torch.randn(3), "groups": [{"lr": 0.1, "betas": (0.9, 0.99)}]}, checkpoint_id=str(plain))
+        dcp.save({"w": torch.randn(3), "groups": [{"lr": 0.1, "evil": _Hostile(marker)}]}, checkpoint_id=str(hostile))
+    check_no_code(plain / ".metadata")
+    with pytest.raises(CheckpointError, match="could run code"):
+        check_no_code(hostile / ".metadata")
+    assert not marker.exists()
+
+
+def test_files_another_process_wrote_are_named_until_the_main_process_sees_them(tmp_path):
+    from hfssl.distributed import unseen
+
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    views = [(0, "node-a", ["model.safetensors", "random_states_0.pkl"]), (1, "node-b", ["random_states_1.pkl"])]
+    (tmp_path / "random_states_0.pkl").write_bytes(b"x")
+    assert unseen(tmp_path, views) == [("random_states_1.pkl", 1, "node-b")]
+    (tmp_path / "random_states_1.pkl").write_bytes(b"x")
+    assert unseen(tmp_path, views) == []
+
+
 # ----------------------------------------------------------------------------------- full disk
 
 def test_disk_full_names_the_file_and_keeps_the_previous_checkpoint(setup, tmp_path, monkeypatch):

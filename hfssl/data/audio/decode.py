@@ -272,6 +272,32 @@ def scan_audio(
     return result
 
 
+def scan_audio_split(paths: Sequence[str | os.PathLike], sampling_rate: int, min_samples: int, accelerator=None,
+                     on_bad_audio: Literal["error", "skip"] = "error", **options) -> ScanResult:
+    """``scan_audio`` with the files divided over the processes of ``accelerator``: each decodes every
+    W-th file, the outcomes are gathered and put back in input order on every process, so a corpus is
+    decoded once in all instead of once per process. Every process must call it with the same paths;
+    with one process (or none) it is ``scan_audio``. ``options``: the other ``scan_audio`` arguments."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return scan_audio(paths, sampling_rate, min_samples, on_bad_audio=on_bad_audio, **options)
+    from accelerate.utils import gather_object
+
+    paths = [os.fspath(p) for p in paths]
+    world, rank = accelerator.num_processes, accelerator.process_index
+    mine = scan_audio(paths[rank::world], sampling_rate, min_samples, on_bad_audio="skip", **options)
+    outcomes: dict[str, int | str] = {}  # path -> samples (good) or reason (bad)
+    result = ScanResult()
+    for good, bad, num_long in gather_object([(mine.good, mine.bad, mine.num_long)]):
+        outcomes.update(good)
+        outcomes.update(bad)
+        result.num_long += num_long
+    result.good = [(p, outcomes[p]) for p in paths if not isinstance(outcomes[p], str)]
+    result.bad = [(p, outcomes[p]) for p in paths if isinstance(outcomes[p], str)]
+    if result.bad and on_bad_audio == "error":
+        raise AudioScanError(result.bad, total=len(paths))
+    return result
+
+
 def write_skipped_report(bad: Sequence[tuple[str, str]], output_dir: str | os.PathLike) -> str:
     """Write ``output_dir/skipped_audio.tsv`` and return its path.
 

@@ -19,7 +19,7 @@ from hfssl.data.audio.decode import (
     BadAudioError,
     check_length,
     decode_bytes,
-    scan_audio,
+    scan_audio_split,
     write_skipped_report,
 )
 from hfssl.data.audio.files import AUDIO_EXTENSIONS, find_audio_files, list_audio_dir, read_manifest
@@ -41,7 +41,7 @@ class _Listed:
     validation_source: object = None
 
 
-def build_audio_splits(cfg, output_dir: str | os.PathLike | None, min_samples: int):
+def build_audio_splits(cfg, output_dir: str | os.PathLike | None, min_samples: int, accelerator=None):
     """Training and validation audio from ``cfg`` (``AudioDataArguments``), validated before training.
 
     Sources: ``train_dir`` (``list_audio_dir``: plain folders, ``<label>/`` folders, or an audiofolder
@@ -56,7 +56,10 @@ def build_audio_splits(cfg, output_dir: str | os.PathLike | None, min_samples: i
     NaN/inf. ``on_bad_audio="error"``: raises ``hfssl.errors.DataError`` (caught by the CLI,
     exit code 2) naming every bad file and its reason, whose ``__cause__`` is the ``AudioScanError``.
     ``"skip"``: writes ``output_dir/skipped_audio.tsv`` (train and validation) and logs the counts.
-    Pass ``output_dir=None`` on non-main processes so only one process writes the report.
+    Pass ``output_dir=None`` on non-main processes so only one process writes the report. With
+    ``accelerator`` (several processes, all calling this with the same ``cfg``) the files are divided
+    between the processes and the outcomes gathered: the corpus is decoded once in all, not once per
+    process.
 
     Streaming (``cfg.streaming``): the train split is an ``AudioStream`` (IterableDataset, no length,
     sharded by the caller), checked as examples arrive; only the validation files are scanned before
@@ -71,7 +74,7 @@ def build_audio_splits(cfg, output_dir: str | os.PathLike | None, min_samples: i
         if cfg.dataset_name:
             train_raw, val_raw = _hub_splits(cfg)
             if cfg.streaming:
-                return _stream_hub(train_raw, val_raw, cfg, output_dir, min_samples)
+                return _stream_hub(train_raw, val_raw, cfg, output_dir, min_samples, accelerator)
             listed = _hub_rows(train_raw, val_raw, cfg)
         else:
             listed = _file_rows(cfg)
@@ -83,8 +86,8 @@ def build_audio_splits(cfg, output_dir: str | os.PathLike | None, min_samples: i
     if not listed.train:
         raise DataError(f"No audio files found in '{where}' (extensions: {', '.join(AUDIO_EXTENSIONS)}).")
     if cfg.streaming:
-        return _stream_files(listed.train, listed.validation, cfg, output_dir, min_samples, where)
-    return _scanned_splits(listed, cfg, output_dir, min_samples, where)
+        return _stream_files(listed.train, listed.validation, cfg, output_dir, min_samples, where, accelerator)
+    return _scanned_splits(listed, cfg, output_dir, min_samples, where, accelerator)
 
 
 # ----------------------------------------------------------------------------- sources
@@ -178,15 +181,15 @@ def _rows_from_hf(ds, column: str, name: str) -> list[dict]:
 # ----------------------------------------------------------------------------- scanned splits
 
 
-def _scanned_splits(listed: _Listed, cfg, output_dir, min_samples: int, where: str):
+def _scanned_splits(listed: _Listed, cfg, output_dir, min_samples: int, where: str, accelerator=None):
     """Every training and validation file decoded and checked before training."""
     sr = cfg.sampling_rate
-    good, bad, num_long = _scan_rows(listed.train, cfg, min_samples, listed.train_source)
+    good, bad, num_long = _scan_rows(listed.train, cfg, min_samples, listed.train_source, accelerator)
     report: dict = {"train": _split_report(len(listed.train), good, bad, num_long, sr), "validation": None,
                     "skipped_report": None}
     all_bad, total = list(bad), len(listed.train)
     if listed.validation is not None:
-        vgood, vbad, vlong = _scan_rows(listed.validation, cfg, min_samples, listed.validation_source)
+        vgood, vbad, vlong = _scan_rows(listed.validation, cfg, min_samples, listed.validation_source, accelerator)
         report["validation"] = _split_report(len(listed.validation), vgood, vbad, vlong, sr)
         all_bad += vbad
         total += len(listed.validation)
@@ -227,14 +230,16 @@ def _held_out_order(n: int, cfg) -> tuple[np.ndarray, int]:
     return order, min(n - 1, max(1, round(n * cfg.validation_split_percentage / 100)))
 
 
-def _scan_rows(rows: list[dict], cfg, min_samples: int, source=None) -> tuple[list[dict], list[tuple[str, str]], int]:
-    """Validate rows (files or embedded bytes); returns (good rows with num_samples, bad, num_long)."""
+def _scan_rows(rows: list[dict], cfg, min_samples: int, source=None, accelerator=None) -> tuple[list[dict], list[tuple[str, str]], int]:
+    """Validate rows (files or embedded bytes); returns (good rows with num_samples, bad, num_long).
+    Files are divided over the processes of `accelerator` (`scan_audio_split`)."""
     min_d = _min_duration(cfg)
     max_d = cfg.max_duration_in_seconds
     sr = cfg.sampling_rate
     on_files = [r for r in rows if "_index" not in r]
-    result = scan_audio([r["path"] for r in on_files], sr, min_samples=min_samples, min_duration_in_seconds=min_d,
-                        max_duration_in_seconds=max_d, on_bad_audio="skip", num_workers=cfg.preprocessing_num_workers)
+    result = scan_audio_split([r["path"] for r in on_files], sr, min_samples=min_samples, min_duration_in_seconds=min_d,
+                              max_duration_in_seconds=max_d, on_bad_audio="skip", num_workers=cfg.preprocessing_num_workers,
+                              accelerator=accelerator)
     lengths = dict(result.good)
     bad = list(result.bad)
     num_long = result.num_long
@@ -256,7 +261,7 @@ def _scan_rows(rows: list[dict], cfg, min_samples: int, source=None) -> tuple[li
 # ----------------------------------------------------------------------------- streamed splits
 
 
-def _stream_hub(train_raw, val_raw, cfg, output_dir, min_samples: int):
+def _stream_hub(train_raw, val_raw, cfg, output_dir, min_samples: int, accelerator=None):
     """A streamed Hub dataset: the train split is read as it arrives; the first 2000 validation
     examples, if any, form a bounded validation set scanned before training."""
     import datasets
@@ -275,14 +280,14 @@ def _stream_hub(train_raw, val_raw, cfg, output_dir, min_samples: int):
         features[cfg.audio_column_name] = {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}
         subset = datasets.Dataset.from_list(list(val_raw.take(2000)), features=features)
         val_rows = _rows_from_hf(subset, cfg.audio_column_name, f"{name}[validation]")
-        good, bad, num_long = _scan_rows(val_rows, cfg, min_samples, subset)
+        good, bad, num_long = _scan_rows(val_rows, cfg, min_samples, subset, accelerator)
         validation = AudioDataset(good, sr, subset, cfg.audio_column_name) if good else None
         report["validation"] = _split_report(len(val_rows), good, bad, num_long, sr)
         _handle_bad(bad, len(val_rows), cfg, output_dir, report)
     return train, validation, report
 
 
-def _stream_files(train_rows, val_rows, cfg, output_dir, min_samples: int, where: str):
+def _stream_files(train_rows, val_rows, cfg, output_dir, min_samples: int, where: str, accelerator=None):
     """Streaming from files on disk. Listing thousands of hours of audio is cheap; decoding all of it
     before training is not, so training files are decoded and checked only when read. One seeded
     order for every process and every pass (folders are often sorted by speaker). Without a
@@ -301,7 +306,7 @@ def _stream_files(train_rows, val_rows, cfg, output_dir, min_samples: int, where
                     "skipped_report": None}
     validation = None
     if val_rows:
-        good, bad, num_long = _scan_rows(val_rows, cfg, min_samples)
+        good, bad, num_long = _scan_rows(val_rows, cfg, min_samples, accelerator=accelerator)
         report["validation"] = _split_report(len(val_rows), good, bad, num_long, sr)
         _handle_bad(bad, len(val_rows), cfg, output_dir, report)
         validation = AudioDataset(good, sr) if good else None

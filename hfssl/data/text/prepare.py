@@ -3,7 +3,6 @@ model-ready examples (packed blocks or one document per example; map-style or st
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 from typing import Optional
@@ -11,6 +10,7 @@ from typing import Optional
 import datasets
 
 from hfssl.data.text.pack import PackedStream, document_stats, pack_blocks, tokenize
+from hfssl.distributed import cache_builder_first
 from hfssl.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ def prepare_text_splits(cfg, tokenizer, raw, max_positions: Optional[int] = None
     raw: the splits of `hfssl.data.text.corpus.load_text_datasets`. max_positions: the model's usable
     positions; a longer max_seq_length is a ConfigError. Streaming: the train split is split over the
     processes (`split_dataset_by_node`) and packed on the fly; validation keeps its first rows.
-    Map-style: the main process tokenizes first, the others read its cache.
+    Map-style: tokenized first by one process per datasets cache (`cache_builder_first`), the others read it.
     """
     with_words = cfg.mask_strategy != "token"
     if max_positions is not None and cfg.max_seq_length > max_positions:
@@ -42,8 +42,8 @@ def prepare_text_splits(cfg, tokenizer, raw, max_positions: Optional[int] = None
             toks = tokenize(ds, tokenizer, with_words, max_length=max_length)
             splits[split] = toks if cfg.line_by_line else PackedStream(toks, cfg.max_seq_length, cls_id, sep_id, with_words)
             continue
-        ctx = accelerator.main_process_first() if accelerator is not None else contextlib.nullcontext()
-        with ctx:  # the main process tokenizes; the others read its cache
+        # Tokenized once per datasets cache: once in all when every node sees it, else once per node.
+        with cache_builder_first(accelerator, datasets.config.HF_DATASETS_CACHE):
             toks = tokenize(ds, tokenizer, with_words, cfg.preprocessing_num_workers, max_length=max_length)
         if not cfg.line_by_line:
             toks = pack_blocks(toks, cfg.max_seq_length, cls_id, sep_id, with_words)

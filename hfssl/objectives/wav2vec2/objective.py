@@ -55,7 +55,7 @@ class Wav2Vec2Objective(SpeechObjective):
             return_attention_mask=self.uses_attention_mask)
         self.min_samples = receptive_field(config.conv_kernel, config.conv_stride)
         self.train_dataset, self.eval_dataset, self.data_report = build_audio_splits(
-            cfg, cfg.output_dir if self.main else None, self.min_samples)
+            cfg, cfg.output_dir if self.main else None, self.min_samples, accelerator)
         if cfg.streaming and accelerator is not None and accelerator.num_processes > 1:
             from datasets.distributed import split_dataset_by_node
 

@@ -1,0 +1,94 @@
+"""The loop's state and its checkpoints: what `hfssl.trainer` saves every save_steps and resumes from
+(exactly, also on another number of processes with the same global batch), and the last check
+before the final model is saved. `run` is the trainer's `_Run`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from hfssl.checkpointing import list_checkpoints, load_objective_tensors, save_checkpoint, verify_on_main
+from hfssl.distributed import is_fsdp, local
+from hfssl.errors import TrainingStopped
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoopState:
+    """The loop's counters: what a checkpoint's trainer_state.json holds besides the batch geometry."""
+
+    step: int = 0  # optimizer updates done (including skipped non-finite ones and fp16 overflows)
+    epoch: int = 0
+    step_in_epoch: int = 0
+    inputs_seen: float = 0.0  # tokens / audio seconds / examples
+    targets_seen: int = 0
+    bad_in_a_row: int = 0
+    rollbacks: int = 0
+    overflows: int = 0  # fp16 updates the loss scaler skipped
+    skipped_updates: list = field(default_factory=list)
+
+
+def save_loop_checkpoint(run) -> None:
+    """checkpoint-<step>: trainer_state.json holds the loop counters, the batch geometry resume checks,
+    the scheduler and the objective's plain values (JSON); the objective's tensors (e.g. an EMA teacher)
+    go to safetensors. Nothing in a checkpoint can carry code."""
+    cfg, W = run.cfg, run.world
+    objective = run.objective.state_dict()
+    tensors = {k: v for k, v in objective.items() if isinstance(v, torch.Tensor)}
+    state = {**run.state.__dict__, "world_size": W, "sharded": is_fsdp(run.accelerator), "global_batch_size": cfg.per_device_train_batch_size * W * cfg.gradient_accumulation_steps,
+             "per_device_train_batch_size": cfg.per_device_train_batch_size, "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+             "seed": cfg.seed, "scheduler": run.scheduler.state_dict(),
+             "objective": {k: v for k, v in objective.items() if k not in tensors}}
+    save_checkpoint(run.accelerator, run.out, run.state.step, state, cfg.save_total_limit, run.run_id, tensors)
+
+
+def resume_loop(run, path: Path) -> LoopState:
+    """Load checkpoint `path` (verified again here: a rollback target was never checked) and return its loop state."""
+    accelerator, cfg, W = run.accelerator, run.cfg, run.world
+    saved = verify_on_main(accelerator, path)
+    global_batch = cfg.per_device_train_batch_size * W * cfg.gradient_accumulation_steps
+    if saved["global_batch_size"] != global_batch:
+        raise TrainingStopped(
+            f"Checkpoint {path} was written with global batch size {saved['global_batch_size']} (per device "
+            f"{saved['per_device_train_batch_size']} x {saved['world_size']} processes x {saved['gradient_accumulation_steps']} "
+            f"accumulation); this run has {global_batch}. Exact resume needs the same global batch: change "
+            f"per_device_train_batch_size/gradient_accumulation_steps to match.")
+    if saved["seed"] != cfg.seed:
+        raise TrainingStopped(f"Checkpoint {path} was written with seed {saved['seed']}; this run has seed {cfg.seed}. "
+                              f"Exact resume needs the same seed: set --seed {saved['seed']}.")
+    if saved.get("sharded", False) != is_fsdp(accelerator):
+        kinds = ("FSDP (sharded)", "DDP or one process")
+        written, now = (kinds[0], kinds[1]) if saved.get("sharded", False) else (kinds[1], kinds[0])
+        raise TrainingStopped(f"Checkpoint {path} was written under {written}; this run is under {now}, which cannot load it. "
+                              f"Resume with the launch it was written with (see docs/distributed.md for exporting it).")
+    if saved["world_size"] != W:
+        same = ("not exactly: each process reads its own shard of the stream, so the examples from here on differ from "
+                "an uninterrupted run's" if run.objective.streaming else
+                "the same batches, masks, dropout and layer drops as an uninterrupted run; only float rounding differs "
+                "(gradients are summed over processes and accumulation steps in another order). Per-process RNG states "
+                "are not restored, and need not be: every micro-batch reseeds")
+        logger.warning("Resuming %s on %d processes (saved with %d), same global batch: %s.", path, W, saved["world_size"], same)
+    # Model weights load from safetensors; optimizer and RNG states with weights_only (and were
+    # loaded that way by verify_checkpoint first): nothing in a checkpoint can run code.
+    accelerator.load_state(str(path), load_kwargs={"weights_only": True})
+    run.scheduler.load_state_dict(saved["scheduler"])
+    run.objective.load_state_dict({**saved["objective"], **load_objective_tensors(path)})
+    fields = {k: v for k, v in saved.items() if k in LoopState.__dataclass_fields__}
+    logger.info("Resumed from %s at step %d.", path, saved["step"])
+    return LoopState(**fields)
+
+
+def refuse_non_finite(accelerator, model, out: Path) -> None:
+    """Never save a final model with NaN/inf weights: stop (exit 2) naming them and the last checkpoint."""
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(local(p)).all()]  # FSDP: this shard
+    count = accelerator.reduce(torch.tensor([float(len(bad))], device=accelerator.device), "sum").item()
+    if count:
+        saved = list_checkpoints(out)
+        raise TrainingStopped(
+            f"The final weights are not finite ({', '.join(bad[:5]) or 'on another process'}{' ...' if len(bad) > 5 else ''}): "
+            f"the model was not saved. Last checkpoint: {saved[-1] if saved else 'none'}. Lower the learning rate or "
+            f"max_grad_norm, use bf16 instead of fp16, or check the data.")
