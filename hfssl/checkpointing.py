@@ -57,7 +57,11 @@ def verify_checkpoint(path: str | Path) -> dict:
     if not path.is_dir():
         raise CheckpointError(f"Checkpoint '{path}' does not exist.")
     if not manifest.is_file():
-        raise CheckpointError(f"Checkpoint '{path}' is incomplete: '{manifest}' is missing (the save was interrupted).")
+        if not (path / STATE).is_file() and not _NAME.match(path.name):
+            raise CheckpointError(f"'{path}' is not a checkpoint: it has no {MANIFEST}. Pass a checkpoint-<step> folder of an "
+                                  f"hfssl run, or --resume_from_checkpoint latest to take the newest one in output_dir.")
+        raise CheckpointError(f"Checkpoint '{path}' is incomplete: '{manifest}' is missing (the save was interrupted). "
+                              f"Resume from an earlier checkpoint, or --resume_from_checkpoint latest.")
     try:
         listed = json.loads(manifest.read_text())["files"]
     except (ValueError, KeyError) as e:

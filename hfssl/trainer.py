@@ -55,6 +55,7 @@ class _State:
     bad_in_a_row: int = 0
     rollbacks: int = 0
     skipped_updates: list = field(default_factory=list)
+    stream: Optional[list] = None  # per-process stream positions read from a checkpoint; used once, then None
 
 
 class _Registered:
@@ -130,7 +131,9 @@ def train(cfg: TrainingArguments, objective: Objective, accelerator: Optional[Ac
     try:  # close the bar on errors too, so a message printed after it starts on its own line
         while state.step < total_steps:
             if data_iter is None:
-                pos = Position(state.epoch, state.step_in_epoch, state.step - state.step_in_epoch, state.rollbacks)
+                mine = state.stream[rank] if state.stream else None
+                state.stream = None  # a later epoch starts at the beginning of the stream
+                pos = Position(state.epoch, state.step_in_epoch, state.step - state.step_in_epoch, state.rollbacks, mine)
                 data_iter = train_batches(objective, cfg, pos, W, rank, total_steps, steps_per_epoch)
             micro = []
             for _ in range(A):
@@ -246,7 +249,10 @@ def train(cfg: TrainingArguments, objective: Objective, accelerator: Optional[Ac
             if cfg.eval_steps and state.step % cfg.eval_steps == 0 and state.step < total_steps and objective.eval_dataset is not None:
                 _evaluate_and_log(accelerator, model, objective, cfg, state.step, log_path)
             if (cfg.save_steps and state.step % cfg.save_steps == 0) or stop_requested["flag"]:
-                save_checkpoint(accelerator, out, state.step, _trainer_state(state, cfg, W), cfg.save_total_limit)
+                saved = _trainer_state(state, cfg, W)
+                if streaming:  # where each process's stream goes on (JSON), so that resuming seeks instead of re-reading
+                    saved["stream"] = gather_object([data_iter.state_dict()]) if W > 1 else [data_iter.state_dict()]
+                save_checkpoint(accelerator, out, state.step, saved, cfg.save_total_limit)
             if stop_requested["flag"]:
                 bar.close()
                 logger.warning("SIGTERM: checkpoint-%d written; exiting with 143. Resume with --resume_from_checkpoint latest.", state.step)
@@ -358,12 +364,20 @@ def _trainer_state(state: _State, cfg, W: int) -> dict:
 def _resume(accelerator, path: Path, state: _State, cfg, W) -> _State:
     saved = json.loads((path / "trainer_state.json").read_text())
     global_batch = cfg.per_device_train_batch_size * W * cfg.gradient_accumulation_steps
-    if saved["global_batch_size"] != global_batch or saved["seed"] != cfg.seed:
+    if saved["seed"] != cfg.seed:
+        raise TrainingStopped(
+            f"Checkpoint {path} was written with seed {saved['seed']}; this run has seed {cfg.seed}. Exact resume replays the "
+            f"same data order, masks and dropout, which the seed decides: resume with --seed {saved['seed']}.")
+    if saved["global_batch_size"] != global_batch:
         raise TrainingStopped(
             f"Checkpoint {path} was written with global batch size {saved['global_batch_size']} (per device "
             f"{saved['per_device_train_batch_size']} x {saved['world_size']} processes x {saved['gradient_accumulation_steps']} "
-            f"accumulation) and seed {saved['seed']}; this run has {global_batch} and seed {cfg.seed}. Exact resume needs the "
-            f"same global batch and seed: change per_device_train_batch_size/gradient_accumulation_steps to match.")
+            f"accumulation); this run has {global_batch}. Exact resume needs the same global batch: change "
+            f"per_device_train_batch_size/gradient_accumulation_steps to match.")
+    if any(saved.get("stream") or []) and saved["world_size"] != W:
+        raise TrainingStopped(
+            f"Checkpoint {path} streams its corpus over {saved['world_size']} processes, each reading its own part of the "
+            f"stream; this run has {W}. Resume a streamed run on {saved['world_size']} processes.")
     if saved["world_size"] != W:
         logger.warning("Resuming %s on %d processes (saved with %d): same global batch, so the data order and masks are unchanged.",
                        path, W, saved["world_size"])
