@@ -58,6 +58,8 @@ def encode(tokenizer, texts: list[str], with_word_ids: bool, max_length: Optiona
     """(ids per document, word ids per document or None). Without `max_length`: no special tokens (for
     packing). With it (line by line): truncated and wrapped in the tokenizer's special tokens.
     Word ids are the tokenizer's word index per token, -1 where it has none."""
+    if not texts:  # transformers fails on an empty batch
+        return [], [] if with_word_ids else None
     line_by_line = max_length is not None
     enc = tokenizer(texts, add_special_tokens=line_by_line, truncation=line_by_line, max_length=max_length,
                     return_attention_mask=False, return_token_type_ids=False)
