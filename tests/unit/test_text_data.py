@@ -432,7 +432,8 @@ def test_all_blank_file_names_the_split(tmp_path, wordpiece, streaming):
     nothing = tmp_path / "nothing.txt"
     nothing.write_text("\u200b\n\u200b \x01\n")  # not blank, but BERT's normalizer removes every character
     with pytest.raises(DataError, match=r"\btrain\b.*blank or tokenize"):
-        prepare_text_splits(_cfg(nothing, **kw), wordpiece, load_text_datasets(_cfg(nothing, **kw)))
+        prepared = prepare_text_splits(_cfg(nothing, **kw), wordpiece, load_text_datasets(_cfg(nothing, **kw)))
+        list(prepared.train)  # a stream finds out as it is read
     if not streaming:
         good = tmp_path / "good.txt"
         good.write_text("\n".join(DOCS) + "\n")

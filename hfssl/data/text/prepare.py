@@ -152,17 +152,15 @@ def _streamed(cfg, tokenizer, raw, accelerator) -> TextSplits:
                            "every %d-th document. With a multiple of %d shards each process reads only its own.",
                            train.num_shards, world, world, world)
         train = split_dataset_by_node(train, accelerator.process_index, world)
-    stream = TextStream(train, tokenizer, cfg.max_seq_length, cfg.line_by_line, with_words)
-    if next(iter(stream), None) is None:
-        raise DataError(f"The train stream of {_source(cfg)} has no text for this process: every document is blank or "
-                        f"tokenizes to nothing. Check the files, text_column_name and the tokenizer.")
+    stream = TextStream(train, tokenizer, cfg.max_seq_length, cfg.line_by_line, with_words,
+                        name=f"The train stream of {_source(cfg)}" + (f" (process {accelerator.process_index})" if world > 1 else ""))
     validation, line = None, f"train: streamed from {train.num_shards} shard(s), tokenized and packed as read"
     if "validation" in raw:
         started = time.perf_counter()
-        val_stream = TextStream(raw["validation"], tokenizer, cfg.max_seq_length, cfg.line_by_line, with_words, read_ahead=1)
+        val_stream = TextStream(raw["validation"], tokenizer, cfg.max_seq_length, cfg.line_by_line, with_words, read_ahead=1,
+                                name=f"The validation stream of {_source(cfg)}")
         rows = [{k: v.tolist() for k, v in ex.items()} for ex in itertools.islice(iter(val_stream), STREAMED_VALIDATION_ROWS)]
-        if rows:
-            validation = datasets.Dataset.from_list(rows).with_format("numpy")
+        validation = datasets.Dataset.from_list(rows).with_format("numpy")
         logger.info("validation: the first %d examples of its stream (%.1f s)", len(rows), time.perf_counter() - started)
     logger.info("%s", line)
     return TextSplits(stream, validation, line)

@@ -14,13 +14,17 @@ stream therefore opens no earlier shard and tokenizes only the current document 
 from __future__ import annotations
 
 import collections
+import logging
 from typing import Iterator, Optional
 
 import datasets
 import numpy as np
 import torch
 
+from hfssl.errors import DataError
 from hfssl.data.text.pack import content_tokens, cut_blocks, encode, id_dtype, number_words, word_dtype
+
+logger = logging.getLogger(__name__)
 
 
 class TextStream(torch.utils.data.IterableDataset):
@@ -30,12 +34,12 @@ class TextStream(torch.utils.data.IterableDataset):
     1 reads no document beyond the examples taken (for a validation set cut to its first rows)."""
 
     def __init__(self, documents: datasets.IterableDataset, tokenizer, block_size: int, line_by_line: bool,
-                 with_word_ids: bool, read_ahead: int = 64):
+                 with_word_ids: bool, read_ahead: int = 64, name: str = "The stream"):
         cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
         sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
         self.documents, self.tokenizer = documents, tokenizer
         self.block_size, self.line_by_line, self.with_word_ids = block_size, line_by_line, with_word_ids
-        self.cls_id, self.sep_id, self.read_ahead = cls_id, sep_id, read_ahead
+        self.cls_id, self.sep_id, self.read_ahead, self.name = cls_id, sep_id, read_ahead, name
         self.ids, self.words = id_dtype(tokenizer), word_dtype(block_size)
         self._start: Optional[dict] = None
         self._state: dict = _position(None)
@@ -52,8 +56,21 @@ class TextStream(torch.utils.data.IterableDataset):
         self._start = state
 
     def __iter__(self) -> Iterator[dict]:
+        """Examples from the start position on. A pass from the beginning that finds no text raises
+        DataError (checked here, as the stream is read, so that starting or resuming reads nothing extra)."""
+        empty = True
+        for example in self._examples():
+            empty = False
+            yield example
+        if empty and self._start is None:
+            raise DataError(f"{self.name} has no text: every document is blank or tokenizes to nothing. Check the files, "
+                            f"text_column_name and the tokenizer.")
+
+    def _examples(self) -> Iterator[dict]:
         start = self._start or _position(None)
         self._state = start
+        if start["documents"] is not None:
+            logger.info("Resuming the stream %s", _where(start["documents"]))
         self.documents.load_state_dict(start["documents"])
         tokenized = self._tokenized(start["documents"])
         if self.line_by_line:
@@ -124,3 +141,12 @@ class TextStream(torch.utils.data.IterableDataset):
 def _position(documents: Optional[dict]) -> dict:
     """A stream position at a document boundary (nothing carried over)."""
     return {"documents": documents, "carry_ids": [], "carry_words": [], "skip": 0}
+
+
+def _where(state: dict) -> str:
+    """'at shard S, document D of it' from a `datasets` stream state (its innermost shard position)."""
+    while isinstance(state, dict) and "shard_idx" not in state and isinstance(state.get("examples_iterable"), dict):
+        state = state["examples_iterable"]
+    if isinstance(state, dict) and "shard_idx" in state:
+        return f"at shard {state['shard_idx']} of this process's shards, document {state['shard_example_idx']} of it"
+    return "at its saved position"
