@@ -154,7 +154,8 @@ def _streamed(cfg, tokenizer, raw, accelerator) -> TextSplits:
         train = split_dataset_by_node(train, accelerator.process_index, world)
     stream = TextStream(train, tokenizer, cfg.max_seq_length, cfg.line_by_line, with_words,
                         name=f"The train stream of {_source(cfg)}" + (f" (process {accelerator.process_index})" if world > 1 else ""))
-    validation, line = None, f"train: streamed from {train.num_shards} shard(s), tokenized and packed as read"
+    validation = None
+    line = f"train: streamed from {train.num_shards} shard(s){' per process' if world > 1 else ''}, tokenized and packed as read"
     if "validation" in raw:
         started = time.perf_counter()
         val_stream = TextStream(raw["validation"], tokenizer, cfg.max_seq_length, cfg.line_by_line, with_words, read_ahead=1,
