@@ -128,8 +128,10 @@ def _load_local(cfg) -> dict:
     files = _local_files(cfg)
     ext = data_format(files["train"][0]).lstrip(".")  # datasets decompresses .gz/.bz2/.xz/.zst itself
     builder = {"txt": "text", "jsonl": "json"}.get(ext, ext)
+    n_files = sum(len(fs) for fs in files.values())
+    workers = cfg.preprocessing_num_workers if n_files > 1 else None  # datasets converts files in parallel
     try:
-        raw = dict(datasets.load_dataset(builder, data_files=files))
+        raw = dict(datasets.load_dataset(builder, data_files=files, num_proc=workers))
     except Exception as e:  # datasets' parse errors name neither the file nor the line: find them
         readers.locate_problem([f for fs in files.values() for f in fs], cfg.text_column_name)
         raise DataError(f"Could not read {', '.join(f for fs in files.values() for f in fs)}: {type(e).__name__}: {_cause(e)}") from None
