@@ -202,6 +202,18 @@ def test_non_string_text_values_name_file_and_line(tmp_path, streaming):
     assert "docs.jsonl, line 6" in message and "int" in message and "text_column_name" in message
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_non_string_text_column_of_a_named_dataset(tmp_path, wordpiece, streaming):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "ds").mkdir()
+    pq.write_table(pa.table({"text": [1, 2, 3]}), tmp_path / "ds" / "train.parquet")
+    cfg = MLMConfig(dataset_name=str(tmp_path / "ds"), streaming=streaming, max_steps=5, validation_split_percentage=0)
+    with pytest.raises(DataError, match="not (a string|text).*text_column_name"):
+        list(prepare_text_splits(cfg, wordpiece, load_text_datasets(cfg)).train)
+
+
 @pytest.mark.parametrize("content, expected", [
     (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "line 1 (byte 0) is not valid UTF-8"),
     (gzip.compress("".join(f"line {i} holds {i * i}\n" for i in range(5000)).encode())[:9000],

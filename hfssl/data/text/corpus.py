@@ -83,6 +83,10 @@ def load_text_datasets(cfg) -> datasets.DatasetDict | datasets.IterableDatasetDi
     # Streamed local files are read with their text column already chosen (`_stream_local`).
     column = "text" if cfg.streaming and cfg.train_file else pick_text_column(raw["train"], cfg.text_column_name, source)
     raw = {k: _only_text(v, column, source) for k, v in raw.items() if k in ("train", "validation")}
+    for split, ds in raw.items():
+        if not _holds_text(ds, "text"):
+            raise DataError(f"Column '{column}' of the {split} split of {source} holds {ds.features['text']}, not text: set "
+                            f"text_column_name to the column that holds the text.")
     if cfg.max_train_samples is not None:
         raw["train"] = raw["train"].take(cfg.max_train_samples) if cfg.streaming else raw["train"].select(range(min(cfg.max_train_samples, len(raw["train"]))))
     if cfg.streaming:
@@ -137,11 +141,8 @@ def _load_local(cfg) -> dict:
         raise DataError(f"Could not read {', '.join(f for fs in files.values() for f in fs)}: {type(e).__name__}: {_cause(e)}") from None
     column = pick_text_column(raw["train"], cfg.text_column_name, cfg.train_file)
     for split, ds in raw.items():
-        feature = ds.features.get(column)
-        if feature is not None and getattr(feature, "dtype", None) not in ("string", "large_string"):
+        if not _holds_text(ds, column):
             readers.locate_problem(files[split], column)  # names the first file and row holding a non-string
-            raise DataError(f"Column '{column}' of {split} ({', '.join(files[split])}) holds {feature}, not text: set "
-                            f"text_column_name to the column that holds the text.")
     return raw
 
 
@@ -161,6 +162,12 @@ def _stream_local(cfg) -> dict:
     logger.info("Streaming %s: %d shard(s)%s.", cfg.train_file, len(files["train"]),
                 f", validation {len(files['validation'])} shard(s)" if "validation" in files else "")
     return {split: readers.stream_files(split_files, column) for split, split_files in files.items()}
+
+
+def _holds_text(ds, column: str) -> bool:
+    """False when the column's declared type is not a string (unknown types, as in some streams, pass)."""
+    feature = (ds.features or {}).get(column)
+    return feature is None or getattr(feature, "dtype", None) in ("string", "large_string")
 
 
 def _cause(e: BaseException) -> str:

@@ -111,6 +111,9 @@ class TextStream(torch.utils.data.IterableDataset):
         pending: collections.deque = collections.deque()
         before = start_documents
         for example in self.documents:
+            if not isinstance(example["text"], (str, type(None))):
+                raise DataError(f"{self.name}: a document's text is {type(example['text']).__name__} {str(example['text'])[:40]!r}, "
+                                f"not a string. Set text_column_name to the column that holds the text.")
             pending.append((example["text"], before, self.documents.state_dict()))
             before = pending[-1][2]
             if len(pending) >= self.read_ahead:
@@ -118,7 +121,7 @@ class TextStream(torch.utils.data.IterableDataset):
         yield from self._encode(pending, floor, max_length)
 
     def _encode(self, pending: collections.deque, floor: int, max_length: Optional[int]):
-        docs = [(text, before, after) for text, before, after in pending if text and not text.isspace()]
+        docs = [(text, before, after) for text, before, after in pending if text and not text.isspace()]  # None: blank
         pending.clear()
         if not docs:
             return
