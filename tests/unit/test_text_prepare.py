@@ -154,9 +154,27 @@ def test_streamed_validation_and_tokenizer_read_only_the_documents_they_use(tmp_
     assert docs.count == 7 and counter.read == [_doc(0, i) for i in range(7)]
 
 
-def test_tokenizer_is_trained_from_a_stream_of_shards(tmp_path, caplog):
-    cfg = _cfg(_shards(tmp_path / "shards", 3, 10), streaming=True, tokenizer_train_samples=25, vocab_size=150,
-               output_dir=str(tmp_path / "out"))
+@pytest.mark.parametrize("fmt", ["txt.gz", "jsonl.gz", "parquet", "dataset_name"])
+def test_tokenizer_is_trained_from_a_stream_of_shards(tmp_path, caplog, fmt):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "shards"
+    if fmt == "txt.gz":
+        source = {"train_file": _shards(folder, 3, 10)}
+    else:
+        folder.mkdir()
+        for s in range(3):
+            docs = [_doc(s, i) for i in range(10)]
+            if fmt == "jsonl.gz":
+                with gzip.open(folder / f"part-{s}.jsonl.gz", "wt") as f:
+                    f.write("".join(json.dumps({"id": i, "text": d}) + "\n" for i, d in enumerate(docs)))
+            else:
+                pq.write_table(pa.table({"text": docs}), folder / f"train-{s}.parquet")
+        source = {"train_file": str(folder / "part-*.jsonl.gz")} if fmt == "jsonl.gz" else (
+            {"train_file": str(folder / "*.parquet")} if fmt == "parquet" else {"dataset_name": str(folder)})
+    cfg = MLMConfig(**source, streaming=True, max_steps=5, validation_split_percentage=0, tokenizer_train_samples=25,
+                    vocab_size=150, output_dir=str(tmp_path / "out"))
     with caplog.at_level(logging.INFO, logger="hfssl.data.text.tokenizer"):
         tok = load_or_train_tokenizer(cfg, load_text_datasets(cfg)["train"])
     assert "Trained the tokenizer on 25 documents" in caplog.text

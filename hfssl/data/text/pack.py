@@ -154,19 +154,28 @@ def pack_blocks(tokenized: datasets.Dataset, block_size: int, cls_id: int, sep_i
     """Blocks of `block_size` tokens from tokenized documents (the module docstring gives the semantics).
     Same output for any `num_proc` and `batch_size`. `cache_file`/`progress` as in `tokenize`."""
     body = block_size - 2
-    lengths = (pc.list_value_length(_rows(tokenized, i, i + batch_size).column("input_ids")).to_numpy(zero_copy_only=False)
-               for i in range(0, len(tokenized), batch_size))
-    starts, total = chunk_starts(lengths, batch_size)
+    view = tokenized.with_format("arrow")  # slices of it are Arrow tables, zero-copy when memory-mapped
+    release = bool(tokenized.cache_files)
+    starts, total = chunk_starts(_lengths(view, batch_size, release), batch_size)
     ids = np.dtype(tokenized.features["input_ids"].feature.dtype)
     words = word_dtype(block_size) if with_word_ids else None
-    return tokenized.with_format("arrow").map(
+    return view.map(
         _pack_batch, batched=True, batch_size=batch_size, with_indices=True, num_proc=num_proc,
         remove_columns=tokenized.column_names, features=_features(ids, words), cache_file_name=cache_file,
         new_fingerprint=_fingerprint(cache_file), desc="Packing",
-        fn_kwargs={"source": tokenized, "starts": starts, "chunk": batch_size, "total": total, "body": body,
+        fn_kwargs={"source": view, "starts": starts, "chunk": batch_size, "total": total, "body": body,
                    "cls_id": cls_id, "sep_id": sep_id, "ids": ids, "words": words,
-                   "release": bool(tokenized.cache_files), "progress": progress},
+                   "release": release, "progress": progress},
     ).with_format(None)
+
+
+def _lengths(view: datasets.Dataset, batch_size: int, release: bool) -> Iterable[np.ndarray]:
+    """The documents' token counts, batch by batch (reads only the list offsets)."""
+    for i in range(0, len(view), batch_size):
+        column = view[i : i + batch_size].column("input_ids")
+        yield pc.list_value_length(column).to_numpy(zero_copy_only=False)
+        if release:
+            release_pages(column)
 
 
 def _pack_batch(batch: pa.Table, indices: list[int], source, starts, chunk, total, body, cls_id, sep_id, ids, words,
@@ -195,9 +204,9 @@ def _pack_batch(batch: pa.Table, indices: list[int], source, starts, chunk, tota
     return pa.table(out)
 
 
-def _rows(ds: datasets.Dataset, i: int, j: int) -> pa.Table:
-    """Rows i..j-1 as an Arrow table (zero-copy for a memory-mapped dataset without an indices mapping)."""
-    return ds.with_format("arrow")[i:j]
+def _rows(view: datasets.Dataset, i: int, j: int) -> pa.Table:
+    """Rows i..j-1 of an Arrow-formatted dataset (zero-copy when memory-mapped without an indices mapping)."""
+    return view[i:j]
 
 
 def _stream_length(table: pa.Table) -> int:
@@ -268,10 +277,12 @@ _libc = None
 
 
 def release_pages(column) -> None:
-    """Drop this process's resident pages of an Arrow column that was read from a memory-mapped file
-    and will not be read again here. Without it every page a map reads stays in the process's
-    resident set until the map ends, so its peak memory would grow with the corpus. Pages of memory
-    that is not file-backed cannot be paged out without swap, so a mistaken call costs nothing."""
+    """Drop this process's resident pages of an Arrow column (text, or lists of numbers) that was
+    read from a memory-mapped file and will not be read again here. Without it every page a map
+    reads stays in the process's resident set until the map ends, so its peak memory would grow
+    with the corpus. Only the bytes of the column's own rows are released (a slice shares buffers
+    with its neighbours). Memory that is not file-backed cannot be paged out without swap, so a
+    mistaken call costs nothing."""
     global _libc
     if not sys.platform.startswith("linux"):
         return
@@ -279,9 +290,23 @@ def release_pages(column) -> None:
         _libc = ctypes.CDLL(None, use_errno=True)
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
     for chunk in chunks:
-        for buf in chunk.buffers():
-            if buf is None or buf.size == 0:
-                continue
-            start = buf.address & ~(mmap.PAGESIZE - 1)
-            _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(buf.address + buf.size - start), _MADV_PAGEOUT)
+        for address, size in _row_bytes(chunk):
+            start = address & ~(mmap.PAGESIZE - 1)
+            _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(address + size - start), _MADV_PAGEOUT)
 
+
+def _row_bytes(array: pa.Array) -> list[tuple[int, int]]:
+    """(address, size) of the offsets and the values of an array's rows, for (large) lists of
+    fixed-width numbers and (large) strings; nothing for other types."""
+    t = array.type
+    if len(array) == 0 or not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_string(t) or pa.types.is_large_string(t)):
+        return []
+    wide = pa.types.is_large_list(t) or pa.types.is_large_string(t)
+    buffers = array.buffers()
+    offsets = np.frombuffer(buffers[1], dtype=np.int64 if wide else np.int32)[array.offset : array.offset + len(array) + 1]
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        values, width = buffers[3], t.value_type.bit_width // 8  # buffers: validity, offsets, child validity, child values
+    else:
+        values, width = buffers[2], 1
+    first, last = int(offsets[0]) * width, int(offsets[-1]) * width
+    return [(offsets.ctypes.data, offsets.nbytes), (values.address + first, last - first)] if last > first else [(offsets.ctypes.data, offsets.nbytes)]
