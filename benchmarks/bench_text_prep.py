@@ -17,7 +17,9 @@ warm-up favours run_mlm. Then each runs again on the unchanged corpus (its cache
 
 Memory: a thread samples the process and its workers every 0.2 s; "peak PSS" is the largest sum of
 their proportional set sizes (shared pages counted once), "peak RSS" the largest single process.
-Throughput: corpus MB per second and output tokens per second, load to blocks.
+Throughput: corpus MB per second and output tokens per second, load to blocks (wall clock), and
+output tokens per CPU-second (this process and its workers), which depends far less on what else
+runs on a shared machine.
 
 The corpus: documents of 1-4 paragraphs drawn (seeded) from two offline sources of real text, the
 Debian package descriptions in benchmarks/payoff/data/corpus.txt.gz and hfssl's built-in corpus of
@@ -173,10 +175,18 @@ def hfssl_recipe(corpus: Path, tokenizer, num_proc: int, max_seq_length: int, ou
             "tokens": tokens, "summary": prepared.summary}
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished workers (datasets joins its pool after each map)."""
+    own, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + workers.ru_utime + workers.ru_stime
+
+
 def measured(fn, *args) -> dict:
+    load, cpu = os.getloadavg()[0], _cpu_seconds()
     with PeakMemory() as mem:
         result = fn(*args)
-    result.update(peak_pss_mb=mem.peak_pss / MB, peak_rss_mb=mem.peak_rss / MB, start_pss_mb=mem.start_pss / MB)
+    result.update(peak_pss_mb=mem.peak_pss / MB, peak_rss_mb=mem.peak_rss / MB, start_pss_mb=mem.start_pss / MB,
+                  cpu_s=_cpu_seconds() - cpu, load_average_1min=[load, os.getloadavg()[0]])
     return result
 
 
@@ -198,9 +208,11 @@ def bench_size(size_mb: int, args, tokenizer, work: Path) -> dict:
         r = out[side]
         r["mb_per_s"] = info["bytes"] / MB / r["seconds"]
         r["tokens_per_s"] = r["tokens"] / r["seconds"]
+        r["tokens_per_cpu_s"] = r["tokens"] / max(r["cpu_s"], 1e-9)
     out["ratios_hfssl_over_run_mlm"] = {
         "mb_per_s": out["hfssl"]["mb_per_s"] / out["run_mlm"]["mb_per_s"],
         "tokens_per_s": out["hfssl"]["tokens_per_s"] / out["run_mlm"]["tokens_per_s"],
+        "tokens_per_cpu_s": out["hfssl"]["tokens_per_cpu_s"] / out["run_mlm"]["tokens_per_cpu_s"],
         "peak_pss": out["hfssl"]["peak_pss_mb"] / out["run_mlm"]["peak_pss_mb"]}
     out["hfssl_second_run_share_of_first"] = out["hfssl_second_run"]["seconds"] / out["hfssl"]["seconds"]
     out["disk_mb"] = {name: _du(work / f"cache-{name}-{size_mb}") / MB for name in ("hfssl", "run_mlm")}
