@@ -26,6 +26,7 @@ from hfssl.errors import ConfigError, DataError
 logger = logging.getLogger(__name__)
 
 STREAMED_VALIDATION_ROWS = 2000  # a streamed validation split is cut to its first rows
+LARGE_CORPUS = 1_000_000  # documents: above this, preparing in one process deserves a hint
 
 
 @dataclass
@@ -68,6 +69,9 @@ def _prepared(cfg, tokenizer, split: str, docs: datasets.Dataset, builds_here: b
         key.update(tokenizer=cache.tokenizer_hash(tokenizer), word_ids=with_words, max_length=max_length)
 
     def build_tokenized(cache_file):
+        if len(docs) > LARGE_CORPUS and not cfg.preprocessing_num_workers:
+            logger.warning("Tokenizing %d documents in one process: set --preprocessing_num_workers to the number of CPU "
+                           "cores to tokenize and pack in parallel.", len(docs))
         started = time.perf_counter()
         with MapProgress(f"Tokenizing {split}", len(docs), enabled=builds_here) as progress:
             toks = tokenize(docs, tokenizer, with_words, max_length, cfg.preprocessing_num_workers, cache_file, progress)
