@@ -147,8 +147,11 @@ def verify_checkpoint(path: str | Path, run_id: Optional[str] = None) -> dict:
     if not path.is_dir():
         raise CheckpointError(f"Checkpoint '{path}' does not exist.")
     if not manifest_path.is_file():
-        raise CheckpointError(f"Checkpoint '{path}' has no manifest '{MANIFEST}': it is not a complete hfssl checkpoint "
-                              f"(a save interrupted before its end, or a folder that was never one).")
+        if not (path / STATE).is_file() and not _NAME.match(path.name):
+            raise CheckpointError(f"'{path}' is not a checkpoint: it has no {MANIFEST}. Pass a checkpoint-<step> folder of an "
+                                  f"hfssl run, or --resume_from_checkpoint latest to take the newest one in output_dir.")
+        raise CheckpointError(f"Checkpoint '{path}' has no manifest '{MANIFEST}': it is not a complete hfssl checkpoint (the "
+                              f"save was interrupted). Resume from an earlier checkpoint, or --resume_from_checkpoint latest.")
     manifest = read_manifest(path)
     if run_id is not None and manifest["run_id"] != run_id:
         raise CheckpointError(f"Checkpoint '{path}' belongs to run {manifest['run_id'] or '(none)'}, not to this output_dir's "

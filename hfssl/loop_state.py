@@ -7,8 +7,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import torch
+from accelerate.utils import gather_object
 
 from hfssl.checkpointing import list_checkpoints, load_objective_tensors, save_checkpoint, verify_on_main
 from hfssl.distributed import is_fsdp, local
@@ -30,6 +32,7 @@ class LoopState:
     rollbacks: int = 0
     overflows: int = 0  # fp16 updates the loss scaler skipped
     skipped_updates: list = field(default_factory=list)
+    stream: Optional[list] = None  # per-process stream positions read from a checkpoint; used once, then None
 
 
 def save_loop_checkpoint(run) -> None:
@@ -43,6 +46,9 @@ def save_loop_checkpoint(run) -> None:
              "per_device_train_batch_size": cfg.per_device_train_batch_size, "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
              "seed": cfg.seed, "scheduler": run.scheduler.state_dict(),
              "objective": {k: v for k, v in objective.items() if k not in tensors}}
+    if run.objective.streaming:  # where each process's stream goes on (JSON), so that resuming seeks instead of re-reading
+        mine = run.data.state_dict() if run.data is not None else None
+        state["stream"] = gather_object([mine]) if W > 1 else [mine]
     save_checkpoint(run.accelerator, run.out, run.state.step, state, cfg.save_total_limit, run.run_id, tensors)
 
 
@@ -50,16 +56,7 @@ def resume_loop(run, path: Path) -> LoopState:
     """Load checkpoint `path` (verified again here: a rollback target was never checked) and return its loop state."""
     accelerator, cfg, W = run.accelerator, run.cfg, run.world
     saved = verify_on_main(accelerator, path)
-    global_batch = cfg.per_device_train_batch_size * W * cfg.gradient_accumulation_steps
-    if saved["global_batch_size"] != global_batch:
-        raise TrainingStopped(
-            f"Checkpoint {path} was written with global batch size {saved['global_batch_size']} (per device "
-            f"{saved['per_device_train_batch_size']} x {saved['world_size']} processes x {saved['gradient_accumulation_steps']} "
-            f"accumulation); this run has {global_batch}. Exact resume needs the same global batch: change "
-            f"per_device_train_batch_size/gradient_accumulation_steps to match.")
-    if saved["seed"] != cfg.seed:
-        raise TrainingStopped(f"Checkpoint {path} was written with seed {saved['seed']}; this run has seed {cfg.seed}. "
-                              f"Exact resume needs the same seed: set --seed {saved['seed']}.")
+    check_same_run_geometry(saved, path, cfg, W)
     if saved.get("sharded", False) != is_fsdp(accelerator):
         kinds = ("FSDP (sharded)", "DDP or one process")
         written, now = (kinds[0], kinds[1]) if saved.get("sharded", False) else (kinds[1], kinds[0])
@@ -80,6 +77,25 @@ def resume_loop(run, path: Path) -> LoopState:
     fields = {k: v for k, v in saved.items() if k in LoopState.__dataclass_fields__}
     logger.info("Resumed from %s at step %d.", path, saved["step"])
     return LoopState(**fields)
+
+
+def check_same_run_geometry(saved: dict, path: Path, cfg, W: int) -> None:
+    """Exact resume needs the checkpoint's global batch and seed, and a streamed run its process count."""
+    global_batch = cfg.per_device_train_batch_size * W * cfg.gradient_accumulation_steps
+    if saved["global_batch_size"] != global_batch:
+        raise TrainingStopped(
+            f"Checkpoint {path} was written with global batch size {saved['global_batch_size']} (per device "
+            f"{saved['per_device_train_batch_size']} x {saved['world_size']} processes x {saved['gradient_accumulation_steps']} "
+            f"accumulation); this run has {global_batch}. Exact resume needs the same global batch: change "
+            f"per_device_train_batch_size/gradient_accumulation_steps to match.")
+    if saved["seed"] != cfg.seed:
+        raise TrainingStopped(
+            f"Checkpoint {path} was written with seed {saved['seed']}; this run has seed {cfg.seed}. Exact resume replays the "
+            f"same data order, masks and dropout, which the seed decides: resume with --seed {saved['seed']}.")
+    if any(saved.get("stream") or []) and saved["world_size"] != W:
+        raise TrainingStopped(
+            f"Checkpoint {path} streams its corpus over {saved['world_size']} processes, each reading its own part of the "
+            f"stream; this run has {W}. Resume a streamed run on {saved['world_size']} processes.")
 
 
 def refuse_non_finite(accelerator, model, out: Path) -> None:

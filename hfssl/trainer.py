@@ -180,7 +180,9 @@ def _next_update(run: _Run) -> Optional[list[dict]]:
     """The next update's micro-batches for this process, or None when the epoch (or stream pass) ended."""
     cfg, state, A = run.cfg, run.state, run.cfg.gradient_accumulation_steps
     if run.data is None:
-        pos = Position(state.epoch, state.step_in_epoch, state.step - state.step_in_epoch, state.rollbacks)
+        mine = state.stream[run.accelerator.process_index] if state.stream else None
+        state.stream = None  # a later epoch starts at the beginning of the stream
+        pos = Position(state.epoch, state.step_in_epoch, state.step - state.step_in_epoch, state.rollbacks, mine)
         run.data = train_batches(run.objective, cfg, pos, run.world, run.accelerator.process_index, run.total_steps, run.steps_per_epoch)
     micro = [b for b in itertools.islice(run.data, A)]
     ended = len(micro) < A  # a partial update group is dropped

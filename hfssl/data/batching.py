@@ -4,14 +4,15 @@ Randomness is a function of position: micro-batch `g` of epoch `e` gets seed f(s
 its masks (in the collator) and for dropout/noise (the loop reseeds before its forward). Update `s`
 of an epoch uses micro-batches s*W*A .. (s+1)*W*A-1 (W processes, A accumulation steps); process r
 takes every W-th. So resuming skips by index, never by reading data, and 2 processes see the same
-batches, masks and dropout as 1 process with gradient accumulation 2.
+batches, masks and dropout as 1 process with gradient accumulation 2. A stream resumes at the
+position saved with the checkpoint (`StreamBatches`).
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Optional, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -41,6 +42,7 @@ class Position:
     step_in_epoch: int  # updates already done in this epoch
     epoch_start_step: int  # updates done before this epoch began
     rollbacks: int = 0
+    stream: Optional[dict] = None  # a seekable stream's saved position (this process's), if resuming one
 
 
 def train_batches(objective, cfg, pos: Position, world: int, rank: int, total_steps: int,
@@ -49,7 +51,7 @@ def train_batches(objective, cfg, pos: Position, world: int, rank: int, total_st
     `sample_ids` (dataset indices) and `seed`."""
     W, A = world, cfg.gradient_accumulation_steps
     if objective.streaming:  # already sharded by process
-        return _stream_batches(objective, cfg, pos, W, rank, total_steps)
+        return StreamBatches(objective, cfg, pos, W, rank, total_steps)
     plan = objective.batch_plan(pos.epoch, cfg.seed)
     usable = (len(plan) // (W * A)) * (W * A)  # a partial last update is dropped
     mine = range(pos.step_in_epoch * W * A + rank, usable, W)
@@ -73,26 +75,64 @@ def eval_batches(objective, cfg, world: int, rank: int) -> DataLoader:
     return _loader(objective.eval_dataset, [plan[g] for g in mine] + [plan[0]] * pads, keys, objective.collator, 0)
 
 
-def _stream_batches(objective, cfg, pos: Position, W: int, rank: int, total_steps: int) -> Iterator[dict]:
-    """Streaming: examples come from the process's shard of the stream in order; micro-batch
-    global index g = step_in_epoch*W*A + a*W + rank keeps seeds identical to the map-style layout."""
-    ds = objective.train_dataset
-    bs, A = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
-    if hasattr(ds, "set_epoch"):  # datasets.IterableDataset reshuffles its shards per epoch
-        ds.set_epoch(pos.epoch)
-    g = pos.step_in_epoch * W * A + rank
-    rows: list = []
-    # Resume re-reads this process's shard up to the saved position (a stream cannot seek).
-    for ex in itertools.islice(ds, pos.step_in_epoch * A * bs, None):
-        rows.append(ex)
-        if len(rows) == bs:
-            seed = batch_seed(cfg.seed, pos.epoch, g, pos.rollbacks)
-            batch = objective.collator(rows, seed=seed, progress=(pos.epoch_start_step + g // (W * A)) / max(total_steps, 1))
-            batch["sample_ids"] = list(range(g * bs, (g + 1) * bs))
-            batch["seed"] = seed
-            rows = []
-            g += W
-            yield batch
+@runtime_checkable
+class SeekableStream(Protocol):
+    """A stream that can say where it stands and start there again (`datasets.IterableDataset`,
+    `hfssl.data.text.stream.TextStream`): state_dict() after an example gives the position of the
+    next one, as plain JSON; load_state_dict(state) makes the next iteration start there (None: at
+    the beginning)."""
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: Optional[dict]) -> None: ...
+
+
+class StreamBatches:
+    """Streaming: examples come from the process's shard of the stream in order; micro-batch global
+    index g = step_in_epoch*W*A + a*W + rank keeps seeds identical to the map-style layout.
+
+    A seekable stream starts at `pos.stream` (saved by the loop at the checkpoint); any other stream,
+    or a checkpoint without a saved position, is read from its start up to the position and the
+    examples before it are thrown away. `state_dict()` is the position after the last micro-batch."""
+
+    def __init__(self, objective, cfg, pos: Position, W: int, rank: int, total_steps: int):
+        self.ds = objective.train_dataset
+        self.seekable = isinstance(self.ds, SeekableStream)
+        bs, A = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
+        skip = pos.step_in_epoch * A * bs
+        if self.seekable:
+            self.ds.set_epoch(pos.epoch)
+            self.ds.load_state_dict(pos.stream)
+            if pos.stream is not None:
+                skip = 0
+        self._batches = self._generate(objective, cfg, pos, W, rank, total_steps, skip)
+
+    def __iter__(self) -> "StreamBatches":
+        return self
+
+    def __next__(self) -> dict:
+        return next(self._batches)
+
+    def state_dict(self) -> Optional[dict]:
+        """Where the next micro-batch starts (None for a stream that cannot seek)."""
+        return self.ds.state_dict() if self.seekable else None
+
+    def _generate(self, objective, cfg, pos: Position, W: int, rank: int, total_steps: int, skip: int) -> Iterator[dict]:
+        bs, A = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
+        g = pos.step_in_epoch * W * A + rank
+        rows: list = []
+        for ex in itertools.islice(self.ds, skip, None):
+            rows.append(ex)
+            if len(rows) == bs:
+                seed = batch_seed(cfg.seed, pos.epoch, g, pos.rollbacks)
+                batch = objective.collator(rows, seed=seed, progress=(pos.epoch_start_step + g // (W * A)) / max(total_steps, 1))
+                batch["sample_ids"] = list(range(g * bs, (g + 1) * bs))
+                batch["seed"] = seed
+                rows = []
+                g += W
+                yield batch
 
 
 # ----------------------------------------------------------------------------------- DataLoader plumbing

@@ -18,6 +18,9 @@ def check_file(key: str, path: Optional[str], extensions: tuple[str, ...]) -> No
     if path is None:
         return
     p = Path(path)
+    if p.is_dir():
+        example = os.path.join(path, "*" + (extensions[0] if extensions else ""))
+        raise ConfigError(f"{key}: '{path}' is a directory; give a file, or a glob of the files in it such as '{example}'.")
     if not p.is_file():
         raise ConfigError(f"{key}: file '{path}' does not exist. Check the path (relative paths start at {os.getcwd()}).")
     if p.stat().st_size == 0:

@@ -92,10 +92,11 @@ def test_push_to_hub_uploads_the_model_folder(tiny_mlm):
 
 
 def test_streaming_corpus(tmp_path):
-    # A short stream (50 documents, 4 updates per pass) so that 12 updates read it three times.
-    short = tmp_path / "short.txt"
-    short.write_text("".join(CORPUS.read_text().splitlines(keepends=True)[:50]))
-    args = [*TINY_MLM, "--train_file", short, "--tokenizer_name", CORPUS.parent / "tokenizer", "--streaming", "true",
+    # A short stream (50 documents in 2 shards, 4 updates per pass) so that 12 updates read it three times.
+    lines = CORPUS.read_text().splitlines(keepends=True)[:50]
+    for s in range(2):
+        (tmp_path / f"short-{s}.txt").write_text("".join(lines[s * 25 : (s + 1) * 25]))
+    args = [*TINY_MLM, "--train_file", tmp_path / "short-*.txt", "--tokenizer_name", CORPUS.parent / "tokenizer", "--streaming", "true",
             "--validation_file", CORPUS, "--max_steps", "12", "--save_steps", "6", "--eval_steps", "0"]
     out = tmp_path / "stream"
     run_cli("run_pretrain.py", [*args, "--output_dir", out])
@@ -104,10 +105,14 @@ def test_streaming_corpus(tmp_path):
     epochs = [r["epoch"] for r in read_log(out) if "loss" in r]
     assert epochs == [0] * 4 + [1] * 4 + [2] * 4  # the stream was read from its start again
     assert json.loads((out / "train_results.json").read_text())["eval_loss"] > 0
-    # Resuming a stream from step 6 (inside a later pass) re-reads it to the saved position and continues exactly.
+    # Resuming a stream from step 6 (inside a later pass) seeks to the saved shard and position and continues exactly.
     again = tmp_path / "again"
     again.mkdir()
     shutil.copytree(out / "checkpoint-6", again / "checkpoint-6")
-    assert json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())["epoch"] >= 1
-    run_cli("run_pretrain.py", [*args, "--output_dir", again, "--resume_from_checkpoint", "latest"])
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["epoch"] >= 1
+    position = state["stream"][0]["documents"]["examples_iterable"]
+    proc = run_cli("run_pretrain.py", [*args, "--output_dir", again, "--resume_from_checkpoint", "latest"])
+    assert (f"Resuming the stream at shard {position['shard_idx']} of this process's shards, "
+            f"document {position['shard_example_idx']} of it") in proc.stderr
     assert train_losses(again) == {k: v for k, v in losses.items() if k > 6}

@@ -6,15 +6,17 @@ import json
 import sysconfig
 
 import datasets
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from hfssl.objectives.mlm.config import MLMConfig
 from hfssl.data.text import corpus as textdata
 from hfssl.errors import DataError
 from hfssl.data.text.corpus import load_text_datasets
-from hfssl.data.text.pack import pack_blocks, pack_stream, tokenize
+from hfssl.data.text.pack import pack_blocks, tokenize
 from hfssl.data.text.tokenizer import train_tokenizer
 
 CLS, SEP = 2, 3
@@ -54,22 +56,31 @@ def _synthetic(lengths: list[int]) -> tuple[list[list[int]], list[list[int]]]:
     return docs, words
 
 
-def _stream(docs: list[list[int]]) -> list[int]:
+def _stream(docs: list[list[int]], sep: int = SEP) -> list[int]:
     out: list[int] = []
     for d in docs:
-        out += [*d, SEP]
+        out += [*d, sep]
     return out
 
 
 def _word_stream(words: list[list[int]]) -> list[int]:
-    out, shift = [], 0
-    for w in words:
-        out += [x + shift for x in w] + [-1]
-        shift += (max(w) + 1) if w else 0
+    """Document-local word ids, -1 at each document's separator."""
+    return [x for w in words for x in [*w, -1]]
+
+
+def _numbered(row: list[int]) -> list[int]:
+    """A block's word ids as hfssl stores them: 0, 1, ... per run of equal ids >= 0, -1 elsewhere."""
+    out, n, prev = [], -1, -1
+    for w in row:
+        if w >= 0 and w != prev:
+            n += 1
+        out.append(n if w >= 0 else -1)
+        prev = w
     return out
 
 
-def _check_blocks(blocks: list[list[int]], block_size: int, expected_stream: list[int], cls=CLS, sep=SEP) -> None:
+def _check_blocks(blocks, block_size: int, expected_stream: list[int], cls=CLS, sep=SEP) -> None:
+    blocks = [list(map(int, b)) for b in blocks]
     assert blocks, "no blocks"
     for i, b in enumerate(blocks):
         assert b[0] == cls and b[-1] == sep, f"block {i} is not [CLS] ... [SEP]"
@@ -81,17 +92,26 @@ def _check_blocks(blocks: list[list[int]], block_size: int, expected_stream: lis
     assert body == expected_stream
 
 
+def _check_words(packed, expected_word_stream: list[int]) -> None:
+    """Word ids per block = the expected document-local ids cut like the blocks, numbered per block."""
+    rows = [list(map(int, w)) for w in packed["word_ids"]]
+    assert [len(w) for w in rows] == [len(b) for b in packed["input_ids"]]
+    cut, i = [], 0
+    for w in rows:
+        cut.append([-1, *expected_word_stream[i : i + len(w) - 2], -1])
+        i += len(w) - 2
+    assert i == len(expected_word_stream)
+    assert rows == [_numbered(c) for c in cut]
+
+
 @pytest.mark.parametrize("block_size", [8, 16, 13])
 def test_pack_blocks_keeps_every_token_in_cls_sep_blocks(block_size):
     lengths = [3, 5, 0, 17, 2, 9, 4, 30, 1]
     docs, words = _synthetic(lengths)
     ds = datasets.Dataset.from_dict({"input_ids": docs, "word_ids": words})
-    packed = pack_blocks(ds, block_size, CLS, SEP, with_word_ids=True)
+    packed = pack_blocks(ds, block_size, CLS, SEP, with_word_ids=True, batch_size=2)
     _check_blocks(packed["input_ids"], block_size, _stream(docs))
-    wblocks = packed["word_ids"]
-    assert [len(w) for w in wblocks] == [len(b) for b in packed["input_ids"]]
-    assert all(w[0] == -1 and w[-1] == -1 for w in wblocks)
-    assert [x for w in wblocks for x in w[1:-1]] == _word_stream(words)
+    _check_words(packed, _word_stream(words))
 
 
 def test_pack_blocks_with_exact_multiple_has_only_full_blocks():
@@ -100,6 +120,88 @@ def test_pack_blocks_with_exact_multiple_has_only_full_blocks():
     assert [len(b) for b in packed["input_ids"]] == [7] * 5
     assert packed.column_names == ["input_ids"]
     _check_blocks(packed["input_ids"], 7, _stream(docs))
+
+
+def _reference_pack_blocks(tokenized, block_size, cls_id, sep_id, with_word_ids):
+    """hfssl's packing before it went through datasets.map: the whole corpus in numpy at once, word ids
+    offset per document to stay unique in the corpus. The oracle for the batch-wise packing."""
+    table = tokenized.with_format("arrow")[:]
+    ids = table.column("input_ids").combine_chunks()
+    offsets = ids.offsets.to_numpy()
+    lengths = np.diff(offsets)
+    flat = ids.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+    n_docs = len(lengths)
+    total = len(flat) + n_docs
+    doc_of_token = np.repeat(np.arange(n_docs), lengths)
+    stream = np.empty(total, dtype=np.int64)
+    stream[np.arange(len(flat)) + doc_of_token] = flat
+    stream[offsets[1:] + np.arange(n_docs)] = sep_id
+    out = {"input_ids": _reference_blocks(stream, block_size, cls_id, sep_id)}
+    if with_word_ids:
+        wids = table.column("word_ids").combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+        words_per_doc = np.zeros(n_docs, dtype=np.int64)
+        has = lengths > 0
+        words_per_doc[has] = wids[offsets[1:][has] - 1] + 1
+        shift = np.concatenate([[0], np.cumsum(words_per_doc)[:-1]])
+        wstream = np.full(total, -1, dtype=np.int64)
+        wstream[np.arange(len(flat)) + doc_of_token] = np.where(wids >= 0, wids + shift[doc_of_token], -1)
+        out["word_ids"] = _reference_blocks(wstream, block_size, -1, -1)
+    return out
+
+
+def _reference_blocks(stream, block_size, cls_value, sep_value):
+    body = block_size - 2
+    rows = [[cls_value, *stream[i : i + body].tolist(), sep_value] for i in range(0, len(stream), body)]
+    return rows
+
+
+@pytest.mark.parametrize("num_proc, batch_size", [(None, 1), (None, 7), (None, 1000), (2, 3)])
+def test_pack_blocks_equals_the_whole_corpus_packing_for_any_batching(num_proc, batch_size):
+    """Batch-wise packing (any map batch size, any number of workers) gives today's blocks of the whole
+    corpus: the same input ids, and word ids that differ only in numbering (per block instead of per
+    corpus), which gives the same whole-word and span masks."""
+    from hfssl.collators import MLMCollator
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(0, 40, 60)
+    lengths[rng.random(60) < 0.15] = 0
+    docs = [rng.integers(5, 500, n).tolist() for n in lengths]
+    words = [np.sort(rng.integers(0, max(n // 2, 1), n)).tolist() for n in lengths]
+    ds = datasets.Dataset.from_dict({"input_ids": docs, "word_ids": words})
+    for block_size in (8, 29, 128):
+        ref = _reference_pack_blocks(ds, block_size, CLS, SEP, True)
+        packed = pack_blocks(ds, block_size, CLS, SEP, True, num_proc=num_proc, batch_size=batch_size)
+        assert [list(map(int, b)) for b in packed["input_ids"]] == ref["input_ids"]
+        assert [list(map(int, w)) for w in packed["word_ids"]] == [_numbered(w) for w in ref["word_ids"]]
+    rows = packed.with_format("numpy")
+    for strategy in ("whole_word", "span"):
+        collator = MLMCollator(0, 1, torch.tensor([0, 1, CLS, SEP]), torch.arange(5, 500), mlm_probability=0.3, mask_strategy=strategy)
+        ours = collator([rows[i] for i in range(len(rows))], seed=3)
+        theirs = collator([{"input_ids": np.array(i), "word_ids": np.array(w)} for i, w in zip(ref["input_ids"], ref["word_ids"])], seed=3)
+        assert torch.equal(ours["labels"], theirs["labels"]) and torch.equal(ours["input_ids"], theirs["input_ids"])
+
+
+def test_packing_offsets_are_64_bit_past_2_to_the_31_tokens():
+    """A corpus of more than 2^31 tokens: the stream positions where map batches start and the blocks
+    each batch emits are exact (int64 / Python ints, no wrap-around), and packed rows use large_list
+    (int64 offsets). Only the lengths are built, never the tokens."""
+    from hfssl.data.text.pack import blocks_starting_in, chunk_starts
+
+    lengths = np.full(5, 1_000_000_000, dtype=np.int64)  # 5e9 tokens in 5 documents
+    lengths[2] = 7
+    starts, total = chunk_starts([lengths[:3], lengths[3:]], chunk=2)
+    assert total == 4_000_000_007 + 5 > 2**31
+    # documents 0, 2, 4 start after (1e9 + 1) * 2 and then 7 + 1 and 1e9 + 1 more tokens and separators
+    assert starts.dtype == np.int64 and starts.tolist() == [0, 2_000_000_002, 3_000_000_011]
+    body = 510
+    k0, n, stop = blocks_starting_in(3_000_000_011, total, total, body)  # the last batch: document 4
+    assert k0 * body >= 3_000_000_011 > (k0 - 1) * body
+    assert stop == total and n == -(-total // body) - k0  # its last block is the corpus's partial one
+    assert pa.types.is_large_list(pa.array([[1]], pa.large_list(pa.int32())).type)
+    packed = pack_blocks(datasets.Dataset.from_dict({"input_ids": [[5, 6, 7]], "word_ids": [[0, 0, 1]]}), 8, CLS, SEP, True)
+    assert all(pa.types.is_large_list(t) for t in packed.data.schema.types)
+    with pytest.raises(pa.ArrowInvalid):  # what int32 offsets (the old packing) could not hold
+        pa.array([0, 2**31], pa.int32())
 
 
 def _tokenized_in_chunks(tok, texts: list[str]) -> datasets.Dataset:
@@ -112,7 +214,9 @@ def _tokenized_in_chunks(tok, texts: list[str]) -> datasets.Dataset:
 
     half = len(texts) // 2
     first = datasets.Dataset.from_dict({"text": texts[:half]}).map(
-        encode, batched=True, batch_size=3, writer_batch_size=3, remove_columns=["text"])
+        encode, batched=True, batch_size=3, writer_batch_size=3, remove_columns=["text"],
+        features=datasets.Features({"input_ids": datasets.LargeList(datasets.Value("uint16")),
+                                    "word_ids": datasets.LargeList(datasets.Value("int32"))}))
     second = tokenize(datasets.Dataset.from_dict({"text": texts[half:]}), tok, with_word_ids=True)
     return datasets.concatenate_datasets([first, second])
 
@@ -122,39 +226,17 @@ def test_pack_blocks_on_multi_chunk_tokenized_dataset_drops_nothing(wordpiece):
     toks = _tokenized_in_chunks(wordpiece, texts)
     assert toks.data.column("input_ids").num_chunks > 1  # the case under test
     cls, sep = wordpiece.cls_token_id, wordpiece.sep_token_id
-    packed = pack_blocks(toks, 32, cls, sep, with_word_ids=True)
+    packed = pack_blocks(toks, 32, cls, sep, with_word_ids=True, batch_size=5)
     docs = [wordpiece(t, add_special_tokens=False)["input_ids"] for t in texts]
-    _check_blocks(packed["input_ids"], 32, _stream_sep(docs, sep), cls, sep)
-    words = [[w for w in wordpiece(t, add_special_tokens=False).word_ids()] for t in texts]
-    wstream = [x for w in packed["word_ids"] for x in w[1:-1]]
-    assert wstream == _word_stream(words)
-    # Offsets keep word ids unique: each id occupies one contiguous stretch, and no two documents share one.
-    seen_at: dict[int, int] = {}
-    for pos, w in enumerate(wstream):
-        if w >= 0:
-            assert w not in seen_at or seen_at[w] == pos - 1, f"word id {w} reappears after a gap"
-            seen_at[w] = pos
-    doc_ids = _doc_index(docs)
-    owners: dict[int, set] = {}
-    for w, d in zip(wstream, doc_ids):
-        if w >= 0:
-            owners.setdefault(w, set()).add(d)
-    assert all(len(o) == 1 for o in owners.values())
-    assert len(owners) == sum(max(w) + 1 for w in words if w)
-
-
-def _stream_sep(docs, sep):
-    out = []
-    for d in docs:
-        out += [*d, sep]
-    return out
-
-
-def _doc_index(docs):
-    out = []
-    for i, d in enumerate(docs):
-        out += [i] * len(d) + [-1]
-    return out
+    _check_blocks(packed["input_ids"], 32, _stream(docs, sep), cls, sep)
+    words = [wordpiece(t, add_special_tokens=False).word_ids() for t in texts]
+    _check_words(packed, _word_stream(words))
+    # Within a block every word id is one contiguous stretch of one document.
+    for row in packed["word_ids"]:
+        row = list(map(int, row))
+        for w in set(row) - {-1}:
+            at = [i for i, x in enumerate(row) if x == w]
+            assert at == list(range(at[0], at[-1] + 1))
 
 
 def test_pack_blocks_respects_selection_and_shuffle():
@@ -162,24 +244,26 @@ def test_pack_blocks_respects_selection_and_shuffle():
     docs, words = _synthetic([3, 5, 7, 2, 9, 4])
     ds = datasets.Dataset.from_dict({"input_ids": docs, "word_ids": words})
     for view in (ds.select([4, 1, 3]), ds.shuffle(seed=0), ds.filter(lambda e: len(e["input_ids"]) > 3)):
-        shown = list(view["input_ids"])
-        packed = pack_blocks(view, 8, CLS, SEP, with_word_ids=True)
-        _check_blocks(packed["input_ids"], 8, _stream(shown))
-        assert [x for w in packed["word_ids"] for x in w[1:-1]] == _word_stream(list(view["word_ids"]))
+        packed = pack_blocks(view, 8, CLS, SEP, with_word_ids=True, batch_size=2)
+        _check_blocks(packed["input_ids"], 8, _stream(list(view["input_ids"])))
+        _check_words(packed, _word_stream(list(view["word_ids"])))
 
 
-@pytest.mark.parametrize("with_word_ids", [True, False])
+@pytest.mark.parametrize("line_by_line", [False, True])
 @pytest.mark.parametrize("block_size", [8, 11, 64])
-def test_pack_stream_matches_pack_blocks(with_word_ids, block_size):
-    docs, words = _synthetic([3, 5, 0, 17, 2, 9, 4, 30, 1, 6, 6, 6])
-    ds = datasets.Dataset.from_dict({"input_ids": docs, "word_ids": words})
-    packed = pack_blocks(ds, block_size, CLS, SEP, with_word_ids)
-    streamed = list(pack_stream(iter(ds), block_size, CLS, SEP, with_word_ids))
-    assert [b["input_ids"] for b in streamed] == packed["input_ids"]
-    if with_word_ids:
-        assert [b["word_ids"] for b in streamed] == packed["word_ids"]
-    else:
-        assert all("word_ids" not in b for b in streamed)
+def test_text_stream_matches_map_style_preparation(wordpiece, line_by_line, block_size):
+    """The streamed path tokenizes and packs as it reads; it gives the map-style path's examples."""
+    from hfssl.data.text.stream import TextStream
+
+    texts = [f"{s} Number {i}." if i % 5 else "   " for i, s in enumerate(SENTENCES * 3)]
+    docs = datasets.Dataset.from_dict({"text": texts})
+    max_length = block_size if line_by_line else None
+    toks = tokenize(docs, wordpiece, True, max_length)
+    expected = toks if line_by_line else pack_blocks(toks, block_size, wordpiece.cls_token_id, wordpiece.sep_token_id, True)
+    for read_ahead in (1, 4, 64):
+        streamed = list(TextStream(docs.to_iterable_dataset(), wordpiece, block_size, line_by_line, True, read_ahead))
+        assert [b["input_ids"].tolist() for b in streamed] == [list(map(int, r)) for r in expected["input_ids"]]
+        assert [b["word_ids"].tolist() for b in streamed] == [list(map(int, r)) for r in expected["word_ids"]]
 
 
 # ------------------------------------------------------------------------------- tokenizer
@@ -241,13 +325,19 @@ def _cfg(path, **kw) -> MLMConfig:
 DOCS = [f"Document number {i}: {s}" for i, s in enumerate(SENTENCES * 3)]
 
 
-def test_load_txt_drops_blank_lines(tmp_path):
+def test_load_txt_keeps_lines_and_preparation_drops_blank_ones(tmp_path, wordpiece):
+    from hfssl.data.text.prepare import prepare_text_splits
+
     path = tmp_path / "corpus.txt"
     path.write_text("\n".join(DOCS[:5]) + "\n\n   \n" + "\n".join(DOCS[5:]) + "\n")
-    raw = load_text_datasets(_cfg(path))
+    cfg = _cfg(path, line_by_line=True, max_seq_length=64)
+    raw = load_text_datasets(cfg)
     assert list(raw) == ["train"]
     assert raw["train"].column_names == ["text"]
-    assert raw["train"]["text"] == DOCS
+    assert raw["train"]["text"] == DOCS[:5] + ["", "   "] + DOCS[5:]
+    prepared = prepare_text_splits(cfg, wordpiece, raw)
+    assert [list(r) for r in prepared.train["input_ids"]] == [wordpiece(d)["input_ids"] for d in DOCS]
+    assert prepared.summary.startswith(f"train: {len(DOCS)} documents")
 
 
 def test_load_csv_with_text_column_name(tmp_path):
@@ -293,7 +383,7 @@ def test_max_train_samples_keeps_the_first_documents(tmp_path):
 
 
 @pytest.mark.parametrize("suffix", [".txt", ".csv", ".jsonl"])
-def test_streaming_load_gives_only_non_blank_text(tmp_path, suffix):
+def test_streaming_load_gives_the_text_column(tmp_path, suffix):
     path = tmp_path / f"corpus{suffix}"
     docs = [d.replace(",", "") for d in DOCS[:6]]
     column = "text"
@@ -308,7 +398,7 @@ def test_streaming_load_gives_only_non_blank_text(tmp_path, suffix):
     cfg = _cfg(path, streaming=True, max_steps=5, text_column_name=column if column != "text" else None)
     raw = load_text_datasets(cfg)
     assert isinstance(raw["train"], datasets.IterableDataset)
-    assert list(raw["train"]) == [{"text": d} for d in docs]
+    assert [ex["text"] for ex in raw["train"] if ex["text"].strip()] == docs  # blank ones are dropped at tokenization
     if suffix == ".csv":
         with pytest.raises(DataError, match="id, body"):
             load_text_datasets(_cfg(path, streaming=True, max_steps=5, text_column_name="content"))
@@ -327,15 +417,28 @@ def test_missing_text_column_lists_available_columns(tmp_path):
     assert "text_column_name" in str(err.value) and "title" in str(err.value) and "summary" in str(err.value)
 
 
-def test_all_blank_file_names_the_split(tmp_path):
+@pytest.mark.parametrize("streaming", [False, True])
+def test_all_blank_file_names_the_split(tmp_path, wordpiece, streaming):
+    """All documents blank (or tokenizing to nothing): an error before training naming the split, for a
+    trained tokenizer (nothing to train on) and a given one (nothing to pack)."""
+    from hfssl.data.text.prepare import prepare_text_splits
+    from hfssl.data.text.tokenizer import load_or_train_tokenizer
+
     blank = tmp_path / "blank.txt"
     blank.write_text("   \n\n\t\n  \n")
-    with pytest.raises(DataError, match=r"\btrain\b"):
-        load_text_datasets(_cfg(blank))
-    good = tmp_path / "good.txt"
-    good.write_text("\n".join(DOCS) + "\n")
-    with pytest.raises(DataError, match=r"\bvalidation\b"):
-        load_text_datasets(_cfg(good, validation_file=str(blank)))
+    kw = {"streaming": True, "max_steps": 5} if streaming else {}
+    with pytest.raises(DataError, match="no non-blank text"):
+        load_or_train_tokenizer(_cfg(blank, output_dir=str(tmp_path / "o"), **kw), load_text_datasets(_cfg(blank, **kw))["train"])
+    nothing = tmp_path / "nothing.txt"
+    nothing.write_text("\u200b\n\u200b \x01\n")  # not blank, but BERT's normalizer removes every character
+    with pytest.raises(DataError, match=r"\btrain\b.*blank or tokenize"):
+        prepared = prepare_text_splits(_cfg(nothing, **kw), wordpiece, load_text_datasets(_cfg(nothing, **kw)))
+        list(prepared.train)  # a stream finds out as it is read
+    if not streaming:
+        good = tmp_path / "good.txt"
+        good.write_text("\n".join(DOCS) + "\n")
+        with pytest.raises(DataError, match=r"\bvalidation\b"):
+            prepare_text_splits(_cfg(good, validation_file=str(blank)), wordpiece, load_text_datasets(_cfg(good, validation_file=str(blank))))
 
 
 # ------------------------------------------------------------------------------- built-in corpus

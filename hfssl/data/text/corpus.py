@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Optional
 
 import datasets
+import numpy as np
 
 from hfssl.data.files import TEXT_FILE_EXTENSIONS, data_format, resolve_data_files
+from hfssl.data.text import readers
 from hfssl.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -49,54 +51,130 @@ def builtin_corpus() -> list[str]:
 
 
 def load_text_datasets(cfg) -> datasets.DatasetDict | datasets.IterableDatasetDict:
-    """Train/validation splits from cfg.train_file / cfg.dataset_name / the built-in corpus.
+    """Train/validation splits from cfg.train_file / cfg.dataset_name / the built-in corpus, with a single
+    'text' column. Blank documents are kept here and dropped at tokenization (`hfssl.data.text.prepare`).
 
-    Returns splits with a single 'text' column. Raises DataError for a missing column or an empty
-    corpus (after dropping blank documents).
+    Not streamed: the files become memory-mapped Arrow (datasets' cache); without a validation source,
+    `validation_split_percentage` of the documents (a seeded sample) are held out and the rest keep
+    their file order, so tokenization reads the corpus sequentially. Streamed local files are read
+    by `readers.stream_files` (one resumable shard per file) after every shard's head was checked.
+    Raises DataError naming the file and line/row for anything that cannot be read or is not text.
     """
     if cfg.dataset_name is None and cfg.train_file is None:
         docs = builtin_corpus()
         logger.warning(
             "No train_file or dataset_name given: using the built-in corpus of Python %s standard-library "
             "docstrings (%d documents).", sys.version.split()[0], len(docs))
-        raw = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": docs})})
+        train = datasets.Dataset.from_dict({"text": docs})
+        raw = {"train": train.to_iterable_dataset() if cfg.streaming else train}
         source = f"built-in {BUILTIN_CORPUS}"
     elif cfg.dataset_name is not None:
-        raw = datasets.load_dataset(cfg.dataset_name, cfg.dataset_config_name, streaming=cfg.streaming)
+        raw = _load_named(cfg)
         source = cfg.dataset_name
+    elif cfg.streaming:
+        raw = _stream_local(cfg)
+        source = cfg.train_file
     else:
-        files = {"train": resolve_data_files("train_file", cfg.train_file, TEXT_FILE_EXTENSIONS)}
-        if cfg.validation_file:
-            files["validation"] = resolve_data_files("validation_file", cfg.validation_file, TEXT_FILE_EXTENSIONS)
-        ext = data_format(files["train"][0]).lstrip(".")  # datasets decompresses .gz/.bz2/.xz/.zst itself
-        builder = {"txt": "text", "jsonl": "json"}.get(ext, ext)
-        try:
-            raw = datasets.load_dataset(builder, data_files=files, streaming=cfg.streaming)
-        except Exception as e:  # datasets' parse errors do not name the file
-            raise DataError(f"Could not read {files}: {type(e).__name__}: {e}") from e
+        raw = _load_local(cfg)
         source = cfg.train_file
 
     if "train" not in raw:
         raise DataError(f"{source} has no 'train' split (found: {', '.join(raw)}).")
-    column = pick_text_column(raw["train"], cfg.text_column_name, source)
-    raw = datasets.DatasetDict(raw) if not cfg.streaming else datasets.IterableDatasetDict(raw)
-    raw = type(raw)({k: _only_text(v, column) for k, v in raw.items() if k in ("train", "validation")})
+    # Streamed local files are read with their text column already chosen (`_stream_local`).
+    column = "text" if cfg.streaming and cfg.train_file else pick_text_column(raw["train"], cfg.text_column_name, source)
+    raw = {k: _only_text(v, column, source) for k, v in raw.items() if k in ("train", "validation")}
+    for split, ds in raw.items():
+        if not _holds_text(ds, "text"):
+            raise DataError(f"Column '{column}' of the {split} split of {source} holds {ds.features['text']}, not text: set "
+                            f"text_column_name to the column that holds the text.")
     if cfg.max_train_samples is not None:
         raw["train"] = raw["train"].take(cfg.max_train_samples) if cfg.streaming else raw["train"].select(range(min(cfg.max_train_samples, len(raw["train"]))))
-    if not cfg.streaming:
-        for split in raw:
-            raw[split] = raw[split].filter(_non_blank, batched=True, num_proc=cfg.preprocessing_num_workers, desc=f"Dropping blank {split} documents")
-            if len(raw[split]) == 0:
-                raise DataError(f"The {split} split of {source} has no non-blank text in column '{column}'.")
+    if cfg.streaming:
         if "validation" not in raw and cfg.validation_split_percentage > 0:
-            n_val = max(1, int(len(raw["train"]) * cfg.validation_split_percentage / 100))
-            if len(raw["train"]) - n_val < 1:
-                raise DataError(f"{source} has {len(raw['train'])} documents: too few to hold out {cfg.validation_split_percentage}% for validation.")
-            split = raw["train"].train_test_split(test_size=n_val, seed=cfg.seed, shuffle=True)
-            raw = datasets.DatasetDict({"train": split["train"], "validation": split["test"]})
-    else:
-        raw = datasets.IterableDatasetDict({k: v.filter(_non_blank, batched=True) for k, v in raw.items()})
+            logger.warning("Streaming: no validation split (validation_split_percentage applies to corpora that are not "
+                           "streamed). Pass --validation_file to evaluate.")
+        return datasets.IterableDatasetDict(raw)
+    if "validation" not in raw and cfg.validation_split_percentage > 0:
+        raw["train"], raw["validation"] = hold_out(raw["train"], cfg.validation_split_percentage, cfg.seed, source)
+    return datasets.DatasetDict(raw)
+
+
+def hold_out(train: datasets.Dataset, percentage: float, seed: int, source: str) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(train, validation): a seeded sample of `percentage`% of the documents (at least one) for
+    validation; the rest in their original order, so that reading them stays sequential on disk."""
+    n = len(train)
+    n_val = max(1, int(n * percentage / 100))
+    if n - n_val < 1:
+        raise DataError(f"{source} has {n} documents: too few to hold out {percentage}% for validation. "
+                        f"Add documents, lower validation_split_percentage, or pass --validation_file.")
+    held = np.sort(np.random.default_rng(seed).choice(n, size=n_val, replace=False))
+    keep = np.ones(n, dtype=bool)
+    keep[held] = False
+    return train.select(np.flatnonzero(keep)), train.select(held)
+
+
+def _load_named(cfg) -> dict:
+    try:
+        return dict(datasets.load_dataset(cfg.dataset_name, cfg.dataset_config_name, streaming=cfg.streaming))
+    except Exception as e:  # a wrong name, no network, unreadable files: all the user's to fix
+        raise DataError(f"Could not load dataset_name '{cfg.dataset_name}'"
+                        f"{f' ({cfg.dataset_config_name})' if cfg.dataset_config_name else ''}: {type(e).__name__}: {_cause(e)}") from None
+
+
+def _local_files(cfg) -> dict[str, list[str]]:
+    files = {"train": resolve_data_files("train_file", cfg.train_file, TEXT_FILE_EXTENSIONS)}
+    if cfg.validation_file:
+        files["validation"] = resolve_data_files("validation_file", cfg.validation_file, TEXT_FILE_EXTENSIONS)
+    return files
+
+
+def _load_local(cfg) -> dict:
+    files = _local_files(cfg)
+    ext = data_format(files["train"][0]).lstrip(".")  # datasets decompresses .gz/.bz2/.xz/.zst itself
+    builder = {"txt": "text", "jsonl": "json"}.get(ext, ext)
+    n_files = sum(len(fs) for fs in files.values())
+    workers = cfg.preprocessing_num_workers if n_files > 1 else None  # datasets converts files in parallel
+    try:
+        raw = dict(datasets.load_dataset(builder, data_files=files, num_proc=workers))
+    except Exception as e:  # datasets' parse errors name neither the file nor the line: find them
+        readers.locate_problem([f for fs in files.values() for f in fs], cfg.text_column_name)
+        raise DataError(f"Could not read {', '.join(f for fs in files.values() for f in fs)}: {type(e).__name__}: {_cause(e)}") from None
+    column = pick_text_column(raw["train"], cfg.text_column_name, cfg.train_file)
+    for split, ds in raw.items():
+        if not _holds_text(ds, column):
+            readers.locate_problem(files[split], column)  # names the first file and row holding a non-string
     return raw
+
+
+def _stream_local(cfg) -> dict:
+    files = _local_files(cfg)
+    record = readers.first_record(files["train"][0])
+    column = cfg.text_column_name or ("text" if "text" in record else None)
+    if column is None:
+        strings = [k for k, v in record.items() if isinstance(v, str)]
+        if len(strings) != 1:
+            raise DataError(f"{files['train'][0]} has no 'text' column; set text_column_name to one of: {', '.join(record)}.")
+        column = strings[0]
+    if record and column not in record:
+        raise DataError(f"text_column_name '{column}' is not a column of {files['train'][0]}; available: {', '.join(record)}.")
+    for split_files in files.values():
+        readers.check_heads(split_files, column)
+    logger.info("Streaming %s: %d shard(s)%s.", cfg.train_file, len(files["train"]),
+                f", validation {len(files['validation'])} shard(s)" if "validation" in files else "")
+    return {split: readers.stream_files(split_files, column) for split, split_files in files.items()}
+
+
+def _holds_text(ds, column: str) -> bool:
+    """False when the column's declared type is not a string (unknown types, as in some streams, pass)."""
+    feature = (ds.features or {}).get(column)
+    return feature is None or getattr(feature, "dtype", None) in ("string", "large_string")
+
+
+def _cause(e: BaseException) -> str:
+    """The innermost cause of a datasets error (its own message is often just 'An error occurred')."""
+    while e.__cause__ is not None or e.__context__ is not None:
+        e = e.__cause__ or e.__context__
+    return f"{type(e).__name__}: {e}"
 
 
 def pick_text_column(ds, requested: Optional[str], source: str) -> str:
@@ -122,14 +200,12 @@ def _columns(ds) -> tuple[list[str], list[str]]:
     return list(first), [n for n, v in first.items() if isinstance(v, str)]
 
 
-def _only_text(ds, column: str):
+def _only_text(ds, column: str, source: str):
+    if column not in (ds.column_names or [column]):
+        raise DataError(f"{source}: a split lacks the text column '{column}' (it has: {', '.join(ds.column_names)}).")
     if column != "text":
         ds = ds.rename_column(column, "text")
     if ds.column_names is None:  # stream with unknown features: keep just the text when read
         return ds.select_columns(["text"])
     extra = [c for c in ds.column_names if c != "text"]
     return ds.remove_columns(extra) if extra else ds
-
-
-def _non_blank(batch: dict) -> list[bool]:
-    return [t is not None and bool(t.strip()) for t in batch["text"]]

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+import itertools
+import time
+from typing import Iterable, Iterator
+
+import datasets
+
+from hfssl.errors import DataError
 
 def train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int, lowercase: bool = True):
     """Train a fast tokenizer on the corpus: 'wordpiece' (BERT-style) or 'bpe' (byte-level, RoBERTa-style).
@@ -75,11 +81,42 @@ def load_or_train_tokenizer(cfg, train_split, accelerator=None):
     kind = cfg.tokenizer_type
     if kind == "auto":
         kind = "bpe" if cfg.model_type in ("roberta", "xlm-roberta", "camembert", "data2vec-text", "modernbert") else "wordpiece"
-    n = len(train_split) if cfg.tokenizer_train_samples == 0 else min(cfg.tokenizer_train_samples, len(train_split))
-    logger.info("Training a %s tokenizer (vocab %d) on %d documents", kind, cfg.vocab_size, n)
-    texts = (train_split[i : i + 1000]["text"] for i in range(0, n, 1000))
-    tok = train_tokenizer((t for chunk in texts for t in chunk), kind, cfg.vocab_size)
+    docs = FirstDocuments(train_split, cfg.tokenizer_train_samples)
+    logger.info("Training a %s tokenizer (vocab %d) on the first %s non-blank documents of the %s", kind, cfg.vocab_size,
+                f"{cfg.tokenizer_train_samples:,}" if cfg.tokenizer_train_samples else "(all)", "stream (read once)" if docs.streamed else "train split")
+    started = time.perf_counter()
+    tok = train_tokenizer(docs, kind, cfg.vocab_size)
+    if docs.count == 0:
+        raise DataError("The train split has no non-blank text to train a tokenizer on: check train_file / dataset_name and "
+                        "text_column_name.")
+    logger.info("Trained the tokenizer on %d documents (%.1f MB of text) in %.1f s.", docs.count, docs.chars / 1e6,
+                time.perf_counter() - started)
     tok.save_pretrained(saved)
     if accelerator is not None:
         accelerator.wait_for_everyone()
     return tok
+
+
+class FirstDocuments:
+    """The first `n` non-blank documents of a split (0: all), read once, in order, counted as they go.
+
+    A map-style split is read in slices; a stream (`datasets.IterableDataset`, no length) is read from
+    its start, and nothing past the n-th document is pulled from it."""
+
+    def __init__(self, split, n: int):
+        self.split, self.n = split, n
+        self.streamed = isinstance(split, datasets.IterableDataset)
+        self.count = self.chars = 0
+
+    def __iter__(self) -> Iterator[str]:
+        texts = (ex["text"] for ex in self.split) if self.streamed else _sliced(self.split)
+        non_blank = (t for t in texts if t and not t.isspace())
+        for text in itertools.islice(non_blank, self.n or None):
+            self.count += 1
+            self.chars += len(text)
+            yield text
+
+
+def _sliced(ds, size: int = 1000) -> Iterator[str]:
+    for i in range(0, len(ds), size):
+        yield from ds[i : i + size]["text"]

@@ -73,8 +73,8 @@ class ElectraObjective(Objective):
         self.model = ElectraPretraining(generator, discriminator, special, cfg.generator_weight, cfg.discriminator_weight,
                                         cfg.sampling_temperature)
         self.collator = ElectraCollator(mlm_collator(cfg, self.tokenizer, text_packing(cfg, discriminator.config)))
-        self.train_dataset, self.eval_dataset = prepare_text_splits(cfg, self.tokenizer, raw, usable_positions(discriminator.config),
-                                                                    accelerator)
+        data = prepare_text_splits(cfg, self.tokenizer, raw, usable_positions(discriminator.config), accelerator)
+        self.train_dataset, self.eval_dataset, self.data_summary = data.train, data.validation, data.summary
         n = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
         logger.info("ELECTRA: discriminator %d x %d (%.1fM parameters), generator %d x %d (%.1fM, embeddings shared), lambda %s.",
                     discriminator.config.num_hidden_layers, discriminator.config.hidden_size, n(discriminator),
@@ -113,6 +113,7 @@ class ElectraObjective(Objective):
             "Generator": f"`{GENERATOR_DIR}/` (ElectraForMaskedLM, {gen.config.num_hidden_layers} layers x {gen.config.hidden_size}, "
                          f"{n(gen):.1f}M parameters, embeddings shared with the discriminator; loads in pipeline('fill-mask'))",
             "Corpus": cfg.dataset_name or cfg.train_file or f"built-in {BUILTIN_CORPUS}",
+            "Training data": self.data_summary,
             "Tokens seen": f"{summary.get('tokens_seen', 0):,.0f}",
             "Masking": masking_description(cfg),
             "Loss": f"generator MLM x {cfg.generator_weight} (per masked token) + discriminator BCE x {cfg.discriminator_weight} "

@@ -35,7 +35,8 @@ class MLMObjective(Objective):
         use_attn_implementation(mlm, cfg.attn_implementation, cfg.mixed_precision)
         self.model = SparseMaskedLM(mlm)
         self.collator = mlm_collator(cfg, self.tokenizer, text_packing(cfg, mlm.config))
-        self.train_dataset, self.eval_dataset = prepare_text_splits(cfg, self.tokenizer, raw, usable_positions(mlm.config), accelerator)
+        data = prepare_text_splits(cfg, self.tokenizer, raw, usable_positions(mlm.config), accelerator)
+        self.train_dataset, self.eval_dataset, self.data_summary = data.train, data.validation, data.summary
 
     def _model(self):
         cfg = self.cfg
@@ -61,6 +62,7 @@ class MLMObjective(Objective):
         write_model_card(output_dir, objective="Masked language modeling", pipeline_tag="fill-mask", summary=summary, details={
             "Base": cfg.model_name_or_path or f"from scratch ({mlm.config.model_type}, {sum(p.numel() for p in mlm.parameters()) / 1e6:.1f}M parameters)",
             "Corpus": cfg.dataset_name or cfg.train_file or f"built-in {BUILTIN_CORPUS}",
+            "Training data": self.data_summary,
             "Tokens seen": f"{summary.get('tokens_seen', 0):,.0f}",
             "Masking": masking_description(cfg),
             "Sequence length": f"{cfg.max_seq_length} ({'line by line' if cfg.line_by_line else 'packed'})",
