@@ -62,6 +62,15 @@ def make_accelerator(cfg) -> Accelerator:
     return accelerator
 
 
+def end_processes(accelerator: Accelerator) -> None:
+    """Every process leaves together, then tears its process group down. A process that destroys its group while
+    another still writes the model or the card was seen to abort at exit on gloo ("terminate called without an
+    active exception", SIGABRT), failing a run whose outputs were complete."""
+    if accelerator.num_processes > 1:
+        accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
 def check_backend(accelerator: Accelerator) -> None:
     """Refuse DeepSpeed and FSDP1: hfssl's loop steps, clips, checkpoints and saves through paths that
     were never run with them (see docs/distributed.md); FSDP2 and DDP are the supported ways."""

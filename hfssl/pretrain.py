@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
 def run(cfg) -> int:
     from hfssl.objectives import build_objective
     from hfssl.run_dir import close_run_dir, open_run_dir
-    from hfssl.distributed import make_accelerator
+    from hfssl.distributed import end_processes, make_accelerator
     from hfssl.trainer import train
 
     setup_logging()
@@ -44,7 +44,7 @@ def run(cfg) -> int:
         summary = train(cfg, objective, accelerator)
     finally:
         close_run_dir(run_dir)
-    accelerator.end_training()
+    end_processes(accelerator)
     if accelerator.is_main_process:
         shown = {k: v for k, v in summary.items() if k.startswith("eval_") or k in ("steps",)}
         print("\n" + json.dumps(shown, indent=1))

@@ -35,7 +35,7 @@ def finetune(cfg) -> dict | None:
     for bad input before any training.
     """
     from hfssl.run_dir import close_run_dir, open_run_dir
-    from hfssl.distributed import make_accelerator
+    from hfssl.distributed import end_processes, make_accelerator
 
     accelerator = make_accelerator(cfg)
     if not accelerator.is_main_process:
@@ -51,7 +51,7 @@ def finetune(cfg) -> dict | None:
                 write_card(cfg, task, {**summary, **results})
     finally:
         close_run_dir(run_dir)
-    accelerator.end_training()
+    end_processes(accelerator)
     return results if accelerator.is_main_process else None
 
 

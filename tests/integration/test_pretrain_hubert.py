@@ -41,7 +41,7 @@ def _fast(data):
 @pytest.fixture(scope="module")
 def iteration1(tmp_path_factory, speech_subset):
     out = tmp_path_factory.mktemp("hubert") / "iter1"
-    run_cli("run_pretrain.py", [ITER1, "--output_dir", out, *_fast(speech_subset), "--max_steps", "250"], env=ENV)
+    run_cli("run_pretrain.py", [ITER1, "--output_dir", out, *_fast(speech_subset), "--max_steps", "600"], env=ENV)
     return out
 
 
@@ -53,12 +53,17 @@ def test_iteration1_learns_the_mfcc_cluster_targets(iteration1):
     assert all(np.isfinite(r["loss"]) for r in rows)
     first, last = np.mean([r["loss"] for r in rows[:5]]), np.mean([r["loss"] for r in rows[-10:]])
     assert last < first - 0.25, (first, last)
-    # Masked-prediction accuracy of the last 20 updates (fresh crops and masks each step); chance is 1/25. The
-    # k-means clusters are near-uniform (the most frequent one is ~2x chance), so predicting the label prior
-    # stays near 2x chance: 3x needs the audio context.
-    train_acc = np.mean([r["accuracy"] for r in rows[-20:]])
-    assert train_acc > 3 / k, train_acc
-    assert np.mean([r["pred_clusters_used"] for r in rows[-10:]]) > 3  # not one cluster everywhere
+    # A model that learned only the label prior has a cross-entropy equal to the prior's entropy and the accuracy
+    # of the largest cluster (Kaldi MFCC clusters: ~12%, 3x chance, since silence frames gather in few clusters);
+    # it predicts one cluster everywhere. Below the entropy and above the largest cluster needs the audio context
+    # (measured at 600 updates, seeds 1/2/42: loss 2.34/2.24/2.6 against an entropy of 3.06, accuracy 1.75-2.05x
+    # the largest cluster; at 250 updates with seed 42 the model still sat at the prior).
+    train = json.loads((out / "label_stats.json").read_text())["train"]
+    prior_entropy = train["entropy_bits"] * np.log(2)
+    assert last < prior_entropy - 0.2, (last, prior_entropy)
+    train_acc = np.mean([r["accuracy"] for r in rows[-20:]])  # fresh crops and masks each step
+    assert train_acc > 1.4 * train["largest_cluster_fraction"] and train_acc > 3 / k, train_acc
+    assert np.mean([r["pred_clusters_used"] for r in rows[-20:]]) > 2  # not one cluster everywhere
     assert results["eval_chance_accuracy"] == pytest.approx(1 / k)
     # the recipe's masking, not the 0.05 fine-tuning default: about half of the real frames are masked
     assert 0.4 < np.mean([r["masked_fraction"] for r in rows]) < 0.75

@@ -112,6 +112,7 @@ class Data2VecTextCollator:
 
     def __call__(self, examples: list[dict], seed: int, progress: float = 0.0) -> dict:
         batch = self.mlm(examples, seed=seed, progress=progress)
+        batch.pop("masked_positions")  # the MLM head's flat indices; the regression finds [MASK] from labels
         batch["num_targets"] = int(((batch["input_ids"] == self.mask_token_id) & (batch["labels"] != -100)).sum())
         return batch
 
@@ -138,7 +139,8 @@ class Data2VecTextObjective(Data2VecObjective):
         self.model = Data2VecTextPretraining(encoder, teacher, self.tokenizer.mask_token_id, head_layers=cfg.head_layers,
                                              target_norm=cfg.target_layer_norm, loss_beta=cfg.loss_beta, loss_scale=cfg.loss_scale)
         self.collator = Data2VecTextCollator(mlm_collator(cfg, self.tokenizer), self.tokenizer.mask_token_id)
-        self.train_dataset, self.eval_dataset = prepare_text_splits(cfg, self.tokenizer, raw, usable_positions(encoder.config), accelerator)
+        data = prepare_text_splits(cfg, self.tokenizer, raw, usable_positions(encoder.config), accelerator)
+        self.train_dataset, self.eval_dataset, self.data_summary = data.train, data.validation, data.summary
         self._start_state()
         logger.info("data2vec text: %s, %d layers x %d, %.1fM parameters; targets: top %d layers, %s norm; tau %s -> %s over %d updates.",
                     encoder.config.model_type, encoder.config.num_hidden_layers, encoder.config.hidden_size,
@@ -176,6 +178,7 @@ class Data2VecTextObjective(Data2VecObjective):
             "Base": cfg.model_name_or_path or f"from scratch ({encoder.config.model_type}, {encoder.config.num_hidden_layers} layers x "
                                                f"{encoder.config.hidden_size})",
             "Corpus": cfg.dataset_name or cfg.train_file or f"built-in {BUILTIN_CORPUS}",
+            "Training data": self.data_summary,
             "Tokens seen": f"{summary.get('tokens_seen', 0):,.0f}",
             "Masking": masking_description(cfg) + "; loss at the [MASK] positions",
             "Sequence length": f"{cfg.max_seq_length} ({'line by line' if cfg.line_by_line else 'packed'})",
