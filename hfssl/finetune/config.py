@@ -17,6 +17,7 @@ from hfssl.errors import ConfigError
 from hfssl.objectives.speech_base import AudioDataArguments
 
 TABLE_EXTENSIONS = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+MAX_SEEDS = 30  # a guard against '--seeds 42' meant as one seed; a table of more seeds is rare
 
 
 @dataclass
@@ -72,9 +73,25 @@ class FinetuneConfig(TrainingArguments, AudioDataArguments):
     # --- the payoff report
     compare_with_scratch: bool = _help("Also fine-tune the same architecture from random init under identical settings and write the comparison report.", False)
     label_fractions: str = _help("Comma-separated label budgets (fractions of train) for compare_with_scratch, e.g. 0.1,1.0.", "1.0")
-    scratch_learning_rate: Optional[float] = _help("Learning rate for the random-init model in the comparison (default: learning_rate).", None)
+    scratch_learning_rate: Optional[float] = _help("One learning rate for the random-init model in the comparison (default: the "
+                                                   "pretrained side's grid). scratch_learning_rates, when set, replaces it.", None)
+    learning_rates: Optional[str] = _help(
+        "compare_with_scratch: comma-separated learning-rate grid for the pretrained model, e.g. 1e-4,3e-4,1e-3 (unset: "
+        "learning_rate alone). Every point runs on every seed; per label budget the rate with the best mean validation "
+        "metric is kept and the test metric of those runs is reported. More than one point needs a validation split.", None)
+    scratch_learning_rates: Optional[str] = _help(
+        "compare_with_scratch: the same grid for the random-init model, chosen separately on validation (unset: "
+        "scratch_learning_rate, else the pretrained side's grid).", None)
+    seeds: str = _help(
+        "compare_with_scratch: seeds per (init, label budget) cell. An integer N runs seeds seed, seed+1, ..., seed+N-1 "
+        "(1 <= N <= %d); a comma list names them (1,2,3; one explicit seed: '7,'). A seed sets head init, data order, "
+        "dropout, the held-out validation split and the label-budget subsample; the pretrained and random-init runs "
+        "with the same seed are paired." % MAX_SEEDS, "3")
 
     def __post_init__(self) -> None:
+        for key in ("seeds", "learning_rates", "scratch_learning_rates"):  # a YAML list reads as a comma list
+            if isinstance(getattr(self, key), (list, tuple)):
+                setattr(self, key, ",".join(str(v) for v in getattr(self, key)))
         super().__post_init__()
         if self.model_name_or_path and self.config_name:
             raise ConfigError("Can't provide both model_name_or_path and config_name: the first fine-tunes a trained model, "
@@ -115,6 +132,7 @@ class FinetuneConfig(TrainingArguments, AudioDataArguments):
                 raise ConfigError(f"label_fractions: each budget must be in (0, 1], got {f}.")
         if self.scratch_learning_rate is not None and not 0 < self.scratch_learning_rate <= MAX_LEARNING_RATE:
             raise ConfigError(f"scratch_learning_rate must be in (0, {MAX_LEARNING_RATE:g}], got {self.scratch_learning_rate}.")
+        self._check_payoff_grid()
         if self.max_seq_length < 4:
             raise ConfigError("max_seq_length must be >= 4.")
         if self.max_length_seconds <= 0:
@@ -154,6 +172,73 @@ class FinetuneConfig(TrainingArguments, AudioDataArguments):
         except ValueError:
             raise ConfigError(f"label_fractions: expected comma-separated numbers, got '{self.label_fractions}'.") from None
 
+    def _check_payoff_grid(self) -> None:
+        self.seed_list  # noqa: B018 - parses and checks seeds
+        grids = {"learning_rates": self.pretrained_learning_rates, "scratch_learning_rates": self.scratch_learning_rate_grid}
+        multi = [key for key, grid in grids.items() if len(grid) > 1]
+        if multi and not self.compare_with_scratch:
+            raise ConfigError(f"{multi[0]} is a learning-rate grid for the payoff report (compare_with_scratch true); a single "
+                              f"fine-tuning run uses learning_rate. Set --compare_with_scratch true or --{multi[0]} none.")
+        has_validation = (self.validation_file or self.validation_dir or self.dataset_name
+                          or self.validation_split_percentage > 0)
+        if multi and not has_validation:
+            raise ConfigError(f"{multi[0]}: a learning-rate grid is chosen on the validation split, and there is none "
+                              f"(no validation_file/validation_dir/dataset_name, validation_split_percentage 0). Give one "
+                              f"or set validation_split_percentage > 0; choosing on test is not allowed.")
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The payoff seeds: see the `seeds` field."""
+        text = str(self.seeds).strip()
+        if "," not in text:
+            try:
+                count = int(text)
+            except ValueError:
+                raise ConfigError(f"seeds: expected a count N or a comma list of seeds, got '{self.seeds}'.") from None
+            if not 1 <= count <= MAX_SEEDS:
+                raise ConfigError(f"seeds: a count must be in [1, {MAX_SEEDS}], got {count}; to run one given seed write "
+                                  f"'{count},' (a list) or --seed {count} --seeds 1.")
+            seeds = [self.seed + i for i in range(count)]
+        else:
+            try:
+                seeds = [int(x) for x in text.split(",") if x.strip()]
+            except ValueError:
+                raise ConfigError(f"seeds: expected comma-separated integers, got '{self.seeds}'.") from None
+            if not seeds:
+                raise ConfigError("seeds: the list is empty.")
+            if len(set(seeds)) != len(seeds):
+                raise ConfigError(f"seeds: '{self.seeds}' repeats a seed; paired runs need distinct seeds.")
+        bad = [s for s in seeds if not 0 <= s < 2**32]
+        if bad:
+            raise ConfigError(f"seeds: each seed must be in [0, 2**32 - 1], got {bad[0]}.")
+        return seeds
+
+    @property
+    def pretrained_learning_rates(self) -> list[float]:
+        return _rate_grid("learning_rates", self.learning_rates) if self.learning_rates else [self.learning_rate]
+
+    @property
+    def scratch_learning_rate_grid(self) -> list[float]:
+        if self.scratch_learning_rates:
+            return _rate_grid("scratch_learning_rates", self.scratch_learning_rates)
+        return [self.scratch_learning_rate] if self.scratch_learning_rate is not None else self.pretrained_learning_rates
+
     @property
     def is_audio(self) -> bool:
         return self.task != "text-classification"
+
+
+def _rate_grid(key: str, text: str) -> list[float]:
+    """'1e-4,3e-4' -> [0.0001, 0.0003]; ConfigError naming `key` on a bad, repeated or out-of-range value."""
+    try:
+        rates = [float(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{key}: expected comma-separated learning rates, e.g. 1e-4,3e-4,1e-3, got '{text}'.") from None
+    if not rates:
+        raise ConfigError(f"{key}: the list is empty; unset it with --{key} none.")
+    for lr in rates:
+        if not 0 < lr <= MAX_LEARNING_RATE:  # also rejects nan and inf
+            raise ConfigError(f"{key}: each learning rate must be in (0, {MAX_LEARNING_RATE:g}], got {lr:g}.")
+    if len(set(rates)) != len(rates):
+        raise ConfigError(f"{key}: '{text}' repeats a learning rate.")
+    return rates

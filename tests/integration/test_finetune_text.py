@@ -8,26 +8,31 @@ import json
 import pytest
 from safetensors.torch import load_file
 
+from hfssl.finetune import payoff as payoff_mod
+
 from conftest import FIXTURES, ROOT, run_cli
 
 TOPICS = FIXTURES / "text" / "classification"
 RECIPE = ROOT / "recipes" / "finetune" / "text-classification-tiny-cpu.yaml"
 NAMES = {"files", "network", "concurrency", "numbers"}
 FAST = ["--max_steps", "4", "--learning_rate", "2e-3", "--per_device_train_batch_size", "16", "--logging_steps", "2"]
+# The payoff fixture's run folders: one seed (42), one learning rate per side (2e-3 given; the recipe's scratch 3e-4).
+RUNS = {"pretrained-1": "pretrained-1/seed42-lr0.002", "scratch-1": "scratch-1/seed42-lr0.0003",
+        "pretrained-0.5": "pretrained-0.5/seed42-lr0.002", "scratch-0.5": "scratch-0.5/seed42-lr0.0003"}
 
 
 @pytest.fixture(scope="module")
 def payoff(tiny_mlm, tmp_path_factory):
-    """Pretrained vs. random init at label budgets 0.5 and 1.0: four fine-tuning runs, one command."""
+    """Pretrained vs. random init at label budgets 0.5 and 1.0, one seed: four fine-tuning runs, one command."""
     out = tmp_path_factory.mktemp("payoff") / "out"
     proc = run_cli("run_finetune.py", [RECIPE, "--model_name_or_path", tiny_mlm, "--output_dir", out, *FAST,
-                                       "--compare_with_scratch", "true", "--label_fractions", "0.5,1.0"])
+                                       "--compare_with_scratch", "true", "--label_fractions", "0.5,1.0", "--seeds", "1"])
     assert "| label budget |" in proc.stdout
     return out
 
 
 def test_pretrained_and_scratch_both_write_results(payoff):
-    for run in ("pretrained-1", "scratch-1", "pretrained-0.5", "scratch-0.5"):
+    for run in RUNS.values():
         ev = json.loads((payoff / run / "eval_results.json").read_text())
         assert set(ev) >= {"eval_loss", "eval_accuracy", "eval_f1", "eval_samples"}, run
         assert ev["eval_samples"] == 40 and 0 <= ev["eval_accuracy"] <= 1 and 0 <= ev["eval_f1"] <= 1
@@ -43,31 +48,74 @@ def test_pretrained_and_scratch_both_write_results(payoff):
 def test_pretrained_run_starts_from_the_mlm_and_scratch_does_not(payoff, tiny_mlm):
     key = "bert.embeddings.word_embeddings.weight"
     mlm = load_file(tiny_mlm / "model.safetensors")[key]
-    pre = load_file(payoff / "pretrained-1" / "model.safetensors")[key]
-    scratch = load_file(payoff / "scratch-1" / "model.safetensors")[key]
+    pre = load_file(payoff / RUNS["pretrained-1"] / "model.safetensors")[key]
+    scratch = load_file(payoff / RUNS["scratch-1"] / "model.safetensors")[key]
     assert (pre - mlm).abs().mean() < 0.2 * (scratch - mlm).abs().mean()
-    assert json.loads((payoff / "scratch-1" / "config.json").read_text())["id2label"]["0"] == "concurrency"
+    assert json.loads((payoff / RUNS["scratch-1"] / "config.json").read_text())["id2label"]["0"] == "concurrency"
 
 
 def test_payoff_report(payoff):
     report = json.loads((payoff / "payoff.json").read_text())
-    assert report["metric"] == "test_accuracy" and report["higher_is_better"]
+    assert report["metric"] == "test_accuracy" and report["higher_is_better"] and report["seeds"] == [42]
+    assert report["learning_rate_grids"] == {"pretrained": [2e-3], "scratch": [3e-4]}
     table = report["table"]
     assert [row["label_fraction"] for row in table] == [0.5, 1.0]
     assert [row["train_samples"] for row in table] == [80, 160]  # stratified budget of the 160 examples
     for row in table:
-        assert row["gain"] == pytest.approx(row["pretrained"] - row["scratch"])
+        test = {init: json.loads((payoff / RUNS[f"{init}-{row['label_fraction']:g}"] / "test_results.json").read_text())
+                for init in ("pretrained", "scratch")}
+        assert row["pretrained"]["values"] == [pytest.approx(test["pretrained"]["test_accuracy"])]
+        assert row["pretrained"]["n"] == 1 and row["pretrained"]["sd"] is None
+        assert row["gain"]["mean"] == pytest.approx(test["pretrained"]["test_accuracy"] - test["scratch"]["test_accuracy"])
+        assert row["gain"]["n"] == 1 and row["gain"]["ci"] is None  # one seed: no interval
     md = (payoff / "payoff.md").read_text()
-    assert "| 0.5 | 80 |" in md and "| 1 | 160 |" in md
+    assert "| 0.5 | 80 |" in md and "| 1 | 160 |" in md and "| n/a | 0.002 / 0.0003 | 1 (42) |" in md
     assert (payoff / "payoff.png").stat().st_size > 5000
+
+
+def test_payoff_with_seeds_and_a_learning_rate_grid(tiny_mlm, tmp_path):
+    """2 seeds x a 2-point grid per side at one label budget: 8 runs; the report's cells are the runs it names."""
+    out = tmp_path / "grid"
+    run_cli("run_finetune.py", [RECIPE, "--model_name_or_path", tiny_mlm, "--output_dir", out, *FAST, "--max_steps", "2",
+                                "--compare_with_scratch", "true", "--seeds", "2", "--learning_rates", "1e-3,3e-3",
+                                "--scratch_learning_rates", "1e-3,3e-3"])
+    report = json.loads((out / "payoff.json").read_text())
+    runs = report["runs"]
+    assert len(runs) == 8 and report["seeds"] == [42, 43]
+    assert {(r["init"], r["seed"], r["learning_rate"]) for r in runs} == {
+        (i, s, lr) for i in ("pretrained", "scratch") for s in (42, 43) for lr in (1e-3, 3e-3)}
+    (row,) = report["table"]
+    per_seed = {}
+    for init in ("pretrained", "scratch"):
+        side = row[init]
+        mine = [r for r in runs if r["init"] == init]
+        val = {lr: sum(r["eval_accuracy"] for r in mine if r["learning_rate"] == lr) / 2 for lr in (1e-3, 3e-3)}
+        assert [g["validation_mean"] for g in side["learning_rate_grid"]] == pytest.approx([val[1e-3], val[3e-3]])
+        assert val[side["learning_rate"]] == max(val.values())  # chosen on validation
+        chosen = sorted((r for r in mine if r["learning_rate"] == side["learning_rate"]), key=lambda r: r["seed"])
+        for r in chosen:  # the reported numbers are the chosen runs' own test results
+            assert json.loads((out / payoff_mod.run_dir_name(init, 1.0, r["seed"], r["learning_rate"]) / "test_results.json").read_text())[
+                "test_accuracy"] == pytest.approx(r["test_accuracy"])
+        per_seed[init] = [r["test_accuracy"] for r in chosen]
+        assert side["values"] == pytest.approx(per_seed[init]) and side["n"] == 2
+        assert side["mean"] == pytest.approx(sum(per_seed[init]) / 2)
+        assert side["sd"] == pytest.approx(abs(per_seed[init][0] - per_seed[init][1]) / 2 ** 0.5)
+    diffs = [p - s for p, s in zip(per_seed["pretrained"], per_seed["scratch"])]
+    gain = row["gain"]
+    assert gain["differences"] == pytest.approx(diffs) and gain["n"] == 2
+    half = 12.7062 * abs(diffs[0] - diffs[1]) / 2 ** 0.5 / 2 ** 0.5  # t(0.975, 1) * sd / sqrt(n)
+    assert gain["ci"] == pytest.approx([gain["mean"] - half, gain["mean"] + half], abs=1e-4)
+    md = (out / "payoff.md").read_text()
+    assert "| 1 | 160 |" in md and "| 2 (42, 43) |" in md and "95% CI of gain" in md
+    assert md.count("| pretrained |") == 2 and md.count("| scratch |") == 2  # the grid's validation table
 
 
 def test_model_card_and_pipeline_print_label_names(payoff):
     from transformers import pipeline
 
-    card = (payoff / "pretrained-1" / "README.md").read_text()
+    card = (payoff / RUNS["pretrained-1"] / "README.md").read_text()
     assert "pipeline_tag: text-classification" in card and "model-index" in card and "type: accuracy" in card
-    clf = pipeline("text-classification", model=str(payoff / "pretrained-1"))
+    clf = pipeline("text-classification", model=str(payoff / RUNS["pretrained-1"]))
     out = clf(["Copy the directory tree to the archive.", "Return the median of the data."])
     assert len(out) == 2 and all(o["label"] in NAMES and 0 < o["score"] <= 1 for o in out)
 
@@ -76,11 +124,11 @@ def test_evaluation_only_reproduces_the_training_run_metrics(payoff, tmp_path, c
     from hfssl.finetune.run import main
 
     out = tmp_path / "eval-only"
-    code = main([str(RECIPE), "--model_name_or_path", str(payoff / "pretrained-1"), "--do_train", "false", "--train_file", "none",
+    code = main([str(RECIPE), "--model_name_or_path", str(payoff / RUNS["pretrained-1"]), "--do_train", "false", "--train_file", "none",
                  "--validation_file", str(TOPICS / "validation.csv"), "--test_file", str(TOPICS / "test.csv"), "--output_dir", str(out)])
     assert code == 0, capsys.readouterr().err[-2000:]
     again = json.loads((out / "eval_results.json").read_text())
-    before = json.loads((payoff / "pretrained-1" / "eval_results.json").read_text())
+    before = json.loads((payoff / RUNS["pretrained-1"] / "eval_results.json").read_text())
     assert again["eval_accuracy"] == pytest.approx(before["eval_accuracy"])
     assert again["eval_loss"] == pytest.approx(before["eval_loss"], rel=1e-4)
     assert (out / "test_results.json").is_file() and not (out / "model.safetensors").exists()
