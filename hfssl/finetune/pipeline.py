@@ -15,7 +15,7 @@ logger = logging.getLogger("hfssl")
 TASK_CLASSES = {
     "text-classification": "hfssl.finetune.text_classification:TextClassificationTask",
     "audio-classification": "hfssl.finetune.speech:AudioClassificationTask",
-    "speech-recognition-ctc": "hfssl.finetune.speech:CTCTask",
+    "speech-recognition-ctc": "hfssl.finetune.ctc:CTCTask",
 }
 PIPELINE_TAGS = {"text-classification": "text-classification", "audio-classification": "audio-classification",
                  "speech-recognition-ctc": "automatic-speech-recognition"}

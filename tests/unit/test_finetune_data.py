@@ -11,7 +11,7 @@ from hfssl.errors import ConfigError, DataError
 from hfssl.finetune import data as fdata
 from hfssl.finetune.config import FinetuneConfig
 from hfssl.finetune.heads import LayerProbe, classification_loss
-from hfssl.finetune.speech import build_vocab, ctc_min_frames, normalize_transcript
+from hfssl.finetune.ctc import build_vocab, ctc_min_frames, normalize_transcript
 
 from conftest import FIXTURES
 
