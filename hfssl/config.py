@@ -273,7 +273,8 @@ def load_config(argv: list[str], configs: dict[str, type], default_objective: st
 
     The recipe's `objective` key (or `--objective`) picks the config class; CLI values override
     the recipe, and a CLI value for a key of a `SOURCE_GROUPS` group drops the recipe's other keys
-    of that group (`--key none` unsets that one key only). Raises ConfigError on unknown keys or bad values,
+    of that group (`--key none` unsets that one key only); `--config_overrides a=1` is merged over the
+    recipe's `config_overrides` key by key (`--config_overrides ""` or `none` clears them). Raises ConfigError on unknown keys or bad values,
     before any work.
     """
     argv = list(argv)
@@ -294,6 +295,13 @@ def load_config(argv: list[str], configs: dict[str, type], default_objective: st
                 close = difflib.get_close_matches(key, names, n=1)
                 hint = f" Did you mean '{close[0]}'?" if close else ""
                 raise ConfigError(f"Unknown key '{key}' in {where} for objective '{objective}'.{hint} Run with --help for the list.")
+    cli_model = overrides.get("config_overrides")
+    if isinstance(recipe.get("config_overrides"), dict) and isinstance(cli_model, str):
+        # One model size changed on the command line keeps the recipe's other sizes (num_attention_heads must
+        # still divide hidden_size): merged key by key, the command line winning. "" or none clears them all
+        # (continued pretraining of a checkpoint takes its own config).
+        cleared = cli_model.strip().lower() in ("", "none", "null")
+        overrides["config_overrides"] = {} if cleared else {**recipe["config_overrides"], **convert_value("config_overrides", cli_model, dict)}
     return cls(**{**_without_replaced_groups(recipe, overrides), **overrides})
 
 

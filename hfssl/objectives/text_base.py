@@ -21,7 +21,7 @@ class TextModelArguments:
     model_name_or_path: Optional[str] = _help("Continue pretraining from this checkpoint (local folder or Hub id).", None)
     config_name: Optional[str] = _help("Build a fresh model from this config (local folder, config.json or Hub id).", None)
     model_type: str = _help("Architecture for a fresh model when neither model_name_or_path nor config_name is set.", "bert")
-    config_overrides: dict = _help("Config fields for a fresh model, e.g. {hidden_size: 256} or 'hidden_size=256,num_hidden_layers=4' on the CLI.", {})
+    config_overrides: dict = _help("Config fields for a fresh model, e.g. {hidden_size: 256} or 'hidden_size=256,num_hidden_layers=4' on the CLI (merged over the recipe's; '' clears them).", {})
     attn_implementation: Optional[Literal["sdpa", "flash_attention_2", "eager"]] = _help(attention.HELP, None)
 
     def _check_text_model(self) -> None:

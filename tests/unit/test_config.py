@@ -323,3 +323,13 @@ def test_config_overrides_on_the_command_line_read_exponents_as_numbers():
     cfg = load_config(["--config_overrides", "layer_norm_eps=1e-5,hidden_act=gelu,num_hidden_layers=2,use_cache=false"])
     assert cfg.config_overrides == {"layer_norm_eps": 1e-5, "hidden_act": "gelu", "num_hidden_layers": 2, "use_cache": False}
     assert type(cfg.config_overrides["layer_norm_eps"]) is float and type(cfg.config_overrides["num_hidden_layers"]) is int
+
+
+def test_config_overrides_on_the_command_line_merge_over_the_recipes(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("objective: mlm\nconfig_overrides:\n  hidden_size: 256\n  num_attention_heads: 4\n  num_hidden_layers: 4\n")
+    cfg = load_config([str(recipe), "--config_overrides", "hidden_size=128,intermediate_size=512"])
+    # the recipe's heads and layers stay: the command line changes only the keys it names
+    assert cfg.config_overrides == {"hidden_size": 128, "num_attention_heads": 4, "num_hidden_layers": 4, "intermediate_size": 512}
+    for cleared in ("", "none"):  # continued pretraining: the checkpoint's own config, none of the recipe's sizes
+        assert load_config([str(recipe), "--config_overrides", cleared]).config_overrides == {}
