@@ -173,3 +173,22 @@ class SpeechObjective(Objective):
     def _plan(self, lengths, batch_size: int, **order) -> list[list[int]]:
         return audio_batch_plan(lengths, batch_size=batch_size, max_batch_seconds=self.cfg.max_batch_seconds,
                                 sampling_rate=self.cfg.sampling_rate, max_length=self.max_samples, **order)
+
+
+def matching_head(folder: Optional[str], head_file: str, key: str, fingerprint: str) -> Optional[dict]:
+    """The saved head of an hfssl output folder being continued from, when its targets are the same ones
+    (metadata `key` equals `fingerprint`): {name: tensor}. None when there is no head file, or (logged) when
+    it was trained on other targets, whose classes would mean something else."""
+    if not folder or not (Path(folder) / head_file).is_file():
+        return None
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = str(Path(folder) / head_file)
+    with safe_open(path, "pt") as f:
+        meta = f.metadata() or {}
+    if meta.get(key) != fingerprint:
+        logger.info("%s was trained on other targets: its head is not reused.", path)
+        return None
+    return load_file(path)
+

@@ -37,7 +37,7 @@ from hfssl.objectives.best_rq.config import BestRQPretrainConfig
 from hfssl.objectives.best_rq.loss import code_perplexity, count_targets
 from hfssl.objectives.best_rq.model import BestRQForPretraining
 from hfssl.objectives.best_rq.quantizer import QUANTIZER_FILE, RandomProjectionQuantizer
-from hfssl.objectives.speech_base import SpeechObjective, speech_model_config
+from hfssl.objectives.speech_base import SpeechObjective, matching_head, speech_model_config
 
 logger = logging.getLogger(__name__)
 
@@ -156,17 +156,10 @@ class BestRQObjective(SpeechObjective):
     def _maybe_load_head(self) -> None:
         """Continuing from an hfssl BEST-RQ folder with the same quantizer: also take its softmax heads."""
         path = self.cfg.model_name_or_path
-        if not path or not (Path(path) / HEAD_FILE).is_file():
+        state = matching_head(path, HEAD_FILE, "quantizer_sha1", self.quantizer.fingerprint())
+        if state is None:
             return
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        with safe_open(str(Path(path) / HEAD_FILE), "pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("quantizer_sha1") != self.quantizer.fingerprint():
-            logger.info("%s was trained on another quantizer's labels: its softmax heads are not reused.", Path(path) / HEAD_FILE)
-            return
-        self.model.head.load_state_dict({k.removeprefix("head."): v for k, v in load_file(str(Path(path) / HEAD_FILE)).items()})
+        self.model.head.load_state_dict({k.removeprefix("head."): v for k, v in state.items()})
         logger.info("Reusing the softmax heads of %s (same quantizer).", path)
 
     def _preflight(self, max_batches: int = 10) -> dict:

@@ -39,7 +39,7 @@ from hfssl.objectives.hubert.config import HubertPretrainConfig
 from hfssl.objectives.hubert.labels import KMEANS_FILE, HubertTargets, LabeledAudio
 from hfssl.objectives.hubert.loss import count_targets
 from hfssl.objectives.hubert.model import HubertForMaskedPrediction
-from hfssl.objectives.speech_base import SpeechObjective, speech_model_config
+from hfssl.objectives.speech_base import SpeechObjective, matching_head, speech_model_config
 
 logger = logging.getLogger(__name__)
 
@@ -109,17 +109,9 @@ class HubertObjective(SpeechObjective):
     def _maybe_load_head(self) -> None:
         """Continuing from an hfssl HuBERT folder with the same targets: also take its head."""
         path = self.cfg.model_name_or_path
-        if not path or not (Path(path) / HEAD_FILE).is_file():
+        state = matching_head(path, HEAD_FILE, "kmeans_sha1", self.kmeans.fingerprint())
+        if state is None:
             return
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        with safe_open(str(Path(path) / HEAD_FILE), "pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("kmeans_sha1") != self.kmeans.fingerprint():
-            logger.info("%s was trained on other targets: its projection head is not reused.", Path(path) / HEAD_FILE)
-            return
-        state = load_file(str(Path(path) / HEAD_FILE))
         self.model.final_proj.load_state_dict({"weight": state["final_proj.weight"], "bias": state["final_proj.bias"]})
         self.model.label_embeddings.data.copy_(state["label_embeddings"])
         logger.info("Reusing the projection head and cluster embeddings of %s (same k-means targets).", path)
