@@ -274,7 +274,8 @@ def load_config(argv: list[str], configs: dict[str, type], default_objective: st
     The recipe's `objective` key (or `--objective`) picks the config class; CLI values override
     the recipe, and a CLI value for a key of a `SOURCE_GROUPS` group drops the recipe's other keys
     of that group (`--key none` unsets that one key only); `--config_overrides a=1` is merged over the
-    recipe's `config_overrides` key by key (`--config_overrides ""` or `none` clears them). Raises ConfigError on unknown keys or bad values,
+    recipe's `config_overrides` key by key (`--config_overrides ""` or `none` clears them; with another
+    `--model_type` the command line's replace them). Raises ConfigError on unknown keys or bad values,
     before any work.
     """
     argv = list(argv)
@@ -296,10 +297,12 @@ def load_config(argv: list[str], configs: dict[str, type], default_objective: st
                 hint = f" Did you mean '{close[0]}'?" if close else ""
                 raise ConfigError(f"Unknown key '{key}' in {where} for objective '{objective}'.{hint} Run with --help for the list.")
     cli_model = overrides.get("config_overrides")
-    if isinstance(recipe.get("config_overrides"), dict) and isinstance(cli_model, str):
+    same_architecture = overrides.get("model_type", recipe.get("model_type")) == recipe.get("model_type")
+    if isinstance(recipe.get("config_overrides"), dict) and isinstance(cli_model, str) and same_architecture:
         # One model size changed on the command line keeps the recipe's other sizes (num_attention_heads must
         # still divide hidden_size): merged key by key, the command line winning. "" or none clears them all
-        # (continued pretraining of a checkpoint takes its own config).
+        # (continued pretraining of a checkpoint takes its own config). Another --model_type replaces them:
+        # the recipe's keys were written for its own architecture.
         cleared = cli_model.strip().lower() in ("", "none", "null")
         overrides["config_overrides"] = {} if cleared else {**recipe["config_overrides"], **convert_value("config_overrides", cli_model, dict)}
     return cls(**{**_without_replaced_groups(recipe, overrides), **overrides})

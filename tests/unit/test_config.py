@@ -333,3 +333,6 @@ def test_config_overrides_on_the_command_line_merge_over_the_recipes(tmp_path):
     assert cfg.config_overrides == {"hidden_size": 128, "num_attention_heads": 4, "num_hidden_layers": 4, "intermediate_size": 512}
     for cleared in ("", "none"):  # continued pretraining: the checkpoint's own config, none of the recipe's sizes
         assert load_config([str(recipe), "--config_overrides", cleared]).config_overrides == {}
+    # another architecture: the recipe's keys were written for its own one
+    other = load_config([str(recipe), "--model_type", "roberta", "--config_overrides", "hidden_size=64"])
+    assert other.config_overrides == {"hidden_size": 64}
