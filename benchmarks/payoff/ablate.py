@@ -161,8 +161,8 @@ def markdown_row(r: dict) -> str:
     cells = [r["name"], f"{pt.get('wall_s', float('nan')) / 60:.1f}" if pt else "", str(pt.get("steps", "")),
              f"{pt['eval_loss']:.2f} / {pt['eval_perplexity']:.0f}" if pt.get("eval_loss") else ""]
     for side in (pre, scr):
-        cells.append(f"{side['learning_rate']:g}: {pct(side['test'])} = **{100 * side['test_mean']:.1f} ± {100 * side['test_sd']:.1f}**"
-                     if side else "")
+        spread = f" ± {100 * side['test_sd']:.1f}" if side and len(side["test"]) > 1 else " (1 seed)"
+        cells.append(f"lr {side['learning_rate']:g}: {pct(side['test'])} = **{100 * side['test_mean']:.1f}{spread}**" if side else "")
     if gain:
         ci = gain.get("ci95")
         cells.append(f"{100 * gain['mean']:+.1f}" + (f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else ""))
