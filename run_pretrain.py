@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Self-supervised pretraining: `python run_pretrain.py [RECIPE.yaml] [--key value ...]`.
 
-With no arguments it pretrains a tiny BERT on a built-in offline corpus (the Python standard
+With no arguments it pretrains a tiny ModernBERT-style encoder on a built-in offline corpus (the Python standard
 library's docstrings) in a few minutes on a CPU. Multi-GPU / multi-node:
 `accelerate launch run_pretrain.py RECIPE.yaml`. Every option: `python run_pretrain.py --help`.
 """

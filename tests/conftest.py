@@ -19,6 +19,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 TINY_MLM = [
     str(ROOT / "recipes" / "mlm" / "tiny-cpu.yaml"),
     "--train_file", str(CORPUS),
+    # The tests check BERT specifics (module names, [CLS] head, padding-free batches): pinned here so they
+    # do not follow the recipe's architecture (ModernBERT-style since the payoff ablations, docs/payoff/ablations.md).
+    "--model_type", "bert",
     "--config_overrides", "hidden_size=64,num_hidden_layers=2,num_attention_heads=2,intermediate_size=128,max_position_embeddings=64",
     "--vocab_size", "1000", "--max_seq_length", "64",
     "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16",

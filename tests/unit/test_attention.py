@@ -127,6 +127,7 @@ def test_objective_builds_its_model_with_the_requested_kernel(tmp_path):
     from hfssl.objectives.mlm.objective import MLMObjective
 
     cfg = load_config([str(ROOT / "recipes/mlm/tiny-cpu.yaml"), "--train_file", str(CORPUS), "--output_dir", str(tmp_path),
+                       "--model_type", "bert",
                        "--tokenizer_name", str(ROOT / "tests/fixtures/text/tokenizer"), "--max_seq_length", "32",
                        "--config_overrides", "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64",
                        "--attn_implementation", "eager", "--line_by_line", "true"])

@@ -46,7 +46,7 @@ def test_update_loss_is_sum_over_global_masked_count(tmp_path):
     """Step 1's logged loss = (sum of both micro-batches' token losses) / (their total masked tokens),
     not the mean of two per-micro-batch means (which differ when masked counts differ)."""
     cfg = load_config([
-        str(ROOT / "recipes/mlm/tiny-cpu.yaml"), "--train_file", str(CORPUS), "--output_dir", str(tmp_path / "o"),
+        str(ROOT / "recipes/mlm/tiny-cpu.yaml"), "--train_file", str(CORPUS), "--output_dir", str(tmp_path / "o"), "--model_type", "bert",
         "--tokenizer_name", str(ROOT / "tests/fixtures/text/tokenizer"), "--max_seq_length", "64",
         "--config_overrides", "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64,max_position_embeddings=64",
         "--per_device_train_batch_size", "3", "--gradient_accumulation_steps", "2", "--max_steps", "1",
@@ -98,7 +98,7 @@ def test_streaming_train_split_is_sharded_across_processes(tmp_path, n_files):
     def rows(rank: int, world: int) -> list[tuple[int, ...]]:
         cfg = load_config([
             str(ROOT / "recipes/mlm/tiny-cpu.yaml"), "--train_file", str(tmp_path / "part*.txt"), "--validation_file", str(tmp_path / "val.txt"),
-            "--output_dir", str(tmp_path / f"o{rank}{world}"), "--tokenizer_name", str(ROOT / "tests/fixtures/text/tokenizer"),
+            "--output_dir", str(tmp_path / f"o{rank}{world}"), "--model_type", "bert", "--tokenizer_name", str(ROOT / "tests/fixtures/text/tokenizer"),
             "--streaming", "true", "--line_by_line", "true", "--max_seq_length", "32", "--max_steps", "1",
             "--config_overrides", "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64,max_position_embeddings=64"])
         objective = MLMObjective(cfg, _FakeAccelerator(rank, world))
