@@ -16,7 +16,7 @@
 #      would handicap the random-init baseline.
 # Tables: $OUT/payoff-{keywords,digits}-{wav2vec2,hubert}/payoff.md; stage times: $OUT/timings.txt.
 # Measured run time (2026-12-02, 2-core CPU shared with two other jobs, OMP_NUM_THREADS=1), sum of the measured
-# stages: about 90 min (data 50 s, pretraining 2 min, keyword payoffs 14 + 38 min, digit payoff ~32 min);
+# stages: about 84 min (data 50 s, pretraining 2 min, keyword payoffs 14 + 38 min, digit payoff 30 min);
 # per-stage numbers in docs/payoff/speech.md. TASKS=keywords MODELS=hubert alone: about 17 min.
 #
 #   bash recipes/payoff/speech.sh
