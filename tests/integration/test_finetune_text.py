@@ -16,9 +16,9 @@ TOPICS = FIXTURES / "text" / "classification"
 RECIPE = ROOT / "recipes" / "finetune" / "text-classification-tiny-cpu.yaml"
 NAMES = {"files", "network", "concurrency", "numbers"}
 FAST = ["--max_steps", "4", "--learning_rate", "2e-3", "--per_device_train_batch_size", "16", "--logging_steps", "2"]
-# The payoff fixture's run folders: one seed (42), one learning rate per side (2e-3 given; the recipe's scratch 3e-4).
-RUNS = {"pretrained-1": "pretrained-1/seed42-lr0.002", "scratch-1": "scratch-1/seed42-lr0.0003",
-        "pretrained-0.5": "pretrained-0.5/seed42-lr0.002", "scratch-0.5": "scratch-0.5/seed42-lr0.0003"}
+# The payoff fixture's run folders: one seed (42), one learning rate per side (2e-3 given; the recipe's scratch 1e-3).
+RUNS = {"pretrained-1": "pretrained-1/seed42-lr0.002", "scratch-1": "scratch-1/seed42-lr0.001",
+        "pretrained-0.5": "pretrained-0.5/seed42-lr0.002", "scratch-0.5": "scratch-0.5/seed42-lr0.001"}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_pretrained_run_starts_from_the_mlm_and_scratch_does_not(payoff, tiny_ml
 def test_payoff_report(payoff):
     report = json.loads((payoff / "payoff.json").read_text())
     assert report["metric"] == "test_accuracy" and report["higher_is_better"] and report["seeds"] == [42]
-    assert report["learning_rate_grids"] == {"pretrained": [2e-3], "scratch": [3e-4]}
+    assert report["learning_rate_grids"] == {"pretrained": [2e-3], "scratch": [1e-3]}
     table = report["table"]
     assert [row["label_fraction"] for row in table] == [0.5, 1.0]
     assert [row["train_samples"] for row in table] == [80, 160]  # stratified budget of the 160 examples
@@ -69,7 +69,7 @@ def test_payoff_report(payoff):
         assert row["gain"]["mean"] == pytest.approx(test["pretrained"]["test_accuracy"] - test["scratch"]["test_accuracy"])
         assert row["gain"]["n"] == 1 and row["gain"]["ci"] is None  # one seed: no interval
     md = (payoff / "payoff.md").read_text()
-    assert "| 0.5 | 80 |" in md and "| 1 | 160 |" in md and "| n/a | 0.002 / 0.0003 | 1 (42) |" in md
+    assert "| 0.5 | 80 |" in md and "| 1 | 160 |" in md and "| n/a | 0.002 / 0.001 | 1 (42) |" in md
     assert (payoff / "payoff.png").stat().st_size > 5000
 
 
