@@ -39,10 +39,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-SAMPLING_RATE = 16_000
+# One synthesis recipe for the test fixtures and this set: the same engines, sox trimming and 50 ms padding.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.fixtures.make_speech_fixtures import Voice, synthesize  # noqa: E402
+
 KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")  # Speech Commands' 10
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 ESPEAK_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-029", "en-gb-x-rp", "en-us-nyc", "en-gb-x-gbclan",
@@ -64,15 +66,6 @@ DOC_MODULES = ("argparse", "asyncio", "base64", "bisect", "calendar", "collectio
                "zipfile", "zoneinfo")
 
 
-@dataclass(frozen=True)
-class Voice:
-    name: str    # file-safe id, unique
-    engine: str  # espeak | flite
-    voice: str   # espeak "accent+variant" or flite voice name
-    rate: float  # espeak words/minute; flite duration_stretch (>1 slower)
-    pitch: float  # espeak 0-99; flite mean F0 in Hz
-
-
 def make_voices(variants: tuple[str, ...], per_variant: int, rng: random.Random) -> list[Voice]:
     """`per_variant` voices per variant, each with its own accent (espeak), pitch and rate drawn from `rng`."""
     voices = []
@@ -89,28 +82,6 @@ def make_voices(variants: tuple[str, ...], per_variant: int, rng: random.Random)
                 pitch, rate = rng.randint(20, 80), rng.randint(130, 190)
                 voices.append(Voice(f"{accent}+{variant}-{k}", "espeak", f"{accent}+{variant}", rate, pitch))
     return voices
-
-
-def _run(cmd: list[str]) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr}")
-
-
-def synthesize(text: str, voice: Voice, out_flac: Path, tmp: Path) -> float:
-    """Speak `text` into a 16 kHz mono 16-bit FLAC with 50 ms of silence each side; returns seconds."""
-    raw = tmp / "raw.wav"
-    if voice.engine == "espeak":
-        _run(["espeak-ng", "-v", voice.voice, "-s", str(int(voice.rate)), "-p", str(int(voice.pitch)), "-w", str(raw),
-              text])
-    else:
-        _run(["flite", "-voice", voice.voice, "--setf", f"duration_stretch={voice.rate}",
-              "--setf", f"int_f0_target_mean={voice.pitch}", "-t", text, "-o", str(raw)])
-    out_flac.parent.mkdir(parents=True, exist_ok=True)
-    _run(["sox", "-D", "-R", str(raw), "-r", str(SAMPLING_RATE), "-c", "1", "-b", "16", "-C", "8", str(out_flac),
-          "silence", "1", "0.01", "0.3%", "reverse", "silence", "1", "0.01", "0.3%", "reverse", "pad", "0.05", "0.05"])
-    return int(subprocess.run(["soxi", "-s", str(out_flac)], capture_output=True, text=True,
-                              check=True).stdout.strip()) / SAMPLING_RATE
 
 
 def sentences(min_words: int = 5, max_words: int = 16) -> list[str]:
