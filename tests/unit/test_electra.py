@@ -1,17 +1,19 @@
 """ELECTRA's pieces: loss terms against hand computations, sampling never special tokens, a sample equal
 to the original counts as original, shared embeddings, the paper's generator sizes, config checks."""
 
+import logging
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
 
-from hfssl.errors import ConfigError
+from hfssl.errors import ConfigError, RollbackRequested
 from hfssl.objectives import load_config
 from hfssl.objectives.electra.loss import discriminator_loss, replaced_labels, sample_replacements
 from hfssl.objectives.electra.model import ElectraPretraining
-from hfssl.objectives.electra.objective import generator_config
+from hfssl.objectives.electra.objective import ElectraObjective, generator_config
 
 V, SPECIAL = 40, [0, 1, 2, 3]
 
@@ -84,6 +86,8 @@ def test_forward_terms_equal_a_hand_computation():
     assert out["loss_sum"]["generator"].item() == pytest.approx(gen_ce.item(), rel=1e-5)
     assert out["loss_sum"]["discriminator"].item() == pytest.approx(50.0 * bce.item(), rel=1e-5)
     assert out["replaced_fraction"].item() == pytest.approx(y[sel].mean().item())
+    # always answering "original" scores the share of real tokens left as they were
+    assert out["discriminator_baseline_accuracy"].item() == pytest.approx(1 - y[real].mean().item())
     assert list(out["loss_sum"]) == ["generator", "discriminator"]
 
 
@@ -114,3 +118,43 @@ def test_config_defaults_and_checks():
         load_config(["--objective", "electra", "--model_type", "bert"])
     with pytest.raises(ConfigError, match="generator_size"):
         load_config(["--objective", "electra", "--generator_size", "1.5"])
+
+
+def _guarded(on_collapse, tmp_path):
+    cfg = SimpleNamespace(on_collapse=on_collapse, min_discriminator_gain=0.01, collapse_check_after=3, collapse_patience=2,
+                          output_dir=str(tmp_path))
+    obj = ElectraObjective.__new__(ElectraObjective)  # only the health check: no data or model
+    obj.cfg = cfg
+    from hfssl.objectives.collapse import CollapseGuard
+
+    obj.guard = CollapseGuard(cfg)
+    return obj
+
+
+def _row(step, accuracy, baseline=0.86):
+    return {"step": step, "discriminator_accuracy": accuracy, "discriminator_baseline_accuracy": baseline}
+
+
+def test_a_discriminator_at_the_label_prior_is_reported(tmp_path, caplog):
+    warn = _guarded("warn", tmp_path)
+    stuck = [_row(s, 0.862) for s in range(1, 7)]  # gain 0.002 < 0.01; steps 1-3 are before collapse_check_after
+    with caplog.at_level(logging.WARNING):
+        assert [warn.check_health([r]) for r in stuck] == [None] * 6
+    assert sum("ELECTRA discriminator collapse at step 5" in m for m in caplog.messages) == 1  # once, after 2 in a row
+
+    stop = _guarded("stop", tmp_path)
+    assert stop.check_health([_row(4, 0.862)]) is None
+    assert stop.check_health([_row(5, 0.95)]) is None  # learning (gain 0.09): the streak restarts
+    assert stop.check_health([_row(6, 0.861)]) is None
+    assert "Stopped (on_collapse=stop)" in stop.check_health([_row(7, 0.861)])
+    assert stop.check_health([_row(8, float("nan"))]) is None  # a skipped update says nothing
+    assert stop.state_dict() == {"collapse_streak": 2, "collapse_reported": 0, "last_healthy_step": 5}
+
+    (tmp_path / "checkpoint-4").mkdir()
+    (tmp_path / "checkpoint-4" / "hfssl_checkpoint.json").write_text("{}")
+    back = _guarded("rollback", tmp_path)
+    assert back.check_health([_row(5, 0.95)]) is None
+    back.check_health([_row(6, 0.86)])
+    with pytest.raises(RollbackRequested) as raised:
+        back.check_health([_row(7, 0.86)])
+    assert raised.value.checkpoint == str(tmp_path / "checkpoint-4")

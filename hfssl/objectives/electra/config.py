@@ -27,6 +27,12 @@ class ElectraPretrainConfig(TextPretrainConfig):
     generator_weight: float = _help("Weight of the generator's masked-LM loss (per masked token).", 1.0)
     discriminator_weight: float = _help("Weight lambda of the discriminator's replaced-token loss (per real token; paper: 50).", 50.0)
     sampling_temperature: float = _help("Temperature of the generator's softmax when sampling replacements (paper: 1).", 1.0)
+    on_collapse: Literal["warn", "stop", "rollback"] = _help(
+        "When the discriminator does no better than always answering 'original' (discriminator_accuracy - "
+        "discriminator_baseline_accuracy < min_discriminator_gain): warn, stop, or roll back to the last good checkpoint.", "warn")
+    min_discriminator_gain: float = _help("Collapse threshold on discriminator_accuracy - discriminator_baseline_accuracy.", 0.005)
+    collapse_check_after: int = _help("Check the discriminator only after this many updates.", 1000)
+    collapse_patience: int = _help("Updates in a row below min_discriminator_gain that count as collapse.", 50)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -38,5 +44,7 @@ class ElectraPretrainConfig(TextPretrainConfig):
             raise ConfigError("generator_weight and discriminator_weight must be > 0.")
         if self.sampling_temperature <= 0:
             raise ConfigError("sampling_temperature must be > 0.")
+        if self.min_discriminator_gain < 0 or self.collapse_check_after < 0 or self.collapse_patience < 1:
+            raise ConfigError("min_discriminator_gain and collapse_check_after must be >= 0, collapse_patience >= 1.")
         if self.generator_name_or_path and not self.model_name_or_path:
             raise ConfigError("generator_name_or_path continues a generator: set model_name_or_path (the discriminator) too.")

@@ -35,7 +35,8 @@ class ElectraPretraining(torch.nn.Module):
     elsewhere; attention_mask (B, T) for a padded batch, or position_ids, sequence_ids (B, T) and cu_seqlens
     for a packed one (`hfssl.collators.packing`); masked_positions (N,) the collator's flat indices of the
     masked tokens (derived from labels when not given). Metrics: generator_accuracy (per masked token), discriminator_accuracy (per real token),
-    replaced_fraction (masked tokens whose sample differs from the original; per masked token).
+    discriminator_baseline_accuracy (per real token: the accuracy of always answering "original", which a discriminator
+    stuck at the label prior scores), replaced_fraction (masked tokens whose sample differs from the original; per masked token).
     """
 
     def __init__(self, generator, discriminator, special_ids: torch.Tensor, generator_weight: float = 1.0,
@@ -68,6 +69,7 @@ class ElectraPretraining(torch.nn.Module):
             "loss_sum": {"generator": self.generator_weight * gen_sum, "discriminator": self.discriminator_weight * disc_sum},
             "generator_accuracy": gen_accuracy,
             "discriminator_accuracy": disc_correct / real.sum().clamp_min(1),
+            "discriminator_baseline_accuracy": 1.0 - is_replaced.sum() / real.sum().clamp_min(1),
             "replaced_fraction": is_replaced.sum() / n_masked,
             "padding_fraction": 1.0 - real.float().mean(),
         }

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from pathlib import Path
+from typing import Optional
 
 import torch
 from transformers import ElectraForMaskedLM, ElectraForPreTraining
@@ -22,6 +24,7 @@ from hfssl.data.text.prepare import prepare_text_splits
 from hfssl.data.text.tokenizer import load_or_train_tokenizer
 from hfssl.errors import ConfigError
 from hfssl.objectives.base import Objective
+from hfssl.objectives.collapse import CollapseGuard
 from hfssl.objectives.electra.config import ElectraPretrainConfig
 from hfssl.objectives.electra.model import ElectraPretraining
 from hfssl.objectives.text_base import (check_vocab_fits, masking_description, mlm_collator, text_model_config, text_packing,
@@ -72,6 +75,7 @@ class ElectraObjective(Objective):
         special = torch.tensor(sorted(set(self.tokenizer.all_special_ids)))
         self.model = ElectraPretraining(generator, discriminator, special, cfg.generator_weight, cfg.discriminator_weight,
                                         cfg.sampling_temperature)
+        self.guard = CollapseGuard(cfg)
         self.collator = ElectraCollator(mlm_collator(cfg, self.tokenizer, text_packing(cfg, discriminator.config)))
         data = prepare_text_splits(cfg, self.tokenizer, raw, usable_positions(discriminator.config), accelerator)
         self.train_dataset, self.eval_dataset, self.data_summary = data.train, data.validation, data.summary
@@ -79,6 +83,32 @@ class ElectraObjective(Objective):
         logger.info("ELECTRA: discriminator %d x %d (%.1fM parameters), generator %d x %d (%.1fM, embeddings shared), lambda %s.",
                     discriminator.config.num_hidden_layers, discriminator.config.hidden_size, n(discriminator),
                     generator.config.num_hidden_layers, generator.config.hidden_size, n(generator), cfg.discriminator_weight)
+
+    def check_health(self, window: list[dict]) -> Optional[str]:
+        """Collapse: the discriminator no better than always answering "original" (its accuracy minus that
+        baseline below min_discriminator_gain) for collapse_patience updates in a row, after collapse_check_after.
+        Seen with the post-LN ELECTRA encoder at too high a learning rate: the discriminator outputs the label
+        prior everywhere while the loss looks flat, and the model learns nothing a fine-tuning can use."""
+        if not window:
+            return None
+        cfg, row = self.cfg, window[-1]
+        accuracy, baseline = row.get("discriminator_accuracy"), row.get("discriminator_baseline_accuracy")
+        if not all(isinstance(v, float) and math.isfinite(v) for v in (accuracy, baseline)):
+            collapsed = None  # a skipped (non-finite or empty) update says nothing
+        else:
+            collapsed = row["step"] > cfg.collapse_check_after and accuracy - baseline < cfg.min_discriminator_gain
+        return self.guard.check(
+            row["step"], collapsed,
+            lambda streak: (f"ELECTRA discriminator collapse at step {row['step']}: accuracy {accuracy:.4f} vs {baseline:.4f} for "
+                            f"always answering 'original' (gain below {cfg.min_discriminator_gain}) for {streak} update(s)."),
+            "Lower the learning rate or lengthen the warm-up (the post-LN encoder can sit at the label prior), or "
+            "lower discriminator_weight.")
+
+    def state_dict(self) -> dict:
+        return self.guard.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.guard.load_state_dict(state)
 
     def _models(self):
         cfg = self.cfg
