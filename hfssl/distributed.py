@@ -65,9 +65,13 @@ def make_accelerator(cfg) -> Accelerator:
 def end_processes(accelerator: Accelerator) -> None:
     """Every process leaves together, then tears its process group down. A process that destroys its group while
     another still writes the model or the card was seen to abort at exit on gloo ("terminate called without an
-    active exception", SIGABRT), failing a run whose outputs were complete."""
+    active exception", SIGABRT), failing a run whose outputs were complete. The prepared DDP/FSDP wrappers hold
+    the process group too: Accelerate's references to them are dropped (and collected) first, so that the group
+    and its worker threads die now rather than during interpreter shutdown, where gloo can abort the same way.
+    Callers drop their own references to the trained model before calling this."""
     if accelerator.num_processes > 1:
         accelerator.wait_for_everyone()
+    accelerator.free_memory()  # also runs the garbage collector
     accelerator.end_training()
 
 

@@ -42,6 +42,7 @@ def run(cfg) -> int:
     try:
         objective = build_objective(cfg, accelerator)
         summary = train(cfg, objective, accelerator)
+        del objective  # the model holds the process group (see end_processes)
     finally:
         close_run_dir(run_dir)
     end_processes(accelerator)

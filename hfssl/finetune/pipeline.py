@@ -49,6 +49,7 @@ def finetune(cfg) -> dict | None:
                 results["probe_layer_weights"] = report["layer_weights"]
             if cfg.do_train:
                 write_card(cfg, task, {**summary, **results})
+        del task  # the model holds the process group (see end_processes)
     finally:
         close_run_dir(run_dir)
     end_processes(accelerator)

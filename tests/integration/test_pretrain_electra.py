@@ -4,6 +4,7 @@ in plain transformers (discriminator: AutoModel / AutoModelForSequenceClassifica
 pipeline("fill-mask")), and the discriminator fine-tuned by run_finetune.py."""
 
 import json
+import math
 import shutil
 import sys
 
@@ -42,6 +43,10 @@ def test_both_terms_are_logged_and_the_run_learns(electra):
         assert 0 <= last[key] <= 1
     # ~15% masked, nearly all replaced by an untrained generator: answering "original" everywhere scores ~85%
     assert 0.75 < last["discriminator_baseline_accuracy"] < 0.95
+    # lambda 50 x binary entropy of each micro-batch's replaced share, averaged: at most that of the pooled share
+    share = 1 - last["discriminator_baseline_accuracy"]
+    pooled = 50 * -(share * math.log(share) + (1 - share) * math.log(1 - share))
+    assert 0.9 * pooled < last["discriminator_baseline_loss"] <= pooled * (1 + 1e-6)
     final = json.loads((electra / "train_results.json").read_text())
     assert {"eval_loss", "eval_loss_generator", "eval_loss_discriminator", "eval_discriminator_accuracy"} <= set(final)
 

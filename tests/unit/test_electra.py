@@ -11,7 +11,7 @@ from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTrainin
 
 from hfssl.errors import ConfigError, RollbackRequested
 from hfssl.objectives import load_config
-from hfssl.objectives.electra.loss import discriminator_loss, replaced_labels, sample_replacements
+from hfssl.objectives.electra.loss import discriminator_loss, prior_entropy, replaced_labels, sample_replacements
 from hfssl.objectives.electra.model import ElectraPretraining
 from hfssl.objectives.electra.objective import ElectraObjective, generator_config
 
@@ -87,7 +87,11 @@ def test_forward_terms_equal_a_hand_computation():
     assert out["loss_sum"]["discriminator"].item() == pytest.approx(50.0 * bce.item(), rel=1e-5)
     assert out["replaced_fraction"].item() == pytest.approx(y[sel].mean().item())
     # always answering "original" scores the share of real tokens left as they were
-    assert out["discriminator_baseline_accuracy"].item() == pytest.approx(1 - y[real].mean().item())
+    share = y[real].mean().item()
+    assert out["discriminator_baseline_accuracy"].item() == pytest.approx(1 - share)
+    # ... and ignoring the input costs lambda x the binary entropy of the replaced share, per real token
+    assert out["discriminator_baseline_loss"].item() == pytest.approx(
+        50.0 * -(share * math.log(share) + (1 - share) * math.log(1 - share)), rel=1e-5)
     assert list(out["loss_sum"]) == ["generator", "discriminator"]
 
 
@@ -120,8 +124,15 @@ def test_config_defaults_and_checks():
         load_config(["--objective", "electra", "--generator_size", "1.5"])
 
 
+def test_prior_entropy_is_the_loss_of_the_best_constant_answer():
+    p = torch.tensor(0.15)
+    best = torch.nn.functional.binary_cross_entropy(torch.full((20,), 0.15), (torch.arange(20) < 3).float())  # 3/20 replaced
+    assert prior_entropy(p).item() == pytest.approx(best.item(), rel=1e-6)
+    assert prior_entropy(torch.tensor(0.0)).item() == pytest.approx(0.0, abs=1e-9)
+
+
 def _guarded(on_collapse, tmp_path):
-    cfg = SimpleNamespace(on_collapse=on_collapse, min_discriminator_gain=0.01, collapse_check_after=3, collapse_patience=2,
+    cfg = SimpleNamespace(on_collapse=on_collapse, min_discriminator_gain=0.02, collapse_check_after=3, collapse_patience=2,
                           output_dir=str(tmp_path))
     obj = ElectraObjective.__new__(ElectraObjective)  # only the health check: no data or model
     obj.cfg = cfg
@@ -131,30 +142,30 @@ def _guarded(on_collapse, tmp_path):
     return obj
 
 
-def _row(step, accuracy, baseline=0.86):
-    return {"step": step, "discriminator_accuracy": accuracy, "discriminator_baseline_accuracy": baseline}
+def _row(step, loss, baseline=20.5):
+    return {"step": step, "loss_discriminator": loss, "discriminator_baseline_loss": baseline}
 
 
 def test_a_discriminator_at_the_label_prior_is_reported(tmp_path, caplog):
     warn = _guarded("warn", tmp_path)
-    stuck = [_row(s, 0.862) for s in range(1, 7)]  # gain 0.002 < 0.01; steps 1-3 are before collapse_check_after
+    stuck = [_row(s, 20.3) for s in range(1, 7)]  # 1% better than ignoring the input (< 2%); steps 1-3 not checked
     with caplog.at_level(logging.WARNING):
         assert [warn.check_health([r]) for r in stuck] == [None] * 6
     assert sum("ELECTRA discriminator collapse at step 5" in m for m in caplog.messages) == 1  # once, after 2 in a row
 
     stop = _guarded("stop", tmp_path)
-    assert stop.check_health([_row(4, 0.862)]) is None
-    assert stop.check_health([_row(5, 0.95)]) is None  # learning (gain 0.09): the streak restarts
-    assert stop.check_health([_row(6, 0.861)]) is None
-    assert "Stopped (on_collapse=stop)" in stop.check_health([_row(7, 0.861)])
+    assert stop.check_health([_row(4, 20.4)]) is None
+    assert stop.check_health([_row(5, 16.9)]) is None  # 18% better: learning, the streak restarts
+    assert stop.check_health([_row(6, 20.2)]) is None
+    assert "Stopped (on_collapse=stop)" in stop.check_health([_row(7, 20.2)])
     assert stop.check_health([_row(8, float("nan"))]) is None  # a skipped update says nothing
     assert stop.state_dict() == {"collapse_streak": 2, "collapse_reported": 0, "last_healthy_step": 5}
 
     (tmp_path / "checkpoint-4").mkdir()
     (tmp_path / "checkpoint-4" / "hfssl_checkpoint.json").write_text("{}")
     back = _guarded("rollback", tmp_path)
-    assert back.check_health([_row(5, 0.95)]) is None
-    back.check_health([_row(6, 0.86)])
+    assert back.check_health([_row(5, 15.0)]) is None
+    back.check_health([_row(6, 20.5)])
     with pytest.raises(RollbackRequested) as raised:
-        back.check_health([_row(7, 0.86)])
+        back.check_health([_row(7, 20.5)])
     assert raised.value.checkpoint == str(tmp_path / "checkpoint-4")

@@ -28,9 +28,11 @@ class ElectraPretrainConfig(TextPretrainConfig):
     discriminator_weight: float = _help("Weight lambda of the discriminator's replaced-token loss (per real token; paper: 50).", 50.0)
     sampling_temperature: float = _help("Temperature of the generator's softmax when sampling replacements (paper: 1).", 1.0)
     on_collapse: Literal["warn", "stop", "rollback"] = _help(
-        "When the discriminator does no better than always answering 'original' (discriminator_accuracy - "
-        "discriminator_baseline_accuracy < min_discriminator_gain): warn, stop, or roll back to the last good checkpoint.", "warn")
-    min_discriminator_gain: float = _help("Collapse threshold on discriminator_accuracy - discriminator_baseline_accuracy.", 0.005)
+        "When the discriminator does no better than ignoring its input (loss_discriminator above (1 - min_discriminator_gain) x "
+        "discriminator_baseline_loss, the loss of always answering the replaced share): warn, stop, or roll back to the last "
+        "good checkpoint.", "warn")
+    min_discriminator_gain: float = _help("Collapse threshold: the relative improvement of loss_discriminator over "
+                                          "discriminator_baseline_loss below which an update counts as collapsed.", 0.02)
     collapse_check_after: int = _help("Check the discriminator only after this many updates.", 1000)
     collapse_patience: int = _help("Updates in a row below min_discriminator_gain that count as collapse.", 50)
 
@@ -44,7 +46,7 @@ class ElectraPretrainConfig(TextPretrainConfig):
             raise ConfigError("generator_weight and discriminator_weight must be > 0.")
         if self.sampling_temperature <= 0:
             raise ConfigError("sampling_temperature must be > 0.")
-        if self.min_discriminator_gain < 0 or self.collapse_check_after < 0 or self.collapse_patience < 1:
-            raise ConfigError("min_discriminator_gain and collapse_check_after must be >= 0, collapse_patience >= 1.")
+        if not 0 <= self.min_discriminator_gain < 1 or self.collapse_check_after < 0 or self.collapse_patience < 1:
+            raise ConfigError("min_discriminator_gain must be in [0, 1), collapse_check_after >= 0, collapse_patience >= 1.")
         if self.generator_name_or_path and not self.model_name_or_path:
             raise ConfigError("generator_name_or_path continues a generator: set model_name_or_path (the discriminator) too.")

@@ -50,3 +50,10 @@ def discriminator_loss(logits: torch.Tensor, labels: torch.Tensor, attention_mas
     bce = F.binary_cross_entropy_with_logits(logits.float()[real], labels[real], reduction="sum")
     correct = ((logits[real] > 0).float() == labels[real]).float().sum()
     return bce, correct
+
+
+def prior_entropy(p: torch.Tensor) -> torch.Tensor:
+    """Binary entropy in nats of a () replaced share p: the per-token BCE of a discriminator that ignores its
+    input and always answers p, the best it can do without looking (0 at p = 0 or 1)."""
+    p = p.float().clamp(1e-12, 1 - 1e-12)
+    return -(p * p.log() + (1 - p) * (1 - p).log())

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from hfssl.attention import forward_kwargs, real_tokens
-from hfssl.objectives.electra.loss import discriminator_loss, replaced_labels, sample_replacements
+from hfssl.objectives.electra.loss import discriminator_loss, prior_entropy, replaced_labels, sample_replacements
 from hfssl.masking.tokens import masked_positions_of
 from hfssl.objectives.mlm.loss import masked_lm_loss, masked_logits
 
@@ -35,8 +35,9 @@ class ElectraPretraining(torch.nn.Module):
     elsewhere; attention_mask (B, T) for a padded batch, or position_ids, sequence_ids (B, T) and cu_seqlens
     for a packed one (`hfssl.collators.packing`); masked_positions (N,) the collator's flat indices of the
     masked tokens (derived from labels when not given). Metrics: generator_accuracy (per masked token), discriminator_accuracy (per real token),
-    discriminator_baseline_accuracy (per real token: the accuracy of always answering "original", which a discriminator
-    stuck at the label prior scores), replaced_fraction (masked tokens whose sample differs from the original; per masked token).
+    discriminator_baseline_accuracy and discriminator_baseline_loss (per real token: the accuracy of always answering
+    "original", and lambda x the BCE of always answering the batch's replaced share, i.e. what a discriminator that
+    ignores its input scores), replaced_fraction (masked tokens whose sample differs from the original; per masked token).
     """
 
     def __init__(self, generator, discriminator, special_ids: torch.Tensor, generator_weight: float = 1.0,
@@ -65,11 +66,13 @@ class ElectraPretraining(torch.nn.Module):
         disc_logits = self.discriminator(**forward_kwargs(self.discriminator, corrupted, **layout)).logits.view(input_ids.shape)  # (B, T)
         disc_sum, disc_correct = discriminator_loss(disc_logits, is_replaced, real)
         n_masked = max(positions.numel(), 1)
+        replaced_share = is_replaced.sum() / real.sum().clamp_min(1)  # () of the real tokens
         return {
             "loss_sum": {"generator": self.generator_weight * gen_sum, "discriminator": self.discriminator_weight * disc_sum},
             "generator_accuracy": gen_accuracy,
             "discriminator_accuracy": disc_correct / real.sum().clamp_min(1),
-            "discriminator_baseline_accuracy": 1.0 - is_replaced.sum() / real.sum().clamp_min(1),
+            "discriminator_baseline_accuracy": 1.0 - replaced_share,
+            "discriminator_baseline_loss": self.discriminator_weight * prior_entropy(replaced_share),
             "replaced_fraction": is_replaced.sum() / n_masked,
             "padding_fraction": 1.0 - real.float().mean(),
         }

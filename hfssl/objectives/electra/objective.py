@@ -85,22 +85,23 @@ class ElectraObjective(Objective):
                     generator.config.num_hidden_layers, generator.config.hidden_size, n(generator), cfg.discriminator_weight)
 
     def check_health(self, window: list[dict]) -> Optional[str]:
-        """Collapse: the discriminator no better than always answering "original" (its accuracy minus that
-        baseline below min_discriminator_gain) for collapse_patience updates in a row, after collapse_check_after.
-        Seen with the post-LN ELECTRA encoder at too high a learning rate: the discriminator outputs the label
-        prior everywhere while the loss looks flat, and the model learns nothing a fine-tuning can use."""
+        """Collapse: the discriminator's loss no better than that of ignoring the input (always answering the
+        replaced share) by min_discriminator_gain, for collapse_patience updates in a row after collapse_check_after.
+        Seen with the post-LN ELECTRA encoder at too high a learning rate: it outputs the label prior everywhere, its
+        accuracy equals that of answering "original", and it learns nothing a fine-tuning can use."""
         if not window:
             return None
         cfg, row = self.cfg, window[-1]
-        accuracy, baseline = row.get("discriminator_accuracy"), row.get("discriminator_baseline_accuracy")
-        if not all(isinstance(v, float) and math.isfinite(v) for v in (accuracy, baseline)):
+        loss, baseline = row.get("loss_discriminator"), row.get("discriminator_baseline_loss")
+        if not all(isinstance(v, float) and math.isfinite(v) for v in (loss, baseline)) or baseline <= 0:
             collapsed = None  # a skipped (non-finite or empty) update says nothing
         else:
-            collapsed = row["step"] > cfg.collapse_check_after and accuracy - baseline < cfg.min_discriminator_gain
+            collapsed = row["step"] > cfg.collapse_check_after and loss > (1 - cfg.min_discriminator_gain) * baseline
         return self.guard.check(
             row["step"], collapsed,
-            lambda streak: (f"ELECTRA discriminator collapse at step {row['step']}: accuracy {accuracy:.4f} vs {baseline:.4f} for "
-                            f"always answering 'original' (gain below {cfg.min_discriminator_gain}) for {streak} update(s)."),
+            lambda streak: (f"ELECTRA discriminator collapse at step {row['step']}: loss_discriminator {loss:.3f} vs {baseline:.3f} "
+                            f"for ignoring the input (always answering the replaced share), less than "
+                            f"{cfg.min_discriminator_gain:.0%} better, for {streak} update(s)."),
             "Lower the learning rate or lengthen the warm-up (the post-LN encoder can sit at the label prior), or "
             "lower discriminator_weight.")
 
