@@ -310,6 +310,19 @@ def test_train_tokenizer_round_trip(tmp_path, kind, vocab_size, specials):
     assert len(loaded) == len(tok)
 
 
+def test_wordpiece_ids_do_not_depend_on_hash_order():
+    """The trainer numbers "##" pieces in hash-map order; hfssl renumbers them, so a vocabulary gets the same ids
+    in every training: the specials first, then the rest sorted."""
+    tok = train_tokenizer(SENTENCES * 10, "wordpiece", 300)
+    vocab = tok.get_vocab()
+    ordered = sorted(vocab, key=vocab.get)
+    assert ordered[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert ordered[5:] == sorted(ordered[5:]) and any(t.startswith("##") for t in ordered)
+    assert sorted(vocab.values()) == list(range(len(vocab)))
+    # the renumbered model still splits words into the trained pieces
+    assert tok.convert_ids_to_tokens(tok("sleeping")["input_ids"])[1:-1] == tok.tokenize("sleeping")
+
+
 def test_train_tokenizer_rejects_unknown_kind():
     with pytest.raises(ValueError, match="unigram"):
         train_tokenizer(SENTENCES, "unigram", 300)
