@@ -6,6 +6,7 @@
   becomes its own unit (`wrap_transformer_blocks`), so only one block's full weights exist at a time;
   the final model is gathered into an ordinary `save_pretrained` folder (`full_weights`); checkpoints
   are Accelerate's sharded ones (torch.distributed.checkpoint, one file per process).
+* Preemption: `sigterm_flag` turns SIGTERM into a flag the loop reads, so it checkpoints and exits.
 * fp16: the loss scaler Accelerate attaches (`loss_scale`), so the loop can report overflows.
 * Several nodes: output_dir must be one filesystem for all (`check_shared`), a checkpoint's manifest
   waits until every process's files are visible (`wait_until_visible`); one-time work
@@ -60,6 +61,23 @@ def make_accelerator(cfg) -> Accelerator:
             f"alone. Run `accelerate config` or launch with `accelerate launch --num_processes {launched}`.")
     check_backend(accelerator)
     return accelerator
+
+
+@contextlib.contextmanager
+def sigterm_flag(stop: dict):
+    """Sets stop["flag"] on SIGTERM (preemption): the loop checkpoints after the next update and exits.
+    A cluster may signal one node before the others: the processes agree first (the loop all-reduces the flag).
+    Off the main thread (where signal handlers cannot be set) it does nothing."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True)) if main else None
+    try:
+        yield stop
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def end_processes(accelerator: Accelerator) -> None:

@@ -1,4 +1,5 @@
-"""Learning-rate schedules: every `lr_scheduler_type` of the config, with its own typed settings.
+"""The optimizer (AdamW, no weight decay on biases and norms) and the learning-rate schedules: every
+`lr_scheduler_type` of the config, with its own typed settings.
 
 Each schedule is one of transformers' (`get_scheduler`); this module passes each the settings it
 needs (checked at load in `TrainingArguments`) and says when it steps: after every update, or,
@@ -11,6 +12,18 @@ import torch
 from transformers import get_scheduler
 
 from hfssl.errors import ConfigError
+
+
+def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters: weight decay on matrices, none on biases, norms and other vectors."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
+                             fused=torch.cuda.is_available())
 
 
 def build_scheduler(cfg, optimizer: torch.optim.Optimizer, total_steps: int):

@@ -25,7 +25,6 @@ import itertools
 import json
 import logging
 import math
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from tqdm.auto import tqdm
 
 from hfssl.config import TrainingArguments, save_config
 from hfssl.data.batching import Position, train_batches
-from hfssl.distributed import full_weights, loss_scale, make_accelerator, wrap_transformer_blocks
+from hfssl.distributed import full_weights, loss_scale, make_accelerator, sigterm_flag, wrap_transformer_blocks
 from hfssl.errors import RollbackRequested, TrainingStopped
 from hfssl.evaluate import evaluate_and_log
 from hfssl.layerdrop import constant_graph_layerdrop
@@ -46,7 +45,7 @@ from hfssl.loop_state import LoopState, refuse_non_finite, resume_loop, save_loo
 from hfssl.loss_terms import accumulate, as_terms, per_target, reduce_sums
 from hfssl.objectives.base import Objective
 from hfssl.run_dir import RunDir, close_run_dir, open_run_dir, save_final, trim_log
-from hfssl.schedules import build_scheduler, steps_on_eval_loss
+from hfssl.schedules import build_optimizer, build_scheduler, steps_on_eval_loss
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +108,7 @@ def _train(run: "_Run") -> dict:
     objective = run.objective
     bar = tqdm(total=run.total_steps, initial=run.state.step, disable=not run.accelerator.is_local_main_process,
                desc=objective.name, dynamic_ncols=True)
-    with _sigterm_flag(run.sigterm), contextlib.closing(bar):  # the bar closes on errors too: messages start on a new line
+    with sigterm_flag(run.sigterm), contextlib.closing(bar):  # the bar closes on errors too: messages start on a new line
         while run.state.step < run.total_steps:
             micro = _next_update(run)  # this process's A micro-batches, or None at the end of an epoch
             if micro is None:
@@ -138,9 +137,7 @@ def _setup(cfg, objective, accelerator, run_dir: RunDir) -> _Run:
         objective.enable_gradient_checkpointing()
     constant_graph_layerdrop(objective.model)  # every parameter in every graph: DDP and FSDP need it
     wrap_transformer_blocks(accelerator, objective.model)
-    optimizer = torch.optim.AdamW(
-        _param_groups(objective.model, cfg.weight_decay), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-        eps=cfg.adam_epsilon, fused=torch.cuda.is_available())
+    optimizer = build_optimizer(cfg, objective.model)
     if objective.streaming:
         steps_per_epoch = cfg.max_steps
     else:
@@ -386,28 +383,7 @@ def _finish(run: _Run) -> dict:
     return summary
 
 
-@contextlib.contextmanager
-def _sigterm_flag(stop: dict):
-    """Sets stop["flag"] on SIGTERM (preemption): the loop checkpoints after the next update and exits.
-    A cluster may signal one node before the others: the processes agree first (`_forward_backward`)."""
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True)) if _main_thread() else None
-    try:
-        yield stop
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
 # ----------------------------------------------------------------------------------- setup helpers
-
-def _param_groups(model, weight_decay: float):
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
 
 def _average(rows: list[dict]) -> dict[str, float]:
     keys = {k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and k != "time"}
@@ -420,9 +396,3 @@ def _average(rows: list[dict]) -> dict[str, float]:
 
 def _flat(cfg) -> dict:
     return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in cfg.__dict__.items()}
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()

@@ -19,7 +19,7 @@ from hfssl.objectives.data2vec.objective import Data2VecObjective
 from hfssl.objectives.data2vec.targets import (average_targets, ema_decay, instance_norm, mean_prediction_loss,
                                                regression_loss, spread)
 from hfssl.objectives.data2vec.teacher import audio_teacher, text_teacher
-from hfssl.trainer import _param_groups
+from hfssl.schedules import build_optimizer
 
 MASK_ID = 4
 
@@ -178,7 +178,8 @@ def test_teacher_gets_no_gradient_and_is_neither_optimized_nor_saved():
     for model in (text, speech):
         teacher = model.teacher.module
         trained = {id(p) for p in model.parameters()}
-        optimized = {id(p) for group in _param_groups(model, 0.01) for p in group["params"]}
+        adamw = SimpleNamespace(weight_decay=0.01, learning_rate=1e-3, adam_beta1=0.9, adam_beta2=0.98, adam_epsilon=1e-6)
+        optimized = {id(p) for group in build_optimizer(adamw, model).param_groups for p in group["params"]}
         assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
         assert not trained & {id(p) for p in teacher.parameters()} and not optimized & {id(p) for p in teacher.parameters()}
         assert all(p.grad is not None for p in model.parameters())  # every trained parameter gets a gradient (DDP needs it)

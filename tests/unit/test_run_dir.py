@@ -19,7 +19,8 @@ import torch
 
 from hfssl.checkpointing import MANIFEST, file_hash, list_checkpoints
 from hfssl.errors import CheckpointError, OutputDirError, TrainingStopped
-from hfssl.run_dir import LOCK_FILE, RUN_FILE, STALE_AFTER_S, OutputDirLock, close_run_dir, open_run_dir, trim_log
+from hfssl.output_lock import LOCK_FILE, STALE_AFTER_S, OutputDirLock
+from hfssl.run_dir import RUN_FILE, close_run_dir, open_run_dir, trim_log
 from hfssl.trainer import train
 from test_trainer_guards import ToyObjective, _cfg
 
@@ -27,7 +28,7 @@ from test_trainer_guards import ToyObjective, _cfg
 
 _HOLD = """
 import sys, time
-from hfssl.run_dir import OutputDirLock
+from hfssl.output_lock import OutputDirLock
 lock = OutputDirLock(sys.argv[1]); lock.acquire(); print("locked", flush=True); time.sleep(60)
 """
 
