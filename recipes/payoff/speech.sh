@@ -22,6 +22,7 @@
 #   bash recipes/payoff/speech.sh
 #   SEEDS=5 OUT=outputs/speech-payoff bash recipes/payoff/speech.sh
 #   TASKS=keywords MODELS=hubert bash recipes/payoff/speech.sh        # one cell only
+#   (a finished pretraining in $OUT is reused; REPRETRAIN=1 pretrains again)
 #   DIGITS_MODELS="hubert wav2vec2" bash recipes/payoff/speech.sh      # also wav2vec 2.0 on digits (not measured)
 #   MODELS="best_rq data2vec" TASKS=keywords bash recipes/payoff/speech.sh   # BEST-RQ / data2vec (tiny recipes,
 #        update counts for about HuBERT's pretraining wall time)
@@ -61,6 +62,9 @@ stage() {  # stage NAME CMD...: run and record wall time
   || stage data python benchmarks/payoff/make_speech_dataset.py --out "$DATA"
 
 for model in $MODELS; do
+  if [ -f "$OUT/pretrain-$model/train_results.json" ] && [ -z "${REPRETRAIN:-}" ]; then
+    echo "== pretrain-$model: reusing $OUT/pretrain-$model (REPRETRAIN=1 to pretrain again)"; continue
+  fi
   case $model in
     wav2vec2) stage pretrain-wav2vec2 python run_pretrain.py recipes/wav2vec2/tiny-cpu.yaml --train_dir "$DATA/unlabeled" \
                 --max_steps "$W2V2_STEPS" --output_dir "$OUT/pretrain-wav2vec2" --overwrite_output_dir true ;;
