@@ -13,9 +13,8 @@
 #   SEEDS=1,2 LRS=3e-4,1e-3 bash recipes/payoff/text.sh   # quicker, fewer runs
 #
 # RUN TIME on an idle 2-core CPU: about 60-65 minutes, ESTIMATED from measured parts, not timed end
-# to end: README command 1 ~5 min (300 updates; 1.05 s per BERT update on one thread at load ~1,
-# ModernBERT ~18% faster), the small recipe ~20 min (1200 updates; measured 34 min on one thread beside 4-5 other
-# jobs), and 2 x 24 fine-tunings (4 rates x 3 seeds x 2 sides) of ~84 s each
+# to end: README command 1 ~3 min (measured 168 s on an idle 2-core CPU, two threads), the small recipe
+# ~11 min (4x its updates; measured 34 min on one thread beside 4-5 other jobs), and 2 x 24 fine-tunings (4 rates x 3 seeds x 2 sides) of ~84 s each
 # (measured at load ~1), two at a time. On a busy machine it takes several times longer
 # (docs/payoff/ablations.md: every part was run there at load 4-12).
 # Finished runs are skipped, so an interrupted run resumes where it stopped.
