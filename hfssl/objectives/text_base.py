@@ -130,10 +130,18 @@ def text_model_config(cfg: TextModelArguments, tokenizer, max_seq_length: int, m
         config = CONFIG_MAPPING[model_type](**cfg.config_overrides)
     config.vocab_size = len(tokenizer)
     config.pad_token_id = tokenizer.pad_token_id
+    # A BERT-style tokenizer has [CLS]/[SEP] but no BOS/EOS: those play their part (as the corpus encoders do);
+    # an id left at the architecture's default (ModernBERT: 50281/50282) would point outside a small vocabulary.
+    fallback = {"bos_token_id": "cls_token_id", "eos_token_id": "sep_token_id"}
     for name in ("bos_token_id", "eos_token_id", "cls_token_id", "sep_token_id"):
         tok_id = getattr(tokenizer, name, None)
-        if tok_id is not None and hasattr(config, name):
-            setattr(config, name, tok_id)
+        if tok_id is None and name in fallback:
+            tok_id = getattr(tokenizer, fallback[name], None)
+        if hasattr(config, name):
+            if tok_id is not None:
+                setattr(config, name, tok_id)
+            elif getattr(config, name) is not None and getattr(config, name) >= config.vocab_size:
+                setattr(config, name, None)
     needed = max_seq_length + (2 if config.model_type in OFFSET_POSITIONS else 0)
     if getattr(config, "max_position_embeddings", needed) < needed:
         config.max_position_embeddings = needed

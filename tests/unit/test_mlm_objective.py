@@ -110,3 +110,21 @@ def test_streaming_train_split_is_sharded_across_processes(tmp_path, n_files):
     assert len(everything) == len(lines) == len(set(everything))
     assert shard0 and shard1 and not set(shard0) & set(shard1)
     assert sorted(shard0 + shard1) == sorted(everything)
+
+
+def test_fresh_modernbert_config_special_ids_come_from_the_tokenizer(tmp_path):
+    """A WordPiece tokenizer has no BOS/EOS: the config takes [CLS]/[SEP] for them instead of ModernBERT's
+    defaults (50281, 50282), which lie outside an 8k vocabulary."""
+    from transformers import AutoTokenizer
+
+    from hfssl.objectives.text_base import text_model_config
+    cfg = load_config([str(ROOT / "recipes/mlm/tiny-cpu.yaml"), "--train_file", str(CORPUS), "--output_dir", str(tmp_path / "o"),
+                       "--tokenizer_name", str(ROOT / "tests/fixtures/text/tokenizer")])
+    tokenizer = AutoTokenizer.from_pretrained(ROOT / "tests/fixtures/text/tokenizer")
+    assert tokenizer.bos_token_id is None and tokenizer.cls_token_id is not None
+    config = text_model_config(cfg, tokenizer, 128)
+    assert config.model_type == "modernbert"
+    assert (config.bos_token_id, config.eos_token_id) == (tokenizer.cls_token_id, tokenizer.sep_token_id)
+    assert (config.cls_token_id, config.sep_token_id, config.pad_token_id) == (
+        tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id)
+    assert config.vocab_size == len(tokenizer)
