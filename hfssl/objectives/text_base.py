@@ -11,6 +11,7 @@ from hfssl.attention import OFFSET_POSITIONS  # RoBERTa family: positions start 
 from hfssl.config import TrainingArguments, _help
 from hfssl.data.files import TEXT_FILE_EXTENSIONS, data_format, resolve_data_files
 from hfssl.collators.packing import PackedLayout
+from hfssl.data.text.corpus import BUILTIN_FILES
 from hfssl.errors import ConfigError
 
 
@@ -39,6 +40,10 @@ class TextDataArguments:
     tokenizer_type: Literal["auto", "wordpiece", "bpe"] = _help("Kind of tokenizer to train: WordPiece (BERT), byte-level BPE (RoBERTa); auto picks by model_type.", "auto")
     vocab_size: int = _help("Vocabulary size of a tokenizer trained on the corpus.", 30522)
     tokenizer_train_samples: int = _help("Documents used to train a tokenizer (0 = all).", 200000)
+    builtin_corpus: Literal["python-docstrings", "debian-descriptions"] = _help(
+        "Offline corpus used when neither train_file nor dataset_name is given: python-docstrings (the running Python's "
+        "standard-library docstrings, on any machine) or debian-descriptions (56,570 Debian package descriptions that ship "
+        "with the source checkout: the unlabeled side of the Debian topic payoff benchmark).", "python-docstrings")
     dataset_name: Optional[str] = _help("A `datasets` dataset (Hub id or local path).", None)
     dataset_config_name: Optional[str] = _help("Its configuration name.", None)
     train_file: Optional[str] = _help("Training text: .txt (one document per line), .csv, .json, .jsonl or .parquet, or a glob of such shards ('data/*.txt.gz'; with streaming and several processes each reads its own shards).", None)
@@ -57,6 +62,13 @@ class TextDataArguments:
     def _check_text_data(self) -> None:
         if self.dataset_name and (self.train_file or self.validation_file):
             raise ConfigError("Can't provide both dataset_name and train_file/validation_file. Choose one.")
+        if self.dataset_name is None and self.train_file is None and self.builtin_corpus in BUILTIN_FILES:
+            path = BUILTIN_FILES[self.builtin_corpus]
+            if not path.is_file():
+                raise ConfigError(f"builtin_corpus '{self.builtin_corpus}' is read from {path}, which is missing (it ships with the "
+                                  f"source checkout, not with an installed wheel): pass --train_file with your text, or "
+                                  f"--builtin_corpus python-docstrings.")
+            self.train_file = str(path)  # from here on exactly `--train_file <that file>`
         formats = {data_format(f) for key in ("train_file", "validation_file")
                    for f in resolve_data_files(key, getattr(self, key), TEXT_FILE_EXTENSIONS)}
         if len(formats) > 1:

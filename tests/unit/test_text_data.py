@@ -467,6 +467,26 @@ def test_builtin_corpus_is_a_large_english_corpus():
     assert not any(d.startswith(">>>") for d in docs)
 
 
+def test_debian_builtin_corpus_reads_the_shipped_file(tmp_path, monkeypatch):
+    """builtin_corpus debian-descriptions = --train_file <the shipped corpus>; an explicit train_file wins; a checkout
+    without the file fails at load, naming it and what to pass instead."""
+    from hfssl.errors import ConfigError
+    from hfssl.objectives import load_config
+
+    from conftest import ROOT
+    recipe = [str(ROOT / "recipes/mlm/tiny-cpu.yaml"), "--output_dir", str(tmp_path / "o")]
+    shipped = textdata.BUILTIN_FILES["debian-descriptions"]
+    assert load_config([*recipe, "--builtin_corpus", "debian-descriptions"]).train_file == str(shipped)
+    assert shipped.is_file() and shipped.stat().st_size > 1_000_000
+    own = tmp_path / "own.txt"
+    own.write_text("my own corpus line\n")
+    assert load_config([*recipe, "--builtin_corpus", "debian-descriptions", "--train_file", str(own)]).train_file == str(own)
+    assert load_config([*recipe, "--builtin_corpus", "python-docstrings"]).train_file is None
+    monkeypatch.setitem(textdata.BUILTIN_FILES, "debian-descriptions", tmp_path / "gone.txt.gz")
+    with pytest.raises(ConfigError, match=r"gone\.txt\.gz.*--train_file.*python-docstrings"):
+        load_config([*recipe, "--builtin_corpus", "debian-descriptions"])
+
+
 def test_builtin_corpus_is_deterministic(tmp_path, monkeypatch):
     """Same files -> same documents in the same order, whatever order the files were created in;
     tests and site-packages are left out."""

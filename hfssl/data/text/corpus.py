@@ -20,6 +20,8 @@ from hfssl.errors import DataError
 logger = logging.getLogger(__name__)
 
 BUILTIN_CORPUS = "python-docstrings"
+# Built-in corpora that are files of the source checkout (config `builtin_corpus`), read as `train_file`.
+BUILTIN_FILES = {"debian-descriptions": Path(__file__).resolve().parents[3] / "benchmarks" / "payoff" / "data" / "corpus.txt.gz"}
 
 
 def builtin_corpus() -> list[str]:
