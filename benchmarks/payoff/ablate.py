@@ -76,6 +76,7 @@ def _finetune_one(work: Path, name: str, side: str, lr: float, seed: int, recipe
     # A run stopped by a signal leaves its last checkpoint: continue it (exact resume) instead of starting over.
     resume = any((run / "out").glob("checkpoint-*"))
     cmd = [sys.executable, str(ROOT / "run_finetune.py"), recipe, *source, "--compare_with_scratch", "false",
+           "--learning_rates", "none", "--scratch_learning_rates", "none",  # one run per (side, rate, seed): no grid
            "--learning_rate", str(lr), "--seed", str(seed), "--output_dir", str(run / "out"),
            *(["--resume_from_checkpoint", "latest"] if resume else ["--overwrite_output_dir", "true"]), *extra]
     run.mkdir(parents=True, exist_ok=True)
