@@ -23,7 +23,8 @@
 #   SEEDS=5 OUT=outputs/speech-payoff bash recipes/payoff/speech.sh
 #   TASKS=keywords MODELS=hubert bash recipes/payoff/speech.sh        # one cell only
 #   (a finished pretraining in $OUT is reused; REPRETRAIN=1 pretrains again)
-#   DIGITS_MODELS="hubert wav2vec2" bash recipes/payoff/speech.sh      # also wav2vec 2.0 on digits (not measured)
+#   DIGITS_MODELS="hubert wav2vec2" bash recipes/payoff/speech.sh      # also wav2vec 2.0 on digits (8 runs: 64 min
+#                                                                       measured beside 1-2 other jobs)
 #   MODELS="best_rq data2vec" TASKS=keywords bash recipes/payoff/speech.sh   # BEST-RQ / data2vec (tiny recipes,
 #        update counts for about HuBERT's pretraining wall time)
 set -euo pipefail
