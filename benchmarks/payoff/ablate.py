@@ -66,19 +66,23 @@ def pretrain(work: Path, name: str, args: list[str]) -> dict:
     return record
 
 
+def finetune_args(model: Path, side: str, lr: float, seed: int, recipe: str, out: Path, resume: bool = False) -> list[str]:
+    """run_finetune.py arguments of one run: the pretrained model, or its architecture from random init (scratch)."""
+    source = ["--model_name_or_path", str(model)] if side == "pretrained" else ["--model_name_or_path", "none", "--config_name", str(model)]
+    return [recipe, *source, "--compare_with_scratch", "false",
+            "--learning_rates", "none", "--scratch_learning_rates", "none",  # one run per (side, rate, seed): no grid
+            "--learning_rate", str(lr), "--seed", str(seed), "--output_dir", str(out),
+            *(["--resume_from_checkpoint", "latest"] if resume else ["--overwrite_output_dir", "true"])]
+
+
 def _finetune_one(work: Path, name: str, side: str, lr: float, seed: int, recipe: str, extra: list[str]) -> dict:
     run = work / name / "ft" / f"{side}-lr{lr:g}-s{seed}"
     done = run / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
-    model = str(work / name / "model")
-    source = ["--model_name_or_path", model] if side == "pretrained" else ["--model_name_or_path", "none", "--config_name", model]
     # A run stopped by a signal leaves its last checkpoint: continue it (exact resume) instead of starting over.
     resume = any((run / "out").glob("checkpoint-*"))
-    cmd = [sys.executable, str(ROOT / "run_finetune.py"), recipe, *source, "--compare_with_scratch", "false",
-           "--learning_rates", "none", "--scratch_learning_rates", "none",  # one run per (side, rate, seed): no grid
-           "--learning_rate", str(lr), "--seed", str(seed), "--output_dir", str(run / "out"),
-           *(["--resume_from_checkpoint", "latest"] if resume else ["--overwrite_output_dir", "true"]), *extra]
+    cmd = [sys.executable, str(ROOT / "run_finetune.py"), *finetune_args(work / name / "model", side, lr, seed, recipe, run / "out", resume), *extra]
     run.mkdir(parents=True, exist_ok=True)
     start = time.time()
     with open(run / "finetune.log", "a" if resume else "w") as log:

@@ -204,3 +204,24 @@ def test_run_plan_pairs_seeds_and_reports_the_chosen_runs(tmp_path):
     md = (tmp_path / "out" / "payoff.md").read_text()
     assert "| 0.5 | 80 | 0.5050 ± 0.0071 | 0.4050 ± 0.0071 | +0.1000 | [+0.1000, +0.1000] | 0.001 / 0.0003 | 2 (10, 11) |" in md
     assert (tmp_path / "out" / "payoff.png").stat().st_size > 5000
+
+
+@pytest.mark.parametrize("side", ["pretrained", "scratch"])
+def test_ablation_runs_parse_with_the_payoff_recipe(side, tmp_path):
+    """benchmarks/payoff/ablate.py's single runs are accepted by the payoff recipe (which carries learning-rate grids
+    for the payoff report) and keep the rate and seed they were given."""
+    import importlib.util
+
+    from conftest import ROOT
+    spec = importlib.util.spec_from_file_location("ablate", ROOT / "benchmarks/payoff/ablate.py")
+    ablate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablate)
+    recipe = str(ROOT / ablate.DEFAULT_RECIPE)
+    args = ablate.finetune_args(tmp_path / "model", side, 3e-4, 43, recipe, tmp_path / "out")
+    cfg = load_config(args, configs={"finetune": FinetuneConfig}, default_objective="finetune")
+    assert (cfg.compare_with_scratch, cfg.learning_rate, cfg.seed) == (False, 3e-4, 43)
+    assert cfg.learning_rates is None and cfg.scratch_learning_rates is None
+    if side == "pretrained":
+        assert (cfg.model_name_or_path, cfg.config_name) == (str(tmp_path / "model"), None)
+    else:
+        assert (cfg.model_name_or_path, cfg.config_name) == (None, str(tmp_path / "model"))
