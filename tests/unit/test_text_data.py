@@ -477,6 +477,7 @@ def test_debian_builtin_corpus_reads_the_shipped_file(tmp_path, monkeypatch):
     recipe = [str(ROOT / "recipes/mlm/tiny-cpu.yaml"), "--output_dir", str(tmp_path / "o")]
     shipped = textdata.BUILTIN_FILES["debian-descriptions"]
     assert load_config([*recipe, "--builtin_corpus", "debian-descriptions"]).train_file == str(shipped)
+    assert load_config(recipe).train_file == str(shipped)  # README command 1's recipe reads it by default
     assert shipped.is_file() and shipped.stat().st_size > 1_000_000
     own = tmp_path / "own.txt"
     own.write_text("my own corpus line\n")
