@@ -32,6 +32,10 @@ class FinetuneConfig(TrainingArguments, AudioDataArguments):
     config_name: Optional[str] = _help("From-scratch baseline: a fresh model of this config's architecture (e.g. the pretrained output folder itself), random init.", None)
     tokenizer_name: Optional[str] = _help("Tokenizer (text) or feature extractor (audio) source; default: the model's folder.", None)
     config_overrides: dict = _help("Extra config fields for the fine-tuned model, e.g. {hidden_dropout_prob: 0.2}.", {})
+    reuse_pretraining_head: bool = _help(
+        "Keep head weights that the checkpoint's own task class saved (e.g. ModernBERT's masked-LM `head`, which "
+        "ModernBertForSequenceClassification would load by name). Default false: heads outside the encoder that come from "
+        "another task are initialized fresh, as the random-init baseline's are.", False)
     do_train: bool = _help("Train; false evaluates an existing model (model_name_or_path) only.", True)
     probe: bool = _help("SUPERB-style probe: freeze the upstream, learn a softmax-weighted sum of all hidden layers plus a small head.", False)
     probe_hidden_size: int = _help("Probe head width (0: linear head).", 0)

@@ -101,17 +101,43 @@ def load_or_init(auto_class, cfg, config, pretrained: bool, source: str):
     """`auto_class.from_pretrained(source, config=config)` or `auto_class.from_config(config)` (random init),
     with the attention kernel of `cfg.attn_implementation` (unset: the fastest available).
 
-    Heads whose shape changed (another label set) are re-initialized; the encoder weights load.
+    Heads whose shape changed (another label set) are re-initialized; the encoder weights load. A head saved
+    by another task class (a pretraining head) is re-initialized too unless cfg.reuse_pretraining_head: some
+    architectures name their task heads alike (ModernBERT's `head` in ForMaskedLM, ForTokenClassification and
+    ForSequenceClassification). Loaded into a classifier, an ELECTRA discriminator's one-logit head cost 10 points
+    of Debian-topic accuracy; a masked-LM head between -0.2 and +2.3 (docs/payoff/ablations.md). A fresh head is
+    also what the random-init side starts from.
     """
     if pretrained:
         try:
-            model = auto_class.from_pretrained(source, config=config, ignore_mismatched_sizes=True)
+            model, info = auto_class.from_pretrained(source, config=config, ignore_mismatched_sizes=True, output_loading_info=True)
         except (OSError, ValueError) as e:
             raise ConfigError(f"Could not load model '{source}': {e}") from None
+        if not getattr(cfg, "reuse_pretraining_head", False):
+            fresh_foreign_head(model, auto_class, config, info, load_config(source).architectures)
     else:
         model = auto_class.from_config(config)
     use_attn_implementation(model, cfg.attn_implementation, cfg.mixed_precision)
     return model
+
+
+def fresh_foreign_head(model, auto_class, config, info: dict, saved_as: Optional[list]) -> list[str]:
+    """Re-initialize the weights outside the encoder that came from a checkpoint of another task class
+    (as a fresh `auto_class.from_config(config)` initializes them); returns their names.
+
+    info: from_pretrained's loading info (missing/mismatched keys were initialized fresh already).
+    saved_as: the checkpoint config's `architectures`."""
+    if not saved_as or type(model).__name__ in saved_as or model.base_model is model:
+        return []  # the same task (e.g. fine-tuning a fine-tuned classifier further): its head is the point
+    fresh_keys = set(info.get("missing_keys", [])) | {k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", [])}
+    prefix = model.base_model_prefix + "."
+    loaded_head = [k for k in model.state_dict() if not k.startswith(prefix) and k not in fresh_keys]
+    if loaded_head:
+        fresh = auto_class.from_config(config).state_dict()
+        model.load_state_dict({k: fresh[k] for k in loaded_head}, strict=False)
+        logger.info("Re-initialized %s: saved by %s, not a %s head (reuse_pretraining_head keeps them).",
+                    ", ".join(loaded_head), "/".join(saved_as), type(model).__name__)
+    return loaded_head
 
 
 def apply_overrides(config, overrides: dict) -> None:

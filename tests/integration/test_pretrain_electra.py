@@ -104,3 +104,50 @@ def test_the_discriminator_fine_tunes(electra, tmp_path):
     results = json.loads((out / "eval_results.json").read_text())
     assert results["eval_samples"] == 40 and 0 <= results["eval_accuracy"] <= 1
     assert json.loads((out / "config.json").read_text())["architectures"] == ["ElectraForSequenceClassification"]
+
+
+def test_the_pre_ln_layout_trains_saves_and_fine_tunes(tmp_path):
+    """model_type modernbert: ModernBertForTokenClassification (one label) + a shallower ModernBertForMaskedLM."""
+    from transformers import AutoModel, AutoModelForSequenceClassification, ModernBertForTokenClassification, pipeline
+
+    out = tmp_path / "pre-ln"
+    recipe = ROOT / "recipes" / "electra" / "small-cpu-modernbert.yaml"
+    run_cli("run_pretrain.py", [recipe, "--train_file", FIXTURES / "text" / "corpus.txt", "--tokenizer_name", FIXTURES / "text" / "tokenizer",
+                                "--config_overrides", "hidden_size=64,num_hidden_layers=2,num_attention_heads=2,intermediate_size=128,"
+                                                      "max_position_embeddings=64,local_attention=64",
+                                "--max_seq_length", "64", "--per_device_train_batch_size", "4", "--max_steps", "8", "--save_steps", "0",
+                                "--eval_steps", "0", "--logging_steps", "2", "--warmup_steps", "2", "--validation_split_percentage", "10",
+                                "--max_eval_batches", "2", "--output_dir", out], env={"OMP_NUM_THREADS": "1"})
+    rows = [r for r in read_log(out) if "loss" in r]
+    assert len(rows) == 8 and rows[0]["loss"] == pytest.approx(rows[0]["loss_generator"] + rows[0]["loss_discriminator"])
+    # The top folder holds the encoder; the replaced-token head is beside it, so fine-tuning starts fresh heads.
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["ModernBertModel"]
+    assert type(AutoModel.from_pretrained(out)).__name__ == "ModernBertModel"
+    head = load_file(out / "replaced_token_head.safetensors")
+    assert sorted(head) == ["classifier.bias", "classifier.weight", "head.dense.weight", "head.norm.weight"]
+    assert head["classifier.weight"].shape == (1, 64)
+    disc = ModernBertForTokenClassification.from_pretrained(out, num_labels=1)
+    disc.load_state_dict(head, strict=False)
+    assert disc.config.num_hidden_layers == 2
+    assert AutoModelForSequenceClassification.from_pretrained(out, num_labels=3).config.num_labels == 3
+    fill = pipeline("fill-mask", model=str(out / "generator"))
+    assert fill.model.config.num_hidden_layers == 1  # generator_layers 0.25 of 2 layers, at least 1
+    assert len(fill(f"return the {fill.tokenizer.mask_token} of the list.")) == 5
+    g, d = load_file(out / "generator" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert torch.equal(g["model.embeddings.tok_embeddings.weight"], d["embeddings.tok_embeddings.weight"])  # encoder: no prefix
+    topics = FIXTURES / "text" / "classification"
+    cls = tmp_path / "cls"
+    run_cli("run_finetune.py", [ROOT / "recipes" / "finetune" / "text-classification-tiny-cpu.yaml", "--model_name_or_path", out,
+                                "--output_dir", cls, "--max_steps", "4", "--train_file", topics / "train.csv",
+                                "--validation_file", topics / "validation.csv", "--test_file", topics / "test.csv"],
+            env={"OMP_NUM_THREADS": "1"})
+    assert json.loads((cls / "config.json").read_text())["architectures"] == ["ModernBertForSequenceClassification"]
+    assert 0 <= json.loads((cls / "eval_results.json").read_text())["eval_accuracy"] <= 1
+    # Continuing from the saved folder puts the head back (one update at a negligible learning rate: saved again unchanged).
+    more = tmp_path / "more"
+    run_cli("run_pretrain.py", [recipe, "--train_file", FIXTURES / "text" / "corpus.txt", "--model_name_or_path", out,
+                                "--max_seq_length", "64", "--per_device_train_batch_size", "4", "--max_steps", "1", "--save_steps", "0",
+                                "--eval_steps", "0", "--learning_rate", "1e-12", "--warmup_steps", "0", "--validation_split_percentage", "10",
+                                "--max_eval_batches", "2", "--output_dir", more], env={"OMP_NUM_THREADS": "1"})
+    again = load_file(more / "replaced_token_head.safetensors")
+    assert all(torch.allclose(again[k], head[k], atol=1e-6) for k in head)

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
+from transformers import (ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining, ModernBertConfig, ModernBertForMaskedLM,
+                          ModernBertForTokenClassification)
 
 from hfssl.errors import ConfigError, RollbackRequested
 from hfssl.objectives import load_config
@@ -18,8 +19,13 @@ from hfssl.objectives.electra.objective import ElectraObjective, generator_confi
 V, SPECIAL = 40, [0, 1, 2, 3]
 
 
-def _models(seed=0):
+def _models(seed=0, layout="electra"):
     torch.manual_seed(seed)
+    if layout == "modernbert":  # pre-LN: one-logit token classifier + a 1-layer generator of the same width
+        disc = ModernBertConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                max_position_embeddings=16, local_attention=16, num_labels=1, pad_token_id=0, bos_token_id=1,
+                                eos_token_id=2, cls_token_id=1, sep_token_id=2)
+        return ModernBertForMaskedLM(generator_config(disc, 1.0, 0.5)), ModernBertForTokenClassification(disc)
     disc = ElectraConfig(vocab_size=V, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                          intermediate_size=64, max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     gen = generator_config(disc, 0.5, 1.0)
@@ -57,8 +63,9 @@ def test_samples_are_never_special_tokens_and_follow_the_softmax():
     assert (sampled == 10).float().mean().item() == pytest.approx(p10, abs=0.015)
 
 
-def test_forward_terms_equal_a_hand_computation():
-    gen, disc = _models()
+@pytest.mark.parametrize("layout", ["electra", "modernbert"])
+def test_forward_terms_equal_a_hand_computation(layout):
+    gen, disc = _models(layout=layout)
     model = ElectraPretraining(gen, disc, torch.tensor(SPECIAL), generator_weight=1.0, discriminator_weight=50.0)
     ids = torch.tensor([[1, 5, 6, 7, 8, 9, 2, 0], [1, 11, 12, 13, 2, 0, 0, 0]])
     attention = (ids != 0).long()
@@ -79,7 +86,7 @@ def test_forward_terms_equal_a_hand_computation():
         sampled = sample_replacements(gen_logits, disallowed)
         corrupted = ids.clone()
         corrupted[sel] = sampled
-        d_logits = disc(input_ids=corrupted, attention_mask=attention).logits
+        d_logits = disc(input_ids=corrupted, attention_mask=attention).logits.view(ids.shape)  # modernbert: (B, T, 1)
         real = attention.bool()
         y = (corrupted != ids).float()
         bce = torch.nn.functional.binary_cross_entropy_with_logits(d_logits[real], y[real], reduction="sum")
@@ -106,6 +113,18 @@ def test_embeddings_are_shared_and_the_generator_head_stays_tied():
     assert sum(p is shared for p in params) == 1 and len({id(p) for p in params}) == len(params)
 
 
+def test_modernbert_generator_shares_the_embeddings_and_is_shallower():
+    gen, disc = _models(layout="modernbert")
+    assert (gen.config.num_hidden_layers, gen.config.hidden_size, len(gen.config.layer_types)) == (1, 32, 1)
+    ElectraPretraining(gen, disc, torch.tensor(SPECIAL))
+    assert gen.model.embeddings is disc.model.embeddings
+    assert gen.decoder.weight is disc.model.embeddings.tok_embeddings.weight
+    params = list(torch.nn.ModuleDict({"g": gen, "d": disc}).parameters())
+    assert len({id(p) for p in params}) == len(params)
+    with pytest.raises(ConfigError, match="generator_layers"):
+        generator_config(disc.config, 0.25, 1.0)  # no embedding projection: a narrower generator cannot share them
+
+
 def test_generator_config_follows_the_paper():
     disc = ElectraConfig(hidden_size=256, num_hidden_layers=12, num_attention_heads=4, intermediate_size=1024, embedding_size=128)
     small = generator_config(disc, 0.25, 1.0)  # ELECTRA-small: 1/4 width
@@ -122,6 +141,11 @@ def test_config_defaults_and_checks():
         load_config(["--objective", "electra", "--model_type", "bert"])
     with pytest.raises(ConfigError, match="generator_size"):
         load_config(["--objective", "electra", "--generator_size", "1.5"])
+    assert (cfg.generator_size, cfg.generator_layers) == (0.25, 1.0)  # the paper's: 1/4 width, full depth
+    pre_ln = load_config(["--objective", "electra", "--model_type", "modernbert"])
+    assert (pre_ln.generator_size, pre_ln.generator_layers) == (1.0, 0.25)  # same width (shared embeddings), 1/4 depth
+    with pytest.raises(ConfigError, match="generator_layers"):
+        load_config(["--objective", "electra", "--model_type", "modernbert", "--generator_size", "0.25"])
 
 
 def test_prior_entropy_is_the_loss_of_the_best_constant_answer():

@@ -1,6 +1,8 @@
 """ELECTRA pretraining settings. Defaults follow the paper and google-research/electra's
 configure_pretraining.py: generator 1/4 of the discriminator's width (1/3 for base) at full depth,
-discriminator loss weight 50, 15% of tokens masked, of which 85% become [MASK] and 15% stay unchanged."""
+discriminator loss weight 50, 15% of tokens masked, of which 85% become [MASK] and 15% stay unchanged.
+With model_type modernbert (pre-LN) the generator shares the discriminator's width and has 1/4 of its
+depth by default (shared embeddings need one width; DeBERTa-v3 and COCO-LM use such shallow generators)."""
 
 from __future__ import annotations
 
@@ -17,12 +19,17 @@ class ElectraPretrainConfig(TextPretrainConfig):
     """ELECTRA: a small generator (masked LM) corrupts the input; the discriminator learns which tokens were replaced."""
 
     objective: Literal["electra"] = _help("Pretraining objective.", "electra")
-    model_type: str = _help("Architecture of a fresh model: always 'electra' (ElectraForPreTraining + ElectraForMaskedLM).", "electra")
+    model_type: str = _help(
+        "Architecture of a fresh model: 'electra' (post-LN; ElectraForPreTraining + ElectraForMaskedLM, the paper's) or "
+        "'modernbert' (pre-LN, RoPE; ModernBertForTokenClassification with one label + ModernBertForMaskedLM).", "electra")
     mask_replace_prob: float = _help("Of the selected tokens, fraction replaced by [MASK] (ELECTRA: 0.85, the rest unchanged).", 0.85)
     random_replace_prob: float = _help("Of the selected tokens, fraction replaced by a random token (ELECTRA: 0).", 0.0)
-    generator_size: float = _help("Generator hidden size as a fraction of the discriminator's (paper: 1/4 small, 1/3 base); "
-                                  "its heads are hidden/64 (at least 1), its feed-forward 4x hidden.", 0.25)
-    generator_layers: float = _help("Generator depth as a fraction of the discriminator's (paper: 1.0).", 1.0)
+    generator_size: Optional[float] = _help(
+        "Generator hidden size as a fraction of the discriminator's (paper: 1/4 small, 1/3 base); its heads are hidden/64 "
+        "(at least 1), its feed-forward 4x hidden. Default 0.25 for electra; modernbert allows only 1.0 (its default).", None)
+    generator_layers: Optional[float] = _help(
+        "Generator depth as a fraction of the discriminator's, rounded, at least 1 layer (default: 1.0 for electra, the "
+        "paper's; 0.25 for modernbert).", None)
     generator_name_or_path: Optional[str] = _help("Continue from this generator (default: model_name_or_path/generator when it exists).", None)
     generator_weight: float = _help("Weight of the generator's masked-LM loss (per masked token).", 1.0)
     discriminator_weight: float = _help("Weight lambda of the discriminator's replaced-token loss (per real token; paper: 50).", 50.0)
@@ -38,8 +45,17 @@ class ElectraPretrainConfig(TextPretrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.model_type != "electra":
-            raise ConfigError(f"model_type must be 'electra' for the electra objective, got '{self.model_type}'.")
+        if self.model_type not in ("electra", "modernbert"):
+            raise ConfigError(f"model_type must be 'electra' or 'modernbert' for the electra objective, got '{self.model_type}'.")
+        modernbert = self.model_type == "modernbert"
+        if self.generator_size is None:
+            self.generator_size = 1.0 if modernbert else 0.25
+        if self.generator_layers is None:
+            self.generator_layers = 0.25 if modernbert else 1.0
+        if modernbert and self.generator_size != 1.0:
+            raise ConfigError(f"generator_size {self.generator_size} with model_type modernbert: a ModernBERT generator shares the "
+                              "discriminator's token embeddings and has no projection, so it keeps the discriminator's width. "
+                              "Make it smaller with generator_layers (e.g. 0.25) and leave generator_size at 1.0.")
         if not 0 < self.generator_size <= 1 or not 0 < self.generator_layers <= 1:
             raise ConfigError("generator_size and generator_layers must be in (0, 1].")
         if self.generator_weight <= 0 or self.discriminator_weight <= 0:

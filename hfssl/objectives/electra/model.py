@@ -1,10 +1,14 @@
-"""`ElectraPretraining`: transformers' ElectraForMaskedLM (generator) + ElectraForPreTraining
-(discriminator) with shared embeddings, one forward that returns ELECTRA's two summed loss terms.
+"""`ElectraPretraining`: a generator (an AutoModelForMaskedLM) and a discriminator with one logit per token,
+with shared embeddings; one forward that returns ELECTRA's two summed loss terms. Two layouts:
+transformers' ElectraForMaskedLM + ElectraForPreTraining (post-LN, the paper's), or ModernBertForMaskedLM +
+ModernBertForTokenClassification with one label (pre-LN, RoPE: trains at small budgets where post-LN sits
+at the label prior).
 
-Shared embeddings (token, position, token type and their LayerNorm, as google-research/electra ties
-them): the generator's `electra.embeddings` IS the discriminator's module, and the generator's output
-layer stays tied to the shared token embeddings. A smaller generator projects the shared embeddings to
-its own width with its own `embeddings_project` (transformers does this when embedding_size differs).
+Shared embeddings (as google-research/electra ties them): the generator's embedding module IS the
+discriminator's, and the generator's output layer stays tied to the shared token embeddings. An ELECTRA
+generator narrower than its discriminator projects the shared embeddings to its own width with its own
+`embeddings_project` (transformers does this when embedding_size differs); a ModernBERT generator keeps the
+width and is shallower instead (as DeBERTa-v3 and COCO-LM make their generators smaller).
 """
 
 from __future__ import annotations
@@ -18,8 +22,19 @@ from hfssl.objectives.mlm.loss import masked_lm_loss, masked_logits
 
 
 def share_embeddings(generator, discriminator) -> None:
-    """Make the generator use the discriminator's embedding module (and tie its output layer to it)."""
+    """Make the generator use the discriminator's embedding module (and tie its output layer to it).
+
+    electra: token, position and token-type embeddings with their LayerNorm; a narrower generator projects them
+    to its width (`embeddings_project`). modernbert: token embeddings and their LayerNorm (RoPE has no position
+    table); no projection exists, so the generator has the discriminator's width and is made smaller by depth."""
     g, d = generator.config, discriminator.config
+    if d.model_type == "modernbert":
+        if (g.hidden_size, g.vocab_size) != (d.hidden_size, d.vocab_size):
+            raise ValueError(f"a ModernBERT generator shares the discriminator's embeddings, so needs its (hidden_size, vocab_size) "
+                             f"{(d.hidden_size, d.vocab_size)}, got {(g.hidden_size, g.vocab_size)}.")
+        generator.model.embeddings = discriminator.model.embeddings
+        generator.decoder.weight = discriminator.model.embeddings.tok_embeddings.weight
+        return
     if (g.embedding_size, g.vocab_size, g.max_position_embeddings) != (d.embedding_size, d.vocab_size, d.max_position_embeddings):
         raise ValueError(f"generator and discriminator embeddings differ in shape: generator (embedding_size, vocab, positions) = "
                          f"{(g.embedding_size, g.vocab_size, g.max_position_embeddings)}, discriminator "
@@ -63,7 +78,7 @@ class ElectraPretraining(torch.nn.Module):
         original = input_ids.reshape(-1).index_copy(0, positions, targets).view_as(input_ids)  # (B, T)
         corrupted = original.reshape(-1).index_copy(0, positions, sampled).view_as(input_ids)  # (B, T)
         is_replaced = replaced_labels(original, corrupted, real)
-        disc_logits = self.discriminator(**forward_kwargs(self.discriminator, corrupted, **layout)).logits.view(input_ids.shape)  # (B, T)
+        disc_logits = self.discriminator(**forward_kwargs(self.discriminator, corrupted, **layout)).logits.view(input_ids.shape)  # (B, T[, 1]) -> (B, T)
         disc_sum, disc_correct = discriminator_loss(disc_logits, is_replaced, real)
         n_masked = max(positions.numel(), 1)
         replaced_share = is_replaced.sum() / real.sum().clamp_min(1)  # () of the real tokens

@@ -2,9 +2,13 @@
 and loop as MLM. Two loss terms, each normalized by its own global count: the generator's masked-LM
 loss by the masked tokens, lambda x the discriminator's BCE by the real tokens.
 
-Output folder: the discriminator (ElectraForPreTraining) at the top, so `AutoModel`,
-`AutoModelForSequenceClassification` and `run_finetune.py` load it; the generator
-(ElectraForMaskedLM) in `generator/`, which `pipeline("fill-mask")` loads. Both hold the tokenizer.
+Output folder: the discriminator at the top, so `AutoModel`, `AutoModelForSequenceClassification` and
+`run_finetune.py` load it; the generator (ElectraForMaskedLM / ModernBertForMaskedLM) in `generator/`, which
+`pipeline("fill-mask")` loads. Both hold the tokenizer. The electra layout saves ElectraForPreTraining, whose
+replaced-token head fine-tuning leaves behind (its weights have their own names). The modernbert layout saves
+the encoder (ModernBertModel) and its replaced-token head apart, in `replaced_token_head.safetensors`:
+ModernBertForSequenceClassification's head has the same names as the token classifier's, and loading the
+one-logit head into it cost fine-tuning 12 points (docs/payoff/ablations.md, "ELECTRA on the pre-LN encoder").
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from transformers import ElectraForMaskedLM, ElectraForPreTraining
+from transformers import (AutoConfig, ElectraForMaskedLM, ElectraForPreTraining, ModernBertForMaskedLM,
+                          ModernBertForTokenClassification)
 
 from hfssl.attention import use_attn_implementation
 from hfssl.data.text.corpus import BUILTIN_CORPUS, load_text_datasets
@@ -33,6 +38,12 @@ from hfssl.objectives.text_base import (check_vocab_fits, masking_description, m
 logger = logging.getLogger(__name__)
 
 GENERATOR_DIR = "generator"
+RTD_HEAD = "replaced_token_head.safetensors"  # modernbert layout: the discriminator's head, beside its encoder
+# model_type -> (discriminator class, generator class). The discriminator has one logit per token.
+LAYOUTS = {
+    "electra": (ElectraForPreTraining, ElectraForMaskedLM),  # post-LN, the paper's
+    "modernbert": (ModernBertForTokenClassification, ModernBertForMaskedLM),  # pre-LN, RoPE, GeGLU
+}
 
 
 class ElectraCollator:
@@ -49,15 +60,35 @@ class ElectraCollator:
 
 
 def generator_config(discriminator_config, size: float, layers: float):
-    """google-research/electra's generator: width `size` x the discriminator's, heads = width / 64 (>= 1),
-    feed-forward 4 x width, depth `layers` x the discriminator's; same embedding size (shared)."""
+    """The generator's config. electra (google-research/electra): width `size` x the discriminator's, heads =
+    width / 64 (>= 1), feed-forward 4 x width, same embedding size (shared). modernbert: the discriminator's
+    width (shared embeddings, no projection; `size` must be 1). Both: depth `layers` x the discriminator's."""
+    depth = max(1, round(discriminator_config.num_hidden_layers * layers))
+    if discriminator_config.model_type == "modernbert":
+        if size != 1.0:
+            raise ConfigError("a ModernBERT generator keeps the discriminator's width (generator_size 1.0); use generator_layers.")
+        # Rebuilt, not edited: layer_types (local/global attention per layer) must follow the new depth.
+        fields = {k: v for k, v in discriminator_config.to_dict().items() if k not in ("layer_types", "id2label", "label2id")}
+        return type(discriminator_config).from_dict({**fields, "num_hidden_layers": depth, "architectures": ["ModernBertForMaskedLM"]})
     config = copy.deepcopy(discriminator_config)
+    config.num_hidden_layers = depth
     config.hidden_size = max(1, round(discriminator_config.hidden_size * size))
     config.num_attention_heads = max(1, config.hidden_size // 64)
     config.intermediate_size = 4 * config.hidden_size
-    config.num_hidden_layers = max(1, round(discriminator_config.num_hidden_layers * layers))
     config.architectures = ["ElectraForMaskedLM"]
     return config
+
+
+def load_rtd_head(discriminator, path: Path) -> None:
+    """Put a saved replaced-token head (head.*, classifier.*) back on a ModernBertForTokenClassification."""
+    if not path.is_file():
+        raise ConfigError(f"Continuing a ModernBERT ELECTRA discriminator needs its replaced-token head: '{path}' is missing. "
+                          "Point model_name_or_path at a folder hfssl's electra objective saved.")
+    from safetensors.torch import load_file
+
+    missing, unexpected = discriminator.load_state_dict(load_file(str(path)), strict=False)
+    if unexpected or any(not k.startswith("model.") for k in missing):
+        raise ConfigError(f"'{path}' does not fit the discriminator: missing {missing}, unexpected {unexpected}.")
 
 
 class ElectraObjective(Objective):
@@ -102,8 +133,8 @@ class ElectraObjective(Objective):
             lambda streak: (f"ELECTRA discriminator collapse at step {row['step']}: loss_discriminator {loss:.3f} vs {baseline:.3f} "
                             f"for ignoring the input (always answering the replaced share), less than "
                             f"{cfg.min_discriminator_gain:.0%} better, for {streak} update(s)."),
-            "Lower the learning rate or lengthen the warm-up (the post-LN encoder can sit at the label prior), or "
-            "lower discriminator_weight.")
+            "Lower the learning rate or lengthen the warm-up (the post-LN encoder can sit at the label prior), use the "
+            "pre-LN layout (model_type modernbert), or lower discriminator_weight.")
 
     def state_dict(self) -> dict:
         return self.guard.state_dict()
@@ -114,34 +145,52 @@ class ElectraObjective(Objective):
     def _models(self):
         cfg = self.cfg
         if cfg.model_name_or_path:
-            discriminator = ElectraForPreTraining.from_pretrained(cfg.model_name_or_path)
+            model_type = AutoConfig.from_pretrained(cfg.model_name_or_path).model_type
+            if model_type not in LAYOUTS:
+                raise ConfigError(f"model_name_or_path '{cfg.model_name_or_path}' is a {model_type} model; ELECTRA continues "
+                                  f"{' or '.join(LAYOUTS)} discriminators.")
+            disc_class, gen_class = LAYOUTS[model_type]
+            discriminator = disc_class.from_pretrained(cfg.model_name_or_path, **({"num_labels": 1} if model_type == "modernbert" else {}))
+            if model_type == "modernbert":
+                load_rtd_head(discriminator, Path(cfg.model_name_or_path) / RTD_HEAD)
             source = cfg.generator_name_or_path or str(Path(cfg.model_name_or_path) / GENERATOR_DIR)
             try:
-                generator = ElectraForMaskedLM.from_pretrained(source)
+                generator = gen_class.from_pretrained(source)
             except OSError as e:
                 raise ConfigError(f"Continuing ELECTRA needs its generator too: could not load '{source}' ({e}). "
                                   "Set generator_name_or_path.") from None
             return generator, discriminator
-        config = text_model_config(cfg, self.tokenizer, cfg.max_seq_length, model_type="electra")
-        config.architectures = ["ElectraForPreTraining"]
-        discriminator = ElectraForPreTraining(config)
-        generator = ElectraForMaskedLM(generator_config(config, cfg.generator_size, cfg.generator_layers))
+        disc_class, gen_class = LAYOUTS[cfg.model_type]
+        config = text_model_config(cfg, self.tokenizer, cfg.max_seq_length, model_type=cfg.model_type)
+        config.num_labels = 1  # ModernBertForTokenClassification: one replaced/original logit per token
+        config.architectures = [disc_class.__name__]
+        discriminator = disc_class(config)
+        generator = gen_class(generator_config(config, cfg.generator_size, cfg.generator_layers))
         return generator, discriminator
 
     def save_pretrained(self, output_dir: str, summary: dict) -> None:
         from hfssl.hub import write_model_card
 
         cfg, disc, gen = self.cfg, self.model.discriminator, self.model.generator
-        disc.save_pretrained(output_dir)
+        if disc.config.model_type == "modernbert":
+            disc.model.save_pretrained(output_dir)  # the encoder alone: fine-tuning starts its heads fresh
+            from safetensors.torch import save_file
+
+            head = {k: v.detach().contiguous() for k, v in disc.state_dict().items() if not k.startswith("model.")}
+            save_file(head, str(Path(output_dir) / RTD_HEAD), metadata={"format": "pt"})
+        else:
+            disc.save_pretrained(output_dir)
         self.tokenizer.save_pretrained(output_dir)
         gen.save_pretrained(Path(output_dir) / GENERATOR_DIR)
         self.tokenizer.save_pretrained(Path(output_dir) / GENERATOR_DIR)
         n = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
         write_model_card(output_dir, objective="ELECTRA replaced-token detection", pipeline_tag="feature-extraction", summary=summary,
                          tags=["electra", "self-supervised"], details={
-            "Base": cfg.model_name_or_path or f"from scratch (ElectraForPreTraining, {disc.config.num_hidden_layers} layers x "
-                                               f"{disc.config.hidden_size}, {n(disc):.1f}M parameters)",
-            "Generator": f"`{GENERATOR_DIR}/` (ElectraForMaskedLM, {gen.config.num_hidden_layers} layers x {gen.config.hidden_size}, "
+            "Base": cfg.model_name_or_path or f"from scratch ({type(disc).__name__}, {disc.config.num_hidden_layers} layers x "
+                                               f"{disc.config.hidden_size}, {n(disc):.1f}M parameters)"
+                    + (f"; saved as its encoder (ModernBertModel), the replaced-token head in `{RTD_HEAD}`"
+                       if disc.config.model_type == "modernbert" else ""),
+            "Generator": f"`{GENERATOR_DIR}/` ({type(gen).__name__}, {gen.config.num_hidden_layers} layers x {gen.config.hidden_size}, "
                          f"{n(gen):.1f}M parameters, embeddings shared with the discriminator; loads in pipeline('fill-mask'))",
             "Corpus": cfg.dataset_name or cfg.train_file or f"built-in {BUILTIN_CORPUS}",
             "Training data": self.data_summary,
