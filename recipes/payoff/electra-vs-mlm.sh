@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # MLM vs. ELECTRA at equal pretraining wall-clock on the offline Debian topic set (README "Did pretraining
 # pay off?"), both on the same pre-LN ModernBERT-style encoder (4 x 256, mean pooling) and the built-in Debian
-# corpus. The two pretrain one after the other on the idle machine (two threads each), each timed: the MLM
-# small recipe (2400 updates) and the ELECTRA small recipe (1750 updates: an ELECTRA update, generator +
+# corpus. The two pretrain one after the other on the idle machine (two threads each), each timed: MLM with
+# README command 1's settings (the small recipe at 2400 updates) and the ELECTRA small recipe (1750 updates: an ELECTRA update, generator +
 # discriminator, measured about 1.35x an MLM update here, so 1750 fill the MLM recipe's time). ELECTRA reuses
 # the MLM run's tokenizer, so both have the same random-init twin. Then each model goes through the payoff
 # report: 3 seeds, a learning-rate grid per side chosen on validation.

@@ -13,8 +13,8 @@
 #   SEEDS=42,43 LRS=1e-3,3e-3 bash recipes/payoff/text.sh   # quicker, fewer runs
 #
 # RUN TIME on an idle 2-core CPU, from measured parts (2026-12-03), not timed end to end: README command 1
-# 531 s; its 18 fine-tunings (3 rates x 3 seeds x 2 sides, two at a time) about 14 min; the small recipe 553 s;
-# its 18 fine-tunings about 14 min: about 50 minutes in all. On a busy machine it takes several times longer.
+# 553 s (2400 updates); its 18 fine-tunings (3 rates x 3 seeds x 2 sides, two at a time) about 14 min; the
+# small recipe 887 s (3600 updates); its 18 fine-tunings about 14 min: about 55 minutes in all. On a busy machine it takes several times longer.
 # Finished runs are skipped, so an interrupted run resumes where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

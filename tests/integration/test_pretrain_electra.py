@@ -94,14 +94,19 @@ def test_outputs_load_in_transformers(electra):
     assert "ELECTRA" in card and "generator/" in card
 
 
-def test_the_discriminator_fine_tunes(electra, tmp_path):
+def _fine_tune(model, out) -> dict:
+    """4 updates of the tiny text-classification recipe on the topic fixtures; the eval results."""
     topics = FIXTURES / "text" / "classification"
-    out = tmp_path / "cls"
-    run_cli("run_finetune.py", [ROOT / "recipes" / "finetune" / "text-classification-tiny-cpu.yaml", "--model_name_or_path", electra,
+    run_cli("run_finetune.py", [ROOT / "recipes" / "finetune" / "text-classification-tiny-cpu.yaml", "--model_name_or_path", model,
                                 "--output_dir", out, "--max_steps", "4", "--train_file", topics / "train.csv",
                                 "--validation_file", topics / "validation.csv", "--test_file", topics / "test.csv"],
             env={"OMP_NUM_THREADS": "1"})
-    results = json.loads((out / "eval_results.json").read_text())
+    return json.loads((out / "eval_results.json").read_text())
+
+
+def test_the_discriminator_fine_tunes(electra, tmp_path):
+    out = tmp_path / "cls"
+    results = _fine_tune(electra, out)
     assert results["eval_samples"] == 40 and 0 <= results["eval_accuracy"] <= 1
     assert json.loads((out / "config.json").read_text())["architectures"] == ["ElectraForSequenceClassification"]
 
@@ -135,14 +140,9 @@ def test_the_pre_ln_layout_trains_saves_and_fine_tunes(tmp_path):
     assert len(fill(f"return the {fill.tokenizer.mask_token} of the list.")) == 5
     g, d = load_file(out / "generator" / "model.safetensors"), load_file(out / "model.safetensors")
     assert torch.equal(g["model.embeddings.tok_embeddings.weight"], d["embeddings.tok_embeddings.weight"])  # encoder: no prefix
-    topics = FIXTURES / "text" / "classification"
     cls = tmp_path / "cls"
-    run_cli("run_finetune.py", [ROOT / "recipes" / "finetune" / "text-classification-tiny-cpu.yaml", "--model_name_or_path", out,
-                                "--output_dir", cls, "--max_steps", "4", "--train_file", topics / "train.csv",
-                                "--validation_file", topics / "validation.csv", "--test_file", topics / "test.csv"],
-            env={"OMP_NUM_THREADS": "1"})
+    assert 0 <= _fine_tune(out, cls)["eval_accuracy"] <= 1
     assert json.loads((cls / "config.json").read_text())["architectures"] == ["ModernBertForSequenceClassification"]
-    assert 0 <= json.loads((cls / "eval_results.json").read_text())["eval_accuracy"] <= 1
     # Continuing from the saved folder puts the head back (one update at a negligible learning rate: saved again unchanged).
     more = tmp_path / "more"
     run_cli("run_pretrain.py", [recipe, "--train_file", FIXTURES / "text" / "corpus.txt", "--model_name_or_path", out,
