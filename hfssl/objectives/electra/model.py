@@ -1,8 +1,7 @@
 """`ElectraPretraining`: a generator (an AutoModelForMaskedLM) and a discriminator with one logit per token,
 with shared embeddings; one forward that returns ELECTRA's two summed loss terms. Two layouts:
 transformers' ElectraForMaskedLM + ElectraForPreTraining (post-LN, the paper's), or ModernBertForMaskedLM +
-ModernBertForTokenClassification with one label (pre-LN, RoPE: trains at small budgets where post-LN sits
-at the label prior).
+ModernBertForTokenClassification with one label (pre-LN, RoPE: the encoder of the MLM CPU recipes).
 
 Shared embeddings (as google-research/electra ties them): the generator's embedding module IS the
 discriminator's, and the generator's output layer stays tied to the shared token embeddings. An ELECTRA

@@ -8,7 +8,7 @@ Output folder: the discriminator at the top, so `AutoModel`, `AutoModelForSequen
 replaced-token head fine-tuning leaves behind (its weights have their own names). The modernbert layout saves
 the encoder (ModernBertModel) and its replaced-token head apart, in `replaced_token_head.safetensors`:
 ModernBertForSequenceClassification's head has the same names as the token classifier's, and loading the
-one-logit head into it cost fine-tuning 12 points (docs/payoff/ablations.md, "ELECTRA on the pre-LN encoder").
+one-logit head into it cost fine-tuning 10 points (docs/payoff/ablations.md, "ELECTRA on the pre-LN encoder").
 """
 
 from __future__ import annotations
@@ -118,8 +118,9 @@ class ElectraObjective(Objective):
     def check_health(self, window: list[dict]) -> Optional[str]:
         """Collapse: the discriminator's loss no better than that of ignoring the input (always answering the
         replaced share) by min_discriminator_gain, for collapse_patience updates in a row after collapse_check_after.
-        Seen with the post-LN ELECTRA encoder at too high a learning rate: it outputs the label prior everywhere, its
-        accuracy equals that of answering "original", and it learns nothing a fine-tuning can use."""
+        Seen with the post-LN ELECTRA encoder, and with the pre-LN one at sampling temperature 1 once the generator's
+        samples became plausible: it outputs the label prior everywhere, its accuracy equals that of answering
+        "original", and it learns nothing a fine-tuning can use."""
         if not window:
             return None
         cfg, row = self.cfg, window[-1]
@@ -133,8 +134,9 @@ class ElectraObjective(Objective):
             lambda streak: (f"ELECTRA discriminator collapse at step {row['step']}: loss_discriminator {loss:.3f} vs {baseline:.3f} "
                             f"for ignoring the input (always answering the replaced share), less than "
                             f"{cfg.min_discriminator_gain:.0%} better, for {streak} update(s)."),
-            "Lower the learning rate or lengthen the warm-up (the post-LN encoder can sit at the label prior), use the "
-            "pre-LN layout (model_type modernbert), or lower discriminator_weight.")
+            "Raise sampling_temperature (at 2 the pre-LN discriminator kept learning where at 1 it fell back to the prior), "
+            "lower the learning rate or lengthen the warm-up (the post-LN encoder can sit at the label prior), or lower "
+            "discriminator_weight.")
 
     def state_dict(self) -> dict:
         return self.guard.state_dict()
@@ -162,7 +164,8 @@ class ElectraObjective(Objective):
             return generator, discriminator
         disc_class, gen_class = LAYOUTS[cfg.model_type]
         config = text_model_config(cfg, self.tokenizer, cfg.max_seq_length, model_type=cfg.model_type)
-        config.num_labels = 1  # ModernBertForTokenClassification: one replaced/original logit per token
+        if cfg.model_type == "modernbert":
+            config.num_labels = 1  # ModernBertForTokenClassification: one replaced/original logit per token
         config.architectures = [disc_class.__name__]
         discriminator = disc_class(config)
         generator = gen_class(generator_config(config, cfg.generator_size, cfg.generator_layers))
