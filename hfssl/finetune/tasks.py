@@ -109,12 +109,13 @@ def load_or_init(auto_class, cfg, config, pretrained: bool, source: str):
     also what the random-init side starts from.
     """
     if pretrained:
+        saved_as = list(config.architectures or [])  # the checkpoint's task classes (config was read from source)
         try:
             model, info = auto_class.from_pretrained(source, config=config, ignore_mismatched_sizes=True, output_loading_info=True)
         except (OSError, ValueError) as e:
             raise ConfigError(f"Could not load model '{source}': {e}") from None
         if not getattr(cfg, "reuse_pretraining_head", False):
-            fresh_foreign_head(model, auto_class, config, info, load_config(source).architectures)
+            fresh_foreign_head(model, auto_class, config, info, saved_as)
     else:
         model = auto_class.from_config(config)
     use_attn_implementation(model, cfg.attn_implementation, cfg.mixed_precision)
