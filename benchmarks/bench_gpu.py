@@ -15,6 +15,9 @@ Workloads (`--workloads`, default all but `w2v_long`):
               hfssl + `torch_compile`.
   w2v_long    hfssl's wav2vec 2.0 base loop for `--long_seconds` (default 120) in bf16: non-finite updates,
               codebook perplexity at the start and the end (minimum 1 per group; maximum codes per group).
+  mlm_bf16    the `mlm` model in fp32 and bf16 autocast: stock `Trainer` (fp32, bf16, bf16 + compile), hfssl's loop
+              (fp32, bf16, bf16 + eager attention, bf16 + eager + compile). With `--preset cpu-recipe` (README
+              command 1's ModernBERT and batch), what recipes/mlm/tiny-cpu.yaml's `auto` settings buy on a CPU.
   syncs       CUDA only: device-to-host synchronizations per update in hfssl's loop (sync debug mode).
 
 Every hfssl variant is the real `hfssl.trainer.train` with a synthetic-data objective (the loop, its
@@ -36,6 +39,7 @@ what the hardware actually computed (on a CPU, even the measured peak).
     python benchmarks/bench_gpu.py                         # GPU: every workload, ~6 min on an H100
     python benchmarks/bench_gpu.py --workloads w2v_long    # the 2-minute bf16 wav2vec 2.0 run
     python benchmarks/bench_gpu.py --preset cpu            # the same comparisons with small models on a CPU
+    python benchmarks/bench_gpu.py --preset cpu-recipe --workloads mlm_bf16   # README command 1's step on a CPU
     python benchmarks/bench_gpu.py --tiny                  # smoke test (tests/unit/test_bench_gpu.py)
 
 Prints a table and writes JSON (GPU name, torch and transformers versions, every figure, ratios).
@@ -69,7 +73,7 @@ DATASHEET_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="gpu (default with CUDA), cpu, tiny")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="gpu (default with CUDA), cpu, cpu-recipe, tiny")
     p.add_argument("--tiny", action="store_true", help="same as --preset tiny (CPU smoke test, seconds)")
     p.add_argument("--workloads", default="mlm,mlm_varlen,w2v", help="comma-separated: mlm, mlm_varlen, w2v, w2v_long, syncs")
     p.add_argument("--variants", default=None, help="comma-separated variant names to run (default: all of each workload)")
@@ -131,6 +135,14 @@ RUNNERS = {
             ("hfssl", lambda p: hfssl_mlm(p, compile=False, varlen=False)),
             ("hfssl_compile", lambda p: hfssl_mlm(p, compile=True, varlen=False)),
             ("hfssl_eager", lambda p: hfssl_mlm(p, compile=False, varlen=False, attention="eager"))],
+    # bf16 autocast on any device (on a CPU it pays only with AMX / AVX512-BF16), eager vs sdpa attention, compiled.
+    "mlm_bf16": [("hf_trainer_fp32", lambda p: stock_mlm(p, compile=False, varlen=False, precision="no")),
+                 ("hf_trainer_bf16", lambda p: stock_mlm(p, compile=False, varlen=False, precision="bf16")),
+                 ("hf_trainer_bf16_compile", lambda p: stock_mlm(p, compile=True, varlen=False, precision="bf16")),
+                 ("hfssl_fp32", lambda p: hfssl_mlm(p, compile=False, varlen=False, precision="no")),
+                 ("hfssl_bf16", lambda p: hfssl_mlm(p, compile=False, varlen=False, precision="bf16")),
+                 ("hfssl_bf16_eager", lambda p: hfssl_mlm(p, compile=False, varlen=False, attention="eager", precision="bf16")),
+                 ("hfssl_bf16_eager_compile", lambda p: hfssl_mlm(p, compile=True, varlen=False, attention="eager", precision="bf16"))],
     "mlm_varlen": [("hf_trainer", lambda p: stock_mlm(p, compile=False, varlen=True)),
                    ("hfssl", lambda p: hfssl_mlm(p, compile=False, varlen=True)),
                    ("hfssl_padded", lambda p: hfssl_mlm(p, compile=False, varlen=True, packed=False))],
@@ -140,7 +152,8 @@ RUNNERS = {
     "w2v_long": [("hfssl", lambda p: w2v_long(p, p["long_seconds"]))],
     "syncs": [("hfssl", host_syncs)],
 }
-STOCK = {"mlm": ("hf_trainer", "hf_trainer_compile"), "mlm_varlen": ("hf_trainer",), "w2v": ("hf_loop",)}
+STOCK = {"mlm": ("hf_trainer", "hf_trainer_compile"), "mlm_bf16": ("hf_trainer_fp32", "hf_trainer_bf16", "hf_trainer_bf16_compile"),
+         "mlm_varlen": ("hf_trainer",), "w2v": ("hf_loop",)}
 
 
 def add_derived(result: dict, peaks: dict) -> None:
@@ -170,10 +183,10 @@ def ratios(results: dict) -> dict:
 def print_table(results: dict, comparisons: dict) -> None:
     keys = ["tokens_per_s", "audio_s_per_s", "step_ms", "cpu_ms_per_step", "peak_mem_gb", "padding_fraction", "mfu_vs_datasheet",
             "mfu_vs_measured"]
-    print(f"\n{'workload':<11} {'variant':<19} " + " ".join(f"{k:>16}" for k in keys))
+    print(f"\n{'workload':<11} {'variant':<25} " + " ".join(f"{k:>16}" for k in keys))
     for workload, rows in results.items():
         for variant, r in rows.items():
-            print(f"{workload:<11} {variant:<19} " + " ".join(f"{_fmt(r.get(k)):>16}" for k in keys))
+            print(f"{workload:<11} {variant:<25} " + " ".join(f"{_fmt(r.get(k)):>16}" for k in keys))
     for k, v in comparisons.items():
         print(f"  {k}: {v:.2f}x")
 

@@ -31,6 +31,13 @@ PRESETS = {
     "cpu": dict(device="cpu", precision="no", bert=dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
                 intermediate_size=1024, vocab_size=8192), seq=128, batch=32, steps=8, warm=3, w2v=W2V_SMALL, w2v_batch=4,
                 w2v_seconds=4.0, w2v_steps=5, w2v_warm=2, negatives=100, workers=0),
+    # README command 1's model and batch (recipes/mlm/tiny-cpu.yaml): ModernBERT 4 x 256 (GeGLU 512, vocab 8192),
+    # 30% masking, batch 16 of 128 tokens; for the `mlm_bf16` workload (bf16 autocast, eager attention, compile).
+    "cpu-recipe": dict(device="cpu", precision="no", arch="modernbert", mlm_probability=0.3,
+                       bert=dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
+                                 vocab_size=8192, max_position_embeddings=128, local_attention=128),
+                       seq=128, batch=16, steps=40, warm=15, w2v=W2V_SMALL, w2v_batch=4, w2v_seconds=4.0, w2v_steps=5,
+                       w2v_warm=2, negatives=100, workers=0),
     # Smoke test: every code path in seconds.
     "tiny": dict(device="cpu", precision="no", bert=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                  intermediate_size=64, vocab_size=500), seq=32, batch=8, steps=3, warm=1, w2v=W2V_TINY, w2v_batch=2,
@@ -98,16 +105,27 @@ def speechlike(rng: np.random.Generator, samples: int, rate: int = 16000) -> np.
 # ----------------------------------------------------------------------------------- models and FLOPs
 
 def _bert_config(p):
-    from transformers import BertConfig
+    """The preset's encoder config: BERT, or (arch modernbert) ModernBERT with the synthetic tokenizer's ids."""
+    from transformers import BertConfig, ModernBertConfig
 
+    if p.get("arch") == "modernbert":
+        return ModernBertConfig(**{"pad_token_id": 0, "cls_token_id": 2, "sep_token_id": 3, "bos_token_id": 2,
+                                   "eos_token_id": 3, **p["bert"]})
     return BertConfig(**{"max_position_embeddings": max(512, p["seq"]), **p["bert"]})
+
+
+def _masked_lm(config):
+    from transformers import AutoModelForMaskedLM
+
+    return AutoModelForMaskedLM.from_config(config)
 
 
 def bert_flops_per_token(config, mean_len: float) -> float:
     """Training FLOPs per token of BERT with a full MLM head: 3 x forward matmuls; mean_len: the token-weighted
     mean sequence length (attention scores and values grow with it)."""
     H, I, L, V = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
-    forward = L * (8 * H * H + 4 * H * I) + 4 * L * mean_len * H + 2 * H * H + 2 * H * V
+    mlp = 6 * H * I if config.model_type == "modernbert" else 4 * H * I  # GeGLU: H -> 2I, I -> H
+    forward = L * (8 * H * H + mlp) + 4 * L * mean_len * H + 2 * H * H + 2 * H * V
     return 3 * forward
 
 
@@ -166,9 +184,12 @@ def _make_tokenizer(vocab: int):
 
 # ----------------------------------------------------------------------------------- stock Hugging Face
 
-def stock_mlm(p: dict, compile: bool, varlen: bool) -> dict:
-    """transformers' Trainer + DataCollatorForLanguageModeling (15%), BertForMaskedLM (transformers' default attention)."""
-    from transformers import BertForMaskedLM, DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
+def stock_mlm(p: dict, compile: bool, varlen: bool, precision: str | None = None) -> dict:
+    """transformers' Trainer + DataCollatorForLanguageModeling (the preset's masking rate, 15% by default), the
+    preset's masked LM (transformers' default attention); `precision` overrides the preset's."""
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
+
+    precision = precision or p["precision"]
 
     device = torch.device(p["device"])
     _reset(device)
@@ -189,15 +210,16 @@ def stock_mlm(p: dict, compile: bool, varlen: bool) -> dict:
 
     config = _bert_config(p)
     torch.manual_seed(0)
-    model = BertForMaskedLM(config)
+    model = _masked_lm(config)
     rows = [{"input_ids": r.tolist()} for r in text_rows(p, varlen)]
     args = TrainingArguments(output_dir=str(Path(p["scratch"]) / "hf"), per_device_train_batch_size=p["batch"], max_steps=p["steps"],
-                             bf16=p["precision"] == "bf16", use_cpu=device.type == "cpu", report_to=[], save_strategy="no",
+                             bf16=precision == "bf16", use_cpu=device.type == "cpu", report_to=[], save_strategy="no",
                              logging_steps=10**6, dataloader_num_workers=p["workers"], torch_compile=compile, learning_rate=1e-4,
                              seed=0, include_num_input_tokens_seen="non_padding" if varlen else "no", disable_tqdm=True)
     clock = Clock()
     trainer = Trainer(model=model, args=args, train_dataset=rows, callbacks=[clock],
-                      data_collator=DataCollatorForLanguageModeling(_make_tokenizer(config.vocab_size), mlm_probability=0.15))
+                      data_collator=DataCollatorForLanguageModeling(_make_tokenizer(config.vocab_size),
+                                                                    mlm_probability=p.get("mlm_probability", 0.15)))
     out = trainer.train()
     timed = p["steps"] - p["warm"]
     dt = (clock.t1[0] - clock.t0[0], clock.t1[1] - clock.t0[1])
@@ -297,10 +319,10 @@ def _objective_class():
     return Synthetic
 
 
-def hfssl_mlm(p: dict, compile: bool, varlen: bool, packed: bool = True, attention=None) -> dict:
-    """hfssl's loop, SparseMaskedLM, MLMCollator (15%; padding-free for varying lengths unless `packed` is
-    False), the attention default (or `attention`)."""
-    from transformers import BertForMaskedLM
+def hfssl_mlm(p: dict, compile: bool, varlen: bool, packed: bool = True, attention=None, precision: str | None = None) -> dict:
+    """hfssl's loop, SparseMaskedLM, MLMCollator (the preset's masking rate, 15% by default; padding-free for
+    varying lengths unless `packed` is False), the attention default (or `attention`), the preset's precision
+    (or `precision`)."""
 
     from hfssl.attention import packed_layout, use_attn_implementation
     from hfssl.collators import MLMCollator
@@ -312,13 +334,16 @@ def hfssl_mlm(p: dict, compile: bool, varlen: bool, packed: bool = True, attenti
 
     def build(cfg):
         torch.manual_seed(0)
-        mlm = BertForMaskedLM(config)
-        kernel["attention"] = use_attn_implementation(mlm, attention, p["precision"])
+        mlm = _masked_lm(config)
+        kernel["attention"] = use_attn_implementation(mlm, attention, precision)
         packing = packed_layout(mlm.config, p["seq"], True) if varlen and packed else None
-        collator = MLMCollator(0, 4, torch.arange(SPECIAL), torch.arange(SPECIAL, config.vocab_size), packing=packing)
+        collator = MLMCollator(0, 4, torch.arange(SPECIAL), torch.arange(SPECIAL, config.vocab_size), packing=packing,
+                               mlm_probability=p.get("mlm_probability", 0.15))
         return _objective_class()(cfg, "mlm", "tokens", SparseMaskedLM(mlm), collator, [{"input_ids": r} for r in rows])
 
-    objective, log = _train_hfssl(p, build, compile, p["steps"], per_device_train_batch_size=p["batch"], learning_rate=1e-4)
+    precision = precision or p["precision"]
+    objective, log = _train_hfssl({**p, "precision": precision}, build, compile, p["steps"], per_device_train_batch_size=p["batch"],
+                                  learning_rate=1e-4)
     timed, dt = p["steps"] - p["warm"], _elapsed(objective.clock, p["warm"])
     plan = shuffled_batches(len(rows), p["batch"], 0, 0)  # the loop's epoch-0 plan: update s trains plan[s]
     lengths = np.array([len(r) for r in rows])

@@ -22,6 +22,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from hfssl import hardware
 from hfssl.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -81,8 +82,11 @@ class TrainingArguments:
     plateau_patience: Optional[int] = _help("reduce_lr_on_plateau: evaluations without improvement before lowering the "
                                             "learning rate (default 10).", None)
     max_grad_norm: float = _help("Gradient clipping norm; 0 disables clipping.", 1.0)
-    mixed_precision: Literal["no", "fp16", "bf16"] = _help("Autocast precision.", "no")
-    torch_compile: bool = _help("Compile the model with torch.compile.", False)
+    mixed_precision: Literal["no", "fp16", "bf16", "auto"] = _help(
+        "Autocast precision. auto: bf16 where the device multiplies bf16 natively (CUDA from Ampere on; CPUs with AMX "
+        "or AVX512-BF16), else no; decided at load and logged.", "no")
+    torch_compile: bool = _help("Compile the model with torch.compile: true, false, or auto (compile where kernels can be "
+                                "built: CUDA, or a CPU with a C++ compiler; decided at load and logged).", False)
     gradient_checkpointing: bool = _help("Trade compute for memory in the encoder.", False)
     logging_steps: int = _help("Send averaged metrics to the progress bar and trackers every N updates.", 10)
     eval_steps: int = _help("Evaluate every N updates; 0 evaluates only at the end.", 0)
@@ -103,6 +107,7 @@ class TrainingArguments:
     hub_model_id: Optional[str] = _help("Repository id for push_to_hub (defaults to output_dir's name).", None)
 
     def __post_init__(self) -> None:
+        self._resolve_auto()
         _check_types(self)
         positive = ["per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "logging_steps"]
         for key in positive:
@@ -135,6 +140,19 @@ class TrainingArguments:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}.")
         if self.save_total_limit is not None and self.save_total_limit < 1:
             raise ConfigError("save_total_limit must be >= 1 or unset.")
+
+    def _resolve_auto(self) -> None:
+        """Replace `auto` in mixed_precision and torch_compile by what this machine runs fast, so everything
+        downstream, and the saved hfssl_config.yaml, sees a concrete value. The choices and their reasons are
+        kept in `auto_choices` (not a setting) and logged when the run starts (`make_accelerator`)."""
+        self.auto_choices: list[str] = []
+        if self.mixed_precision == "auto":
+            ok, why = hardware.native_bf16()
+            self.mixed_precision = "bf16" if ok else "no"
+            self.auto_choices.append(f"mixed_precision auto -> {self.mixed_precision}: {why}.")
+        if isinstance(self.torch_compile, str) and self.torch_compile.lower() == "auto":
+            self.torch_compile, why = hardware.can_compile()
+            self.auto_choices.append(f"torch_compile auto -> {str(self.torch_compile).lower()}: {why}.")
 
     def _check_scheduler_settings(self) -> None:
         kind = self.lr_scheduler_type

@@ -41,6 +41,8 @@ def make_accelerator(cfg) -> Accelerator:
     """The run's Accelerator; refuses a launch whose processes would each train alone, and the
     distributed back-ends this loop was never run with (DeepSpeed, FSDP version 1)."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
+    for choice in cfg.auto_choices:
+        logger.info(choice)
     if os.environ.get(_RAM_EFFICIENT, "false").lower() == "true" and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
         # Set by `accelerate launch` from fsdp_cpu_ram_efficient_loading, read by Accelerate and transformers.
         # Every process builds the model in full before `prepare` anyway, so it would save no memory; and

@@ -4,9 +4,11 @@ import json
 import shutil
 
 import pytest
+import yaml
 from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
 
 from conftest import CORPUS, TINY_MLM, read_log, run_cli, train_losses
+from hfssl import hardware
 
 
 def test_tiny_recipe_on_own_text_file(tiny_mlm):
@@ -37,11 +39,14 @@ def test_output_loads_in_plain_transformers(tiny_mlm):
 
 def test_continued_pretraining_from_local_checkpoint(tiny_mlm, tmp_path):
     out = tmp_path / "continued"
-    run_cli("run_pretrain.py", [*TINY_MLM, "--model_name_or_path", tiny_mlm, "--config_overrides", "", "--output_dir", out,
-                                "--max_steps", "10", "--save_steps", "0", "--eval_steps", "0"])
+    proc = run_cli("run_pretrain.py", [*TINY_MLM, "--model_name_or_path", tiny_mlm, "--config_overrides", "", "--output_dir", out,
+                                       "--max_steps", "10", "--save_steps", "0", "--eval_steps", "0", "--mixed_precision", "auto"])
     first = train_losses(out)[1]
     scratch_first = train_losses(tiny_mlm)[1]
     assert first < scratch_first - 0.5  # starts from the pretrained weights, not from scratch
+    bf16, why = hardware.native_bf16()  # auto: bf16 only where this machine multiplies it natively; logged, saved concrete
+    assert f"mixed_precision auto -> {'bf16' if bf16 else 'no'}: {why}." in proc.stderr
+    assert yaml.safe_load((out / "hfssl_config.yaml").read_text())["mixed_precision"] == ("bf16" if bf16 else "no")
     assert AutoTokenizer.from_pretrained(out).get_vocab() == AutoTokenizer.from_pretrained(tiny_mlm).get_vocab()
 
 

@@ -220,7 +220,9 @@ def test_every_recipe_loads(recipe, monkeypatch):
     assert type(cfg) is known[objective]
     for key, value in raw.items():  # every recipe value made it into the config
         got = getattr(cfg, key)
-        if isinstance(value, float) or isinstance(got, float):
+        if value == "auto" and key in ("mixed_precision", "torch_compile"):  # resolved at load for this machine
+            assert any(choice.startswith(f"{key} auto -> {str(got).lower()}: ") for choice in cfg.auto_choices), key
+        elif isinstance(value, float) or isinstance(got, float):
             assert math.isclose(float(got), float(value)), key
         elif isinstance(value, bool):  # `no` in YAML is false: allowed for a yes/no Literal
             assert got == value or got == ("yes" if value else "no"), key
@@ -336,3 +338,43 @@ def test_config_overrides_on_the_command_line_merge_over_the_recipes(tmp_path):
     # another architecture: the recipe's keys were written for its own one
     other = load_config([str(recipe), "--model_type", "roberta", "--config_overrides", "hidden_size=64"])
     assert other.config_overrides == {"hidden_size": 64}
+
+
+@pytest.mark.parametrize("bf16, compiler, precision, compiled", [
+    ((True, "this CPU multiplies bf16 natively (AMX)"), (True, "CPU kernels built with /usr/bin/g++"), "bf16", True),
+    ((False, "this CPU has neither AMX nor AVX512-BF16"), (False, "no C++ compiler for CPU kernels"), "no", False),
+])
+def test_auto_precision_and_compile_resolve_to_what_the_machine_runs_fast(bf16, compiler, precision, compiled, corpus,
+                                                                          tmp_path, monkeypatch):
+    """`auto` becomes a concrete value at load (what is saved and what the loop reads), with its reason kept for the log."""
+    from hfssl import hardware
+
+    monkeypatch.setattr(hardware, "native_bf16", lambda: bf16)
+    monkeypatch.setattr(hardware, "can_compile", lambda: compiler)
+    cfg = load_config(["--train_file", str(corpus), "--mixed_precision", "auto", "--torch_compile", "auto"])
+    assert (cfg.mixed_precision, cfg.torch_compile) == (precision, compiled)
+    assert cfg.auto_choices == [f"mixed_precision auto -> {precision}: {bf16[1]}.",
+                                f"torch_compile auto -> {str(compiled).lower()}: {compiler[1]}."]
+    save_config(cfg, tmp_path / "saved.yaml")
+    saved = yaml.safe_load((tmp_path / "saved.yaml").read_text())
+    assert (saved["mixed_precision"], saved["torch_compile"]) == (precision, compiled)
+    explicit = load_config(["--train_file", str(corpus), "--mixed_precision", "bf16", "--torch_compile", "false"])
+    assert (explicit.mixed_precision, explicit.torch_compile, explicit.auto_choices) == ("bf16", False, [])
+    with pytest.raises(ConfigError, match="torch_compile: expected true or false"):
+        load_config(["--train_file", str(corpus), "--torch_compile", "sometimes"])
+
+
+def test_hardware_probe_matches_the_compiler_on_the_path(monkeypatch, tmp_path):
+    from hfssl import hardware
+
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    assert hardware.cpp_compiler() is None
+    compiler = tmp_path / "my-g++"
+    compiler.write_text("#!/bin/sh\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CXX", str(compiler))
+    assert hardware.cpp_compiler() == str(compiler)
+    if not (hardware.torch.cuda.is_available() or hardware.torch.backends.mps.is_available()):
+        assert hardware.can_compile() == (True, f"CPU kernels built with {compiler}")
+        monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+        assert hardware.can_compile()[0] is False
