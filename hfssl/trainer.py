@@ -159,6 +159,10 @@ def _setup(cfg, objective, accelerator, run_dir: RunDir) -> _Run:
         # dynamic=None: shapes start static (the fastest kernels, CUDA-graph friendly); a dimension that
         # changes (masked-token count, packed rows, padded length) is recompiled once, as a dynamic dimension.
         model = torch.compile(model, dynamic=None)
+        if any(choice.startswith("torch_compile auto") for choice in cfg.auto_choices):
+            # auto means "compiled where kernels can be built": a toolchain that is present but fails (a broken
+            # compiler, missing OpenMP) makes torch fall back to eager with its warning, instead of ending the run.
+            torch._dynamo.config.suppress_errors = True
     run = _Run(cfg, objective, accelerator, model, optimizer, scheduler, LoopState(), steps_per_epoch, total_steps,
                Path(cfg.output_dir), run_dir.run_id, on_eval_loss)
     if run_dir.resume is not None:

@@ -121,3 +121,17 @@ def test_streaming_corpus(tmp_path):
     assert (f"Resuming the stream at shard {position['shard_idx']} of this process's shards, "
             f"document {position['shard_example_idx']} of it") in proc.stderr
     assert train_losses(again) == {k: v for k, v in losses.items() if k > 6}
+
+
+def test_compile_auto_falls_back_to_eager_when_the_compiler_fails(tmp_path):
+    """torch_compile auto promises "compiled where kernels can be built": a compiler that is on the PATH but
+    fails leaves the run in eager mode with torch's warning (an explicit true keeps torch's error)."""
+    broken = tmp_path / "broken-g++"
+    broken.write_text("#!/bin/sh\necho broken >&2\nexit 1\n")
+    broken.chmod(0o755)
+    env = {"CXX": str(broken), "OMP_NUM_THREADS": "1"}
+    args = [*TINY_MLM, "--max_steps", "3", "--eval_steps", "0", "--save_steps", "0"]
+    proc = run_cli("run_pretrain.py", [*args, "--output_dir", tmp_path / "auto", "--torch_compile", "auto"], env=env)
+    assert f"torch_compile auto -> true: CPU kernels built with {broken}." in proc.stderr
+    assert "InvalidCxxCompiler" in proc.stderr
+    assert sorted(train_losses(tmp_path / "auto")) == [1, 2, 3]
