@@ -16,6 +16,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # A BERT small enough for CPU tests; dropout stays ON so exact-resume tests cover its RNG.
+# The MLM recipes' speed settings (bf16 where the CPU has it, compiled, eager attention), pinned off: the tests' runs
+# are seconds long (compiling would dominate) and compare numbers with fp32 computations, across runs and machines.
+EXACT = ["--mixed_precision", "no", "--torch_compile", "false", "--attn_implementation", "none"]
 TINY_MLM = [
     str(ROOT / "recipes" / "mlm" / "tiny-cpu.yaml"),
     "--train_file", str(CORPUS),
@@ -27,9 +30,7 @@ TINY_MLM = [
     "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16",
     "--learning_rate", "2e-3", "--warmup_steps", "5", "--logging_steps", "5",
     "--validation_split_percentage", "10",
-    # The recipe's speed settings (bf16 where the CPU has it, compiled, eager attention) are pinned off: the tests'
-    # runs are seconds long (compiling would dominate) and compare numbers across runs and machines.
-    "--mixed_precision", "no", "--torch_compile", "false", "--attn_implementation", "none",
+    *EXACT,
 ]
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForMaskedLM
 
-from conftest import CORPUS, ROOT
+from conftest import CORPUS, EXACT, ROOT
 from hfssl.objectives import load_config
 from hfssl.data.batching import batch_seed
 from hfssl.objectives.mlm.loss import HEADS, SparseMaskedLM
@@ -41,9 +41,6 @@ def test_sparse_head_matches_full_forward(model_type):
     expected = F.cross_entropy(full[sel], labels[sel], reduction="sum")
     assert out["loss_sum"].item() == pytest.approx(expected.item(), rel=1e-5)
 
-
-# The recipe computes in bf16 where the CPU has it, compiled: these tests compare with fp32 computations by hand.
-EXACT = ["--mixed_precision", "no", "--torch_compile", "false", "--attn_implementation", "none"]
 
 
 def test_update_loss_is_sum_over_global_masked_count(tmp_path):
