@@ -123,3 +123,67 @@ def test_finetunes_for_ctc_and_audio_classification(best_rq, tmp_path):
     wave = sf.read(str(SPEECH / "keywords" / "yes" / "kal.flac"), dtype="float32")[0]
     scores = pipeline("audio-classification", model=str(kws))({"raw": wave, "sampling_rate": 16000}, top_k=5)
     assert {s["label"] for s in scores} == {"yes", "no", "up", "down", "stop"}
+
+
+# ----------------------------------------------------------------------------------- encoder: wav2vec2 (conv front end)
+W2V2_STEPS = 40
+W2V2 = [ROOT / "recipes" / "best_rq" / "tiny-cpu-wav2vec2.yaml", "--max_steps", W2V2_STEPS, "--save_steps", 20, "--eval_steps", 0,
+        "--max_eval_batches", 1, "--logging_steps", 10, "--warmup_steps", 10]
+
+
+@pytest.fixture(scope="module")
+def best_rq_wav2vec2(tmp_path_factory):
+    out = tmp_path_factory.mktemp("best_rq_w2v2") / "out"
+    run_cli("run_pretrain.py", [*W2V2, "--output_dir", out], env=ONE_THREAD)
+    return out
+
+
+def test_wav2vec2_encoder_learns_and_saves_a_wav2vec2_model(best_rq_wav2vec2):
+    from transformers import AutoFeatureExtractor, AutoModel, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    out = best_rq_wav2vec2
+    rows = _rows(out)
+    assert [r["step"] for r in rows] == list(range(1, W2V2_STEPS + 1))
+    first, last = np.mean([r["loss"] for r in rows[:5]]), np.mean([r["loss"] for r in rows[-10:]])
+    assert first > math.log(64) - 0.3 and last < first - 0.5, (first, last)  # measured 4.1 -> 3.2
+    preflight = json.loads((out / "preflight.json").read_text())["masking_and_labels"]
+    assert 0.25 < preflight["masked_fraction"] < 0.45 and preflight["code_perplexity"] > 10
+    model = AutoModel.from_pretrained(out)
+    assert isinstance(model, Wav2Vec2Model) and model.config.num_hidden_layers == 2 and model.config.conv_stride == [5, 2, 2, 2, 2, 2, 2]
+    extractor = AutoFeatureExtractor.from_pretrained(out)
+    assert isinstance(extractor, Wav2Vec2FeatureExtractor) and extractor.do_normalize and extractor.return_attention_mask
+    wave = sf.read(next((SPEECH / "unlabeled").rglob("*.flac")), dtype="float32")[0]
+    with torch.no_grad():
+        hidden = model.eval()(**extractor(wave, sampling_rate=16000, return_tensors="pt")).last_hidden_state
+    assert hidden.shape == (1, (len(wave) - 400) // 320 + 1, 64) and hidden.isfinite().all()
+    card = (out / "README.md").read_text()
+    assert "Wav2Vec2Model" in card and "receptive field" in card and "100 ms" in card
+
+
+def test_wav2vec2_encoder_resumes_exactly_and_fine_tunes(best_rq_wav2vec2, tmp_path):
+    import shutil
+
+    out = tmp_path / "resumed"
+    shutil.copytree(best_rq_wav2vec2, out)
+    for name in ("model.safetensors", "train_results.json"):
+        (out / name).unlink()
+    shutil.rmtree(out / f"checkpoint-{W2V2_STEPS}")
+    run_cli("run_pretrain.py", [*W2V2, "--output_dir", out, "--resume_from_checkpoint", "latest"], env=ONE_THREAD)
+    assert train_losses(out) == train_losses(best_rq_wav2vec2)  # bitwise from update 21: crops, masks, noise, dropout
+
+    kws = tmp_path / "kws"
+    run_cli("run_finetune.py", [ROOT / "recipes" / "finetune" / "audio-classification-tiny-cpu.yaml", "--model_name_or_path",
+                                best_rq_wav2vec2, "--train_dir", SPEECH / "keywords", "--output_dir", kws, "--max_steps", 3,
+                                "--per_device_eval_batch_size", 32], env=ONE_THREAD)
+    assert json.loads((kws / "config.json").read_text())["architectures"] == ["Wav2Vec2ForSequenceClassification"]
+    assert json.loads((kws / "eval_results.json").read_text())["eval_samples"] == 10
+
+
+def test_feature_grad_scale_is_refused_for_the_conformer():
+    from hfssl.errors import ConfigError
+    from hfssl.objectives import load_config
+
+    with pytest.raises(ConfigError, match="feature_grad_scale 0.1: the conformer encoder has no conv feature encoder"):
+        load_config([str(ROOT / "recipes" / "best_rq" / "tiny-cpu.yaml"), "--feature_grad_scale", "0.1"])
+    cfg = load_config([str(W2V2[0]), "--feature_grad_scale", "0.1"])
+    assert cfg.encoder == "wav2vec2" and cfg.feature_grad_scale == 0.1

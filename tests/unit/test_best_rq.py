@@ -112,7 +112,7 @@ def test_loss_is_a_sum_and_perplexity_counts_used_codes():
 
 
 def _collator(**kw):
-    from hfssl.objectives.best_rq.objective import BestRQCollator
+    from hfssl.objectives.best_rq.collators import BestRQCollator
 
     fe = FbankFrontend(stride=2)
     q = RandomProjectionQuantizer.create(fe.feature_dim, 16, 32, 2, seed=0)
@@ -148,6 +148,110 @@ def test_collator_labels_clean_frames_and_replaces_masked_ones_with_noise():
     assert 0.2 < mask.sum() / attention.sum() < 0.5
     assert batch["num_targets"] == int(mask.sum()) * 2
     assert batch["num_inputs"] == pytest.approx(sum(len(w) for w in waves) / 16000)
+
+
+BASE_KERNEL, BASE_STRIDE = (10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)  # 400-sample receptive field, hop 320
+
+
+def test_samples_of_frames_covers_each_masked_frames_receptive_field():
+    from hfssl.objectives.best_rq.collators import samples_of_frames
+
+    mask = torch.tensor([[False, True, True, False, False], [True, False, False, False, True]])
+    out = samples_of_frames(mask, (4, 3), 16)  # window 4, hop 3: frame i covers [3i, 3i + 4)
+    expected = torch.zeros(2, 16, dtype=torch.bool)
+    expected[0, 3:10] = True  # frames 1 and 2: [3, 7) and [6, 10)
+    expected[1, 0:4] = True
+    expected[1, 12:16] = True  # frame 4: [12, 16)
+    assert torch.equal(out, expected)
+    assert torch.equal(samples_of_frames(mask, (4, 3), 14)[1], expected[1, :14])  # clipped at the end
+
+
+def test_stacked_fbank_frames_align_one_to_one_with_base_conv_frames():
+    from hfssl.data.audio.geometry import conv_geometry, label_frame_index, num_frames
+
+    fe = FbankFrontend(stride=2)
+    assert fe.frame_geometry == (560, 320) and conv_geometry(BASE_KERNEL, BASE_STRIDE) == (400, 320)
+    for n in (400, 559, 560, 16000, 16159, 16160, 40000):
+        f, t = int(num_frames(n, BASE_KERNEL, BASE_STRIDE)), int(fe.num_frames(n))
+        j = label_frame_index(f, (400, 320), fe.frame_geometry, t, clip=False)
+        # centres 320 i + 200 and 320 j + 280: the nearest stacked frame is frame i; at most the last conv frame has none
+        assert j.tolist() == list(range(f)) and t in (f - 1, f), (n, f, t)
+    assert label_frame_index(3, (400, 320), (560, 320), 2).tolist() == [0, 1, 1]  # clipped (HuBERT's use)
+
+
+def _wave_collator(**kw):
+    from hfssl.objectives.best_rq.collators import BestRQWaveCollator
+
+    fe = FbankFrontend(stride=2)
+    q = RandomProjectionQuantizer.create(fe.feature_dim, 16, 32, 2, seed=0)
+    args = dict(max_samples=24000, do_normalize=True, return_attention_mask=True, mask_prob=0.4, mask_length=5, min_masks=2,
+                noise_std=0.1)
+    return BestRQWaveCollator(fe, q, BASE_KERNEL, BASE_STRIDE, **{**args, **kw}), fe, q
+
+
+def test_wave_collator_labels_conv_frames_and_puts_noise_under_masked_frames():
+    from hfssl.data.audio.batching import random_crop
+    from hfssl.data.audio.geometry import num_frames
+
+    c, fe, q = _wave_collator()
+    examples = [{"input_values": _wave(i)} for i in range(3)] + [{"input_values": _wave(3)[:9000]}]
+    batch = c(examples, seed=5)
+    assert all(torch.equal(batch[k], c(examples, seed=5)[k]) for k in ("input_values", "mask_time_indices", "labels"))
+    g = torch.Generator().manual_seed(5)  # crops first, as the collator draws them
+    waves = [random_crop(e["input_values"], 24000, g) for e in examples]
+    lengths = [len(w) for w in waves]
+    frames = [int(num_frames(n, BASE_KERNEL, BASE_STRIDE)) for n in lengths]
+    assert batch["frame_lengths"].tolist() == frames and batch["labels"].shape == (4, max(frames), 2)
+    assert batch["attention_mask"].sum(1).tolist() == lengths
+    for k, w in enumerate(waves):  # by hand: conv frame i gets the quantizer's label of stacked log-mel frame i
+        codes = q(fe.features(w)[None])[0]  # (T, 2)
+        t = codes.shape[0]
+        assert torch.equal(batch["labels"][k, :t], codes[:t]) and (batch["labels"][k, t:] == -100).all()
+    x, mask = batch["input_values"], batch["mask_time_indices"]
+    assert not mask[torch.arange(mask.shape[1])[None, :] >= batch["frame_lengths"][:, None]].any()  # never masks padding
+    assert 0.2 < mask.sum() / sum(frames) < 0.5 and batch["num_targets"] == int((mask & (batch["labels"][..., 0] >= 0)).sum()) * 2
+    for k, w in enumerate(waves):
+        clean = torch.from_numpy(w)
+        clean = (clean - clean.mean()) / torch.sqrt(clean.var(unbiased=False) + 1e-7)
+        noisy = torch.zeros(lengths[k], dtype=torch.bool)
+        for i in mask[k].nonzero().flatten().tolist():
+            noisy[320 * i: 320 * i + 400] = True  # the receptive field of masked frame i
+        torch.testing.assert_close(x[k, : lengths[k]][~noisy], clean[~noisy])  # the rest is the normalized clean wave
+        assert noisy.any() and not torch.equal(x[k, : lengths[k]][noisy], clean[noisy])
+        assert (x[k, lengths[k]:] == 0).all()
+    everything = []  # every masked frame's receptive field, all utterances: N(0, 0.1^2)
+    for k in range(4):
+        sel = torch.zeros(x.shape[1], dtype=torch.bool)
+        for i in mask[k].nonzero().flatten().tolist():
+            sel[320 * i: 320 * i + 400] = True
+        everything.append(x[k][sel])
+    noise = torch.cat(everything)
+    assert abs(float(noise.std()) - 0.1) < 0.01 and abs(float(noise.mean())) < 0.01
+    assert batch["num_inputs"] == pytest.approx(sum(lengths) / 16000)
+    assert "attention_mask" not in _wave_collator(return_attention_mask=False)[0](examples, seed=5)
+
+
+def test_wave_model_scores_only_masked_labelled_frames():
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    from hfssl.objectives.best_rq.model import BestRQForPretraining
+
+    c, fe, q = _wave_collator()
+    batch = c([{"input_values": _wave(i)} for i in range(2)], seed=1)
+    torch.manual_seed(0)
+    encoder = Wav2Vec2Model(Wav2Vec2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                                           conv_dim=[8] * 7, conv_kernel=list(BASE_KERNEL), conv_stride=list(BASE_STRIDE),
+                                           feat_extract_norm="layer", do_stable_layer_norm=True, num_conv_pos_embeddings=8,
+                                           num_conv_pos_embedding_groups=2, mask_time_prob=0.4, layerdrop=0.0))
+    model = BestRQForPretraining(encoder, q.num_codebooks, q.codebook_size).eval()
+    out = model(**{k: v for k, v in batch.items() if isinstance(v, torch.Tensor)})
+    with torch.no_grad():
+        hidden = encoder(batch["input_values"], attention_mask=batch["attention_mask"]).last_hidden_state
+        sel = batch["mask_time_indices"] & (batch["labels"][..., 0] >= 0)
+        logits = model.head(hidden[sel]).view(-1, 2, 32)
+        ce = F.cross_entropy(logits.reshape(-1, 32), batch["labels"][sel].reshape(-1), reduction="sum")
+    torch.testing.assert_close(out["loss_sum"], ce)
+    assert batch["num_targets"] == logits.shape[0] * 2
 
 
 def test_model_predicts_only_masked_frames_and_returns_the_loops_dict():
@@ -212,3 +316,22 @@ def test_collapsed_labels_warn_before_and_during_training(tmp_path, caplog):
     assert obj.state_dict()["low_usage_streak"] == 0
     with pytest.raises(ConfigError, match="another quantizer"):
         obj.load_state_dict({"quantizer_sha1": "0" * 16})
+
+
+def test_feature_grad_scale_scales_only_the_conv_front_ends_gradient(tmp_path):
+    from conftest import ROOT
+    from hfssl.objectives import load_config
+    from hfssl.objectives.best_rq.objective import BestRQObjective
+
+    grads = {}
+    for scale in (1.0, 0.25):
+        cfg = load_config([str(ROOT / "recipes" / "best_rq" / "tiny-cpu-wav2vec2.yaml"), "--output_dir", str(tmp_path / str(scale)),
+                           "--feature_grad_scale", str(scale), "--validation_split_percentage", "0"])
+        torch.manual_seed(0)
+        obj = BestRQObjective(cfg)
+        batch = obj.collator(obj.train_dataset.__getitems__([0, 1]), seed=3)
+        obj.model.eval()(**{k: v for k, v in batch.items() if isinstance(v, torch.Tensor)})["loss_sum"].backward()
+        enc = obj.model.encoder
+        grads[scale] = (enc.feature_extractor.conv_layers[0].conv.weight.grad.clone(), enc.encoder.layers[0].attention.q_proj.weight.grad.clone())
+    torch.testing.assert_close(grads[0.25][0], 0.25 * grads[1.0][0])
+    torch.testing.assert_close(grads[0.25][1], grads[1.0][1])

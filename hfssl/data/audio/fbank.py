@@ -50,6 +50,11 @@ class FbankFrontend:
         return round(0.010 * self.sampling_rate)
 
     @property
+    def frame_geometry(self) -> tuple[int, int]:
+        """(window, hop) in samples of one stacked frame: ``stride`` fbank windows, one hop apart (560 / 320 at 16 kHz, stride 2)."""
+        return self.window + (self.stride - 1) * self.hop, self.hop * self.stride
+
+    @property
     def feature_dim(self) -> int:
         """Size of one encoder frame: `stride` stacked mel frames (the encoder's feature_projection_input_dim)."""
         return self.num_mel_bins * self.stride

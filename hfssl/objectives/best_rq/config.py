@@ -13,9 +13,15 @@ from hfssl.objectives.speech_base import SpeechPretrainConfig
 @dataclass
 class BestRQPretrainConfig(SpeechPretrainConfig):
     """BEST-RQ (Chiu et al., 2022): masked prediction of the labels a frozen random-projection quantizer gives
-    the stacked log-mel frames, on a Wav2Vec2Bert conformer (defaults: the paper's settings)."""
+    the stacked log-mel frames, on a Wav2Vec2Bert conformer or a wav2vec 2.0 encoder (defaults: the paper's settings)."""
 
     objective: Literal["best_rq"] = _help("Pretraining objective.", "best_rq")
+    encoder: Literal["conformer", "wav2vec2"] = _help(
+        "conformer: Wav2Vec2BertModel reading the stacked log-mel frames (the paper's setup). wav2vec2: Wav2Vec2Model reading the "
+        "waveform through its conv front end; each conv frame takes the label of the nearest stacked log-mel frame and masked "
+        "frames have their samples replaced by noise (set stack_frames so the two frame rates match: 2 for 20 ms conv frames).",
+        "conformer")
+    feature_grad_scale: float = _help("Gradient scale into the conv feature encoder (encoder wav2vec2 only; the conformer has none).", 1.0)
     mask_time_prob: float = _help("Expected span starts per encoder frame x mask_time_length, as for wav2vec 2.0 (the paper's 0.01 "
                                   "starts per 10 ms frame with 400 ms spans is 0.4 at any stacking).", 0.4)
     mask_time_length: int = _help("Encoder frames per masked span (paper: 400 ms = 10 frames of 40 ms).", 10)
@@ -40,5 +46,8 @@ class BestRQPretrainConfig(SpeechPretrainConfig):
             raise ConfigError("num_codebooks must be >= 1, codebook_size >= 2 and codebook_dim >= 1.")
         if not 0 <= self.collapse_usage < 1 or self.collapse_patience < 1:
             raise ConfigError("collapse_usage must be in [0, 1) and collapse_patience >= 1.")
+        if self.encoder == "conformer" and self.feature_grad_scale != 1.0:
+            raise ConfigError(f"feature_grad_scale {self.feature_grad_scale}: the conformer encoder has no conv feature encoder to scale; "
+                              "it applies to encoder wav2vec2 only.")
         if self.quantizer_path is not None and self.quantizer_seed is not None:
             raise ConfigError("Can't provide both quantizer_path and quantizer_seed. Choose one.")

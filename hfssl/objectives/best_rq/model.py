@@ -1,5 +1,6 @@
-"""`BestRQForPretraining`: transformers' Wav2Vec2BertModel (a conformer on stacked log-mel frames) + one
-softmax head per codebook, predicting the quantizer's labels of the masked frames."""
+"""`BestRQForPretraining`: an encoder (transformers' Wav2Vec2BertModel, a conformer on stacked log-mel frames, or a
+Wav2Vec2Model reading the waveform through its conv front end) + one softmax head per codebook, predicting the
+quantizer's labels of the masked frames."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ from hfssl.objectives.best_rq.loss import best_rq_loss, code_perplexity
 
 
 class BestRQForPretraining(torch.nn.Module):
-    """Wav2Vec2BertModel + a linear head (hidden -> N x V); forward returns the loop's dict (sums and metrics).
+    """Encoder + a linear head (hidden -> N x V); forward returns the loop's dict (sums and metrics).
 
-    The collator has already replaced the masked frames of ``input_features`` with noise and labelled every
-    real frame with the frozen quantizer (computed on the clean frames). The encoder's own time masking
-    (``masked_spec_embed`` after the feature projection) is not BEST-RQ's, so an all-False mask is passed to
-    keep it from drawing masks of its own.
+    The collator has already replaced the masked frames of the input (``input_features``, or the samples of
+    ``input_values`` under them) with noise and labelled every real frame with the frozen quantizer (computed on
+    the clean audio). The encoder's own time masking (``masked_spec_embed`` after the feature projection) is not
+    BEST-RQ's, so an all-False mask is passed to keep it from drawing masks of its own.
 
     Metrics (per micro-batch, averaged by the loop over masked frames x codebooks): ``accuracy`` (masked
     prediction accuracy over frames and codebooks), ``masked_fraction`` (masked / real frames),
@@ -29,9 +30,12 @@ class BestRQForPretraining(torch.nn.Module):
         self.num_codebooks, self.codebook_size = num_codebooks, codebook_size
         self.head = torch.nn.Linear(encoder.config.hidden_size, num_codebooks * codebook_size)
 
-    def forward(self, input_features, attention_mask, mask_time_indices, labels):
+    def forward(self, mask_time_indices, labels, frame_lengths=None, **inputs):
+        """inputs: ``input_features`` (B, F, D) or ``input_values`` (B, S), and ``attention_mask`` when the encoder
+        uses one; mask_time_indices (B, F) bool; labels (B, F, N) long, -100 where not scored; frame_lengths unused
+        (the real frames are those with labels)."""
         no_model_mask = torch.zeros_like(mask_time_indices)
-        hidden = self.encoder(input_features, attention_mask=attention_mask, mask_time_indices=no_model_mask).last_hidden_state
+        hidden = self.encoder(**inputs, mask_time_indices=no_model_mask).last_hidden_state  # (B, F, H)
         if hidden.shape[1] != labels.shape[1]:
             raise ValueError(f"The encoder produced {hidden.shape[1]} frames but the batch has labels for {labels.shape[1]}: "
                              "BEST-RQ needs an encoder without adapter (add_adapter false).")

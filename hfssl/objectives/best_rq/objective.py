@@ -1,19 +1,21 @@
 """BEST-RQ: BERT-style masked prediction of random-projection-quantizer labels (Chiu et al., 2022), on
-transformers' Wav2Vec2BertModel (a conformer that reads stacked log-mel frames).
+transformers' Wav2Vec2BertModel (a conformer that reads stacked log-mel frames; `encoder: conformer`) or a
+Wav2Vec2Model that reads the waveform through its conv front end (`encoder: wav2vec2`).
 
-Per batch (`BestRQCollator`, a pure function of the examples and the loop's seed): crop, 80-dim Kaldi log-mel
-filterbank normalized per utterance and mel bin, `stack_frames` frames stacked into one encoder frame
-(`hfssl.data.audio.fbank`); labels = the frozen quantizer (`quantizer.py`) on the clean stacked frames;
-span masks over encoder frames (`hfssl.masking.spans.compute_span_mask`); masked frames replaced by
-N(0, noise_std^2) noise. No k-means pass and no learned quantizer: nothing to prepare before training and
-nothing to collapse but the data itself, so streaming works as for wav2vec 2.0.
+Per batch (`collators.py`, a pure function of the examples and the loop's seed): crop, 80-dim Kaldi log-mel
+filterbank normalized per utterance and mel bin, `stack_frames` frames stacked (`hfssl.data.audio.fbank`);
+labels = the frozen quantizer (`quantizer.py`) on the clean stacked frames (for the conv encoder: at its frames,
+nearest centre); span masks over encoder frames (`hfssl.masking.spans.compute_span_mask`); masked frames (their
+samples, for the conv encoder) replaced by N(0, noise_std^2) noise. No k-means pass and no learned quantizer:
+nothing to prepare before training and nothing to collapse but the data itself, so streaming works as for
+wav2vec 2.0.
 
 Model (`model.py`): encoder + one linear softmax head per codebook; loss = CE on masked real frames summed
 over frames and codebooks; num_targets = masked real frames x codebooks.
 
-Output folder: Wav2Vec2BertModel weights + config (`AutoModel.from_pretrained`), preprocessor_config.json
-(`SeamlessM4TFeatureExtractor` with the same filterbank and stacking, so fine-tuning and pipelines see the
-pretraining features), `best_rq_quantizer.safetensors` (also written to output_dir before training),
+Output folder: encoder weights + config (`AutoModel.from_pretrained`), preprocessor_config.json
+(conformer: `SeamlessM4TFeatureExtractor` with the same filterbank and stacking, so fine-tuning and pipelines see
+the pretraining features; wav2vec2: `Wav2Vec2FeatureExtractor`), `best_rq_quantizer.safetensors` (also written to output_dir before training),
 `best_rq_head.safetensors`, README.md model card.
 """
 
@@ -27,14 +29,15 @@ from typing import Optional
 import numpy as np
 import torch
 
-from hfssl.data.audio.batching import random_crop
 from hfssl.data.audio.fbank import FbankFrontend
+from hfssl.data.audio.geometry import conv_geometry, num_frames, receptive_field
 from hfssl.data.audio.splits import build_audio_splits
 from hfssl.data.batching import batch_seed
 from hfssl.errors import ConfigError
-from hfssl.masking.spans import compute_span_mask, expected_masked_fraction, span_mask_stats
+from hfssl.masking.spans import expected_masked_fraction, span_mask_stats
+from hfssl.objectives.best_rq.collators import BestRQCollator, BestRQWaveCollator
 from hfssl.objectives.best_rq.config import BestRQPretrainConfig
-from hfssl.objectives.best_rq.loss import code_perplexity, count_targets
+from hfssl.objectives.best_rq.loss import code_perplexity
 from hfssl.objectives.best_rq.model import BestRQForPretraining
 from hfssl.objectives.best_rq.quantizer import QUANTIZER_FILE, RandomProjectionQuantizer
 from hfssl.objectives.speech_base import SpeechObjective, matching_head, speech_model_config
@@ -42,35 +45,6 @@ from hfssl.objectives.speech_base import SpeechObjective, matching_head, speech_
 logger = logging.getLogger(__name__)
 
 HEAD_FILE = "best_rq_head.safetensors"
-
-
-class BestRQCollator:
-    """(examples, seed, progress) -> input_features (B, F, D) with masked frames replaced by noise,
-    attention_mask (B, F), mask_time_indices (B, F) bool, labels (B, F, N) long (-100 on padding),
-    num_targets (masked real frames x codebooks), num_inputs (audio seconds after cropping).
-
-    Random draws, from one generator seeded with `seed`, in this order: crop offsets, masks, noise.
-    """
-
-    def __init__(self, frontend: FbankFrontend, quantizer: RandomProjectionQuantizer, max_samples: Optional[int],
-                 mask_prob: float, mask_length: int, min_masks: int, noise_std: float):
-        self.frontend, self.quantizer, self.max_samples = frontend, quantizer, max_samples
-        self.mask_prob, self.mask_length, self.min_masks, self.noise_std = mask_prob, mask_length, min_masks, noise_std
-
-    def __call__(self, examples: list[dict], seed: int, progress: float = 0.0) -> dict:
-        g = torch.Generator().manual_seed(int(seed))
-        waves = [np.asarray(ex["input_values"], dtype=np.float32) for ex in examples]
-        if self.max_samples is not None:
-            waves = [random_crop(w, self.max_samples, g) for w in waves]
-        features, attention_mask, lengths = self.frontend.batch(waves)  # (B, F, D), (B, F), (B,)
-        labels = self.quantizer(features)  # (B, F, N) from the clean frames
-        labels[attention_mask == 0] = -100
-        mask = compute_span_mask(lengths, features.shape[1], self.mask_prob, self.mask_length, self.min_masks, generator=g)
-        noise = torch.randn(int(mask.sum()), features.shape[2], generator=g) * self.noise_std
-        features[mask] = noise
-        return {"input_features": features, "attention_mask": attention_mask, "mask_time_indices": mask, "labels": labels,
-                "num_targets": count_targets(labels, mask),
-                "num_inputs": float(sum(w.size for w in waves)) / self.frontend.sampling_rate}
 
 
 class BestRQObjective(SpeechObjective):
@@ -85,8 +59,11 @@ class BestRQObjective(SpeechObjective):
         q = self.quantizer
         self.model = BestRQForPretraining(encoder, q.num_codebooks, q.codebook_size)
         self._maybe_load_head()
+        conv = cfg.encoder == "wav2vec2"
+        min_samples = max(self.frontend.min_samples, receptive_field(encoder.config.conv_kernel, encoder.config.conv_stride)) \
+            if conv else self.frontend.min_samples
         self.train_dataset, self.eval_dataset, self.data_report = build_audio_splits(
-            cfg, cfg.output_dir if self.main else None, self.frontend.min_samples)
+            cfg, cfg.output_dir if self.main else None, min_samples)
         if cfg.streaming and accelerator is not None and accelerator.num_processes > 1:
             from datasets.distributed import split_dataset_by_node
 
@@ -94,8 +71,14 @@ class BestRQObjective(SpeechObjective):
             self.train_dataset.stream = split_dataset_by_node(self.train_dataset.stream, rank, accelerator.num_processes)
             if cfg.on_bad_audio == "skip":  # each process lists what it skips in its own file
                 self.train_dataset.report_path = str(Path(cfg.output_dir) / f"skipped_audio_stream.rank{rank}.tsv")
-        self.collator = BestRQCollator(self.frontend, q, self.max_samples, cfg.mask_time_prob, cfg.mask_time_length,
-                                       cfg.mask_time_min_masks, cfg.noise_std)
+        masking = (cfg.mask_time_prob, cfg.mask_time_length, cfg.mask_time_min_masks, cfg.noise_std)
+        if conv:
+            c = encoder.config
+            self.uses_attention_mask = c.feat_extract_norm == "layer"
+            self.collator = BestRQWaveCollator(self.frontend, q, c.conv_kernel, c.conv_stride, self.max_samples, cfg.do_normalize,
+                                               self.uses_attention_mask, *masking)
+        else:
+            self.collator = BestRQCollator(self.frontend, q, self.max_samples, *masking)
         self._low_usage_streak = 0
         self._collapse_reported = False
         self._last_row: dict = {}
@@ -106,6 +89,9 @@ class BestRQObjective(SpeechObjective):
 
     # ------------------------------------------------------------------ build
     def _encoder(self):
+        return self._wav2vec2_encoder() if self.cfg.encoder == "wav2vec2" else self._conformer_encoder()
+
+    def _conformer_encoder(self):
         from transformers import Wav2Vec2BertConfig, Wav2Vec2BertModel
 
         cfg, dim = self.cfg, self.frontend.feature_dim
@@ -122,6 +108,34 @@ class BestRQObjective(SpeechObjective):
                     "continued from " + cfg.model_name_or_path if cfg.model_name_or_path else "from scratch",
                     config.num_hidden_layers, config.hidden_size, sum(p.numel() for p in model.parameters()) / 1e6, dim,
                     cfg.num_mel_bins, cfg.stack_frames, 10 * cfg.stack_frames)
+        return model
+
+    def _wav2vec2_encoder(self):
+        from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+        from hfssl.attention import use_attn_implementation
+        from hfssl.objectives.wav2vec2.model import GradMultiply
+
+        cfg = self.cfg
+        config = speech_model_config(cfg, "wav2vec2", Wav2Vec2Config())
+        if config.feat_extract_norm not in ("group", "layer"):
+            raise ConfigError(f"feat_extract_norm must be 'group' or 'layer', got '{config.feat_extract_norm}'.")
+        model = Wav2Vec2Model.from_pretrained(cfg.model_name_or_path, config=config) if cfg.model_name_or_path else Wav2Vec2Model(config)
+        model.config.architectures = ["Wav2Vec2Model"]
+        use_attn_implementation(model, cfg.attn_implementation, cfg.mixed_precision)
+        if cfg.feature_grad_scale != 1.0:  # fairseq's feature_grad_mult: scale the gradient into the conv front end
+            scale = cfg.feature_grad_scale
+            model.feature_extractor.register_forward_hook(lambda module, args, out: GradMultiply.apply(out, scale))
+        (window, hop), (lwindow, lhop) = conv_geometry(config.conv_kernel, config.conv_stride), self.frontend.frame_geometry
+        logger.info("BEST-RQ encoder %s: Wav2Vec2 %d layers x %d, %.1fM parameters, conv front end %d / %d samples (window / hop); "
+                    "labels from %d stacked log-mel frames (%d / %d samples), nearest centre.",
+                    "continued from " + cfg.model_name_or_path if cfg.model_name_or_path else "from scratch",
+                    config.num_hidden_layers, config.hidden_size, sum(p.numel() for p in model.parameters()) / 1e6,
+                    window, hop, cfg.stack_frames, lwindow, lhop)
+        if hop != lhop:
+            logger.warning("The conv front end advances %d samples per frame but the label frames %d (stack_frames %d): labels are "
+                           "repeated or skipped; set stack_frames to %s to match.", hop, lhop, cfg.stack_frames,
+                           hop // self.frontend.hop if hop % self.frontend.hop == 0 else "a matching value")
         return model
 
     def _quantizer(self) -> tuple[RandomProjectionQuantizer, str]:
@@ -177,12 +191,12 @@ class BestRQObjective(SpeechObjective):
         labels, masked, real, runs = [], 0, 0, 0
         for i, idx in enumerate(plan):
             batch = self.collator(data.__getitems__(idx), seed=batch_seed(cfg.seed, 0, i))
-            lengths = batch["attention_mask"].sum(1)
+            lengths = batch["frame_lengths"]
             stats = span_mask_stats(batch["mask_time_indices"], lengths)
             masked += int(batch["mask_time_indices"].sum())
             real += int(lengths.sum())
             runs += stats["num_spans"]
-            labels.append(batch["labels"][batch["attention_mask"].bool()])  # (frames, N)
+            labels.append(batch["labels"][batch["labels"][..., 0] >= 0])  # (labelled frames, N)
         y = torch.cat(labels) if labels else torch.zeros(0, self.quantizer.num_codebooks, dtype=torch.long)
         hist = [torch.bincount(y[:, n], minlength=self.quantizer.codebook_size) for n in range(y.shape[1])]
         perplexity = float(code_perplexity(y, self.quantizer.codebook_size))
@@ -255,36 +269,54 @@ class BestRQObjective(SpeechObjective):
         cfg, model, q = self.cfg, self.model, self.quantizer
         out = Path(output_dir)
         model.encoder.save_pretrained(output_dir)
-        self.frontend.feature_extractor().save_pretrained(output_dir)
+        conv = cfg.encoder == "wav2vec2"
+        if conv:
+            from transformers import Wav2Vec2FeatureExtractor
+
+            Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=cfg.sampling_rate, padding_value=0.0, do_normalize=cfg.do_normalize,
+                                     return_attention_mask=self.uses_attention_mask).save_pretrained(output_dir)
+        else:
+            self.frontend.feature_extractor().save_pretrained(output_dir)
         q.save(out / QUANTIZER_FILE, self._quantizer_metadata())
         save_file({f"head.{k}": v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()}, str(out / HEAD_FILE),
                   metadata={"format": "hfssl-best-rq-head-1", "num_codebooks": str(q.num_codebooks),
                             "codebook_size": str(q.codebook_size), "quantizer_sha1": q.fingerprint()})
         config = model.encoder.config
         seconds = summary.get("audio_seconds_seen", 0.0)
-        frames = int(self.frontend.num_frames(self.max_samples))
+        if conv:
+            window, hop = conv_geometry(config.conv_kernel, config.conv_stride)
+            frames, frame_ms = int(num_frames(self.max_samples, config.conv_kernel, config.conv_stride)), 1000 * hop / cfg.sampling_rate
+        else:
+            frames, frame_ms = int(self.frontend.num_frames(self.max_samples)), 10 * cfg.stack_frames
         masked = expected_masked_fraction(cfg.mask_time_prob, cfg.mask_time_length, frames, min_masks=cfg.mask_time_min_masks)
         pf = self.preflight or {}
         last = {k: v for k, v in self._last_row.items() if k in ("loss", "accuracy", "code_perplexity", "pred_perplexity")}
         n_params = sum(p.numel() for p in model.encoder.parameters())
+        arch = config.architectures[0]
+        if conv:
+            encoder_input = (f"the waveform{' normalized per utterance' if cfg.do_normalize else ''}, through the conv front end "
+                             f"({window}-sample receptive field, one frame per {hop} samples); preprocessor_config.json is a "
+                             f"Wav2Vec2FeatureExtractor. Labels: each conv frame takes the quantizer's label of the nearest (by centre) "
+                             f"stacked log-mel frame")
+        else:
+            encoder_input = "the same frames; preprocessor_config.json (SeamlessM4TFeatureExtractor) computes the same features"
         write_model_card(output_dir, objective="BEST-RQ (masked prediction of random-projection quantizer labels)",
-                         pipeline_tag="feature-extraction", summary=summary, tags=["best-rq", "wav2vec2-bert", "audio", "speech", "self-supervised"],
+                         pipeline_tag="feature-extraction", summary=summary, tags=["best-rq", config.model_type, "audio", "speech", "self-supervised"],
                          config=cfg, datasets=[cfg.dataset_name] if cfg.dataset_name else None, details={
-            "Base": cfg.model_name_or_path or f"from scratch (Wav2Vec2BertModel, {config.num_hidden_layers} layers x {config.hidden_size}, "
+            "Base": cfg.model_name_or_path or f"from scratch ({arch}, {config.num_hidden_layers} layers x {config.hidden_size}, "
                                               f"{n_params / 1e6:.1f}M parameters)",
             "Audio": cfg.dataset_name or cfg.train_dir or cfg.train_file,
             "Hours of audio seen": f"{seconds / 3600:.3f} h ({summary.get('steps', 0)} updates)",
-            "Input": f"{cfg.num_mel_bins}-dim Kaldi log-mel filterbank (torchaudio.compliance.kaldi.fbank), normalized per utterance and "
-                     f"mel bin, {cfg.stack_frames} frames stacked ({10 * cfg.stack_frames} ms per encoder frame); preprocessor_config.json "
-                     f"(SeamlessM4TFeatureExtractor) computes the same features",
+            "Input": f"quantizer: {cfg.num_mel_bins}-dim Kaldi log-mel filterbank (torchaudio.compliance.kaldi.fbank), normalized per "
+                     f"utterance and mel bin, {cfg.stack_frames} frames stacked ({10 * cfg.stack_frames} ms); encoder: {encoder_input}",
             "Quantizer": f"{q.num_codebooks} codebook(s) of {q.codebook_size} x {int(q.codebooks.shape[2])}, random projection "
                          f"{q.input_dim} -> {int(q.projections.shape[2])}, frozen, {self.quantizer_source} ({QUANTIZER_FILE}, sha1 {q.fingerprint()})",
             "Label usage (preflight)": (f"perplexity {pf['code_perplexity']:.1f} over {pf['frames']} frames, most frequent codeword "
                                         f"{100 * pf['majority_code_fraction']:.1f}% of frames") if pf else "n/a",
-            "Masking": f"spans of {cfg.mask_time_length} frames ({10 * cfg.stack_frames * cfg.mask_time_length} ms), mask_time_prob "
+            "Masking": f"spans of {cfg.mask_time_length} frames ({frame_ms * cfg.mask_time_length:g} ms), mask_time_prob "
                        f"{cfg.mask_time_prob} (~{100 * masked:.0f}% of the frames of a {cfg.max_duration_in_seconds:g} s crop), "
-                       f"replaced by N(0, {cfg.noise_std}^2) noise",
+                       f"replaced by N(0, {cfg.noise_std}^2) noise" + (" (every sample in a masked frame's receptive field)" if conv else ""),
             "Final training metrics": ", ".join(f"{k} {v:.4g}" for k, v in last.items()) or "n/a",
-            "Files": f"Wav2Vec2BertModel weights (AutoModel.from_pretrained), preprocessor_config.json, {QUANTIZER_FILE}, "
+            "Files": f"{arch} weights (AutoModel.from_pretrained), preprocessor_config.json, {QUANTIZER_FILE}, "
                      f"{HEAD_FILE} (softmax heads)",
         })

@@ -34,7 +34,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from hfssl.data.audio.geometry import num_frames, receptive_field
+from hfssl.data.audio.geometry import conv_geometry, label_frame_index, num_frames  # noqa: F401 (re-exported)
 
 MFCC_DIM = 39
 _N_MFCC = 13
@@ -47,11 +47,6 @@ _N_MELS = 23  # Kaldi's default number of mel bins (fairseq's HuBERT MFCCs come 
 def mfcc_geometry(sampling_rate: int) -> tuple[int, int]:
     """(window, hop) in samples of the 25 ms / 10 ms MFCC frames: (400, 160) at 16 kHz."""
     return round(0.025 * sampling_rate), round(0.010 * sampling_rate)
-
-
-def conv_geometry(conv_kernel: Sequence[int], conv_stride: Sequence[int]) -> tuple[int, int]:
-    """(window, hop) in samples of a conv feature encoder: (receptive field, product of strides)."""
-    return receptive_field(conv_kernel, conv_stride), int(np.prod(conv_stride))
 
 
 # ----------------------------------------------------------------------------------- MFCC
@@ -123,29 +118,6 @@ MFCC_FEATURES = {"kaldi": kaldi_mfcc_features, "torchaudio": mfcc_features}  # t
 
 
 # ----------------------------------------------------------------------------------- alignment
-
-
-def label_frame_index(num_model_frames: int, model_geometry: tuple[int, int], label_geometry: tuple[int, int],
-                      num_label_frames: int) -> np.ndarray:
-    """For each model frame, the label frame whose centre is nearest to its centre.
-
-    Model frame i has centre ``i * hop_m + win_m / 2``; label frame j has centre ``j * hop_l + win_l / 2``;
-    j = floor((i * hop_m + win_m / 2 - win_l / 2) / hop_l + 1 / 2) (ties to the later frame), clipped to
-    [0, num_label_frames - 1]. Integer arithmetic, so no rounding drift on long files.
-
-    Args:
-        model_geometry, label_geometry: (window, hop) in samples (`conv_geometry`, `mfcc_geometry`).
-    Returns:
-        (num_model_frames,) int64 indices into the label frames (empty when there are no label frames).
-    """
-    (win_m, hop_m), (win_l, hop_l) = model_geometry, label_geometry
-    if num_label_frames <= 0:
-        return np.zeros(0, dtype=np.int64)
-    i = np.arange(num_model_frames, dtype=np.int64)
-    # 2 * (centre_m - win_l / 2) = 2 * i * hop_m + win_m - win_l; adding hop_l then floor-dividing by
-    # 2 * hop_l rounds half up.
-    j = (2 * i * hop_m + win_m - win_l + hop_l) // (2 * hop_l)
-    return np.clip(j, 0, num_label_frames - 1)
 
 
 def align_labels(labels, label_geometry: tuple[int, int], num_samples: int, conv_kernel: Sequence[int],
