@@ -24,11 +24,17 @@ Debian recipe). Writes output_dir/payoff.json (every run incl. the grid, the cho
 statistics), payoff.md (tables), payoff.png (metric vs label budget, error bars = sd) and
 payoff_runs.jsonl (one line per finished run, written as they finish); each run keeps its full output
 in output_dir/<pretrained|scratch>-<fraction>/seed<seed>-lr<rate>/.
+
+An interrupted payoff continues with `--resume_from_checkpoint latest`: the runs payoff_runs.jsonl records with
+exactly the same settings (every fine-tuning setting, and the hashes of the model's config.json and weights) are
+taken from it instead of being trained again; the others run. Change a setting, or pretrain the model again in
+place, and the runs it touches are trained again.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -71,6 +77,37 @@ def run_dir_name(init: str, fraction: float, seed: int, lr: float) -> str:
     return f"{init}-{fraction:g}/seed{seed}-lr{lr:g}"
 
 
+# Settings that say where and how a run writes, not what it trains: left out of its fingerprint.
+_NOT_SETTINGS = ("output_dir", "overwrite_output_dir", "resume_from_checkpoint", "logging_steps", "report_to", "push_to_hub")
+
+
+def run_fingerprint(sub) -> str:
+    """sha1 of one run's settings and of the files of the model it starts from (config.json, weights), so a
+    recorded run is reused only for the same run of the same model."""
+    from hfssl.checkpointing import file_hash
+
+    settings = {k: v for k, v in dataclasses.asdict(sub).items() if k not in _NOT_SETTINGS}
+    source = Path(sub.model_name_or_path or sub.config_name or "")
+    files = {}
+    if source.is_dir():
+        for name in ("config.json", "model.safetensors", "pytorch_model.bin"):
+            if (source / name).is_file() and (name == "config.json" or sub.model_name_or_path):
+                files[name] = file_hash(source / name)
+    blob = json.dumps({"settings": settings, "files": files}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()
+
+
+def _finished_runs(log: Path) -> dict[str, dict]:
+    """fingerprint -> record of the runs an earlier invocation finished (payoff_runs.jsonl)."""
+    done = {}
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            record = json.loads(line) if line.strip() else {}
+            if "fingerprint" in record:
+                done[record["fingerprint"]] = record
+    return done
+
+
 def _compare(cfg, out: Path, finetune) -> None:
     metric, _ = PRIMARY[cfg.task]
     grids = {"pretrained": cfg.pretrained_learning_rates, "scratch": cfg.scratch_learning_rate_grid}
@@ -80,8 +117,9 @@ def _compare(cfg, out: Path, finetune) -> None:
                 cfg.fractions, cfg.seed_list, grids["pretrained"], grids["scratch"])
     out.mkdir(parents=True, exist_ok=True)
     log = out / "payoff_runs.jsonl"
+    finished = _finished_runs(log) if cfg.resume_from_checkpoint else {}
     log.write_text("")
-    records = []
+    records, reused = [], 0
     for i, (fraction, seed, init, lr) in enumerate(plan, 1):
         sub = dataclasses.replace(
             cfg, output_dir=str(out / run_dir_name(init, fraction, seed, lr)), label_fraction=fraction, seed=seed,
@@ -89,6 +127,15 @@ def _compare(cfg, out: Path, finetune) -> None:
             model_name_or_path=cfg.model_name_or_path if init == "pretrained" else None,
             config_name=None if init == "pretrained" else cfg.model_name_or_path,
             overwrite_output_dir=True, resume_from_checkpoint=None, push_to_hub=False)
+        fingerprint = run_fingerprint(sub)
+        if fingerprint in finished:
+            record, reused = finished[fingerprint], reused + 1
+            logger.info("Payoff run %d/%d: %s, label budget %g, seed %d, lr %g: finished earlier with the same settings, "
+                        "taken from %s", i, len(plan), init, fraction, seed, lr, log)
+            records.append(record)
+            with open(log, "a") as f:
+                f.write(json.dumps(record, default=str) + "\n")
+            continue
         logger.info("Payoff run %d/%d: %s, label budget %g, seed %d, lr %g -> %s", i, len(plan), init, fraction, seed, lr, sub.output_dir)
         results = finetune(sub)
         if results is None:  # not the main process
@@ -97,10 +144,14 @@ def _compare(cfg, out: Path, finetune) -> None:
             raise ConfigError(f"{'learning_rates' if init == 'pretrained' else 'scratch_learning_rates'}: the grid is chosen on "
                               f"the validation split, and this data has none (no eval_{metric}). Give validation data "
                               f"(validation_file/validation_dir, or validation_split_percentage > 0) or use one learning rate.")
-        record = {"init": init, "label_fraction": fraction, "seed": seed, "learning_rate": lr, "output_dir": sub.output_dir, **results}
+        record = {"init": init, "label_fraction": fraction, "seed": seed, "learning_rate": lr, "output_dir": sub.output_dir,
+                  "fingerprint": fingerprint, **results}
         records.append(record)
         with open(log, "a") as f:
             f.write(json.dumps(record, default=str) + "\n")
+    if reused:
+        logger.info("Payoff: %d of %d runs taken from the earlier invocation (resume_from_checkpoint), %d trained now.",
+                    reused, len(plan), len(records) - reused)
     if records:
         report = write_report(out, cfg.task, records, source=cfg.model_name_or_path)
         print("\n" + report["markdown"])

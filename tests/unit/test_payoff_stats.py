@@ -225,3 +225,54 @@ def test_ablation_runs_parse_with_the_payoff_recipe(side, tmp_path):
         assert (cfg.model_name_or_path, cfg.config_name) == (str(tmp_path / "model"), None)
     else:
         assert (cfg.model_name_or_path, cfg.config_name) == (None, str(tmp_path / "model"))
+
+
+def test_resumed_payoff_reuses_finished_runs_with_the_same_settings_only(tmp_path):
+    """--resume_from_checkpoint latest: runs recorded with the same settings and model files are taken from
+    payoff_runs.jsonl; a run whose settings or model changed is trained again."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "bert"}')
+    (model / "model.safetensors").write_bytes(b"weights-1")
+    args = ["--train_file", TOPICS / "train.csv", "--test_file", TOPICS / "test.csv", "--output_dir", tmp_path / "out",
+            "--model_name_or_path", model, "--compare_with_scratch", "true", "--seed", 10, "--seeds", 2, "--learning_rates", "1e-4,1e-3"]
+    asked, kill_at = [], [5]
+
+    def fake_finetune(sub):
+        asked.append((sub.model_name_or_path is not None, sub.seed, sub.learning_rate))
+        if len(asked) == kill_at[0]:
+            raise _Killed  # interrupted after 4 finished runs
+        return {"train_samples": 160, "eval_loss": 1.0, "eval_accuracy": 0.5 + sub.learning_rate, "test_accuracy": 0.4 + sub.seed / 100}
+
+    with pytest.raises(_Killed):
+        payoff._compare(_cfg(*args), tmp_path / "out", fake_finetune)
+    first = list(asked)
+    assert len(first) == 5
+    asked.clear()
+    kill_at[0] = None
+    payoff._compare(_cfg(*args, "--resume_from_checkpoint", "latest"), tmp_path / "out", fake_finetune)
+    assert asked == first[4:] + [r for r in _plan_order(args) if r not in first]  # only the unfinished runs
+    report = json.loads((tmp_path / "out" / "payoff.json").read_text())
+    assert len(report["runs"]) == 8 and len((tmp_path / "out" / "payoff_runs.jsonl").read_text().splitlines()) == 8
+
+    asked.clear()  # the same command again: nothing left to train
+    payoff._compare(_cfg(*args, "--resume_from_checkpoint", "latest"), tmp_path / "out", fake_finetune)
+    assert asked == []
+    (model / "model.safetensors").write_bytes(b"weights-2")  # pretrained again in place: the pretrained side reruns
+    payoff._compare(_cfg(*args, "--resume_from_checkpoint", "latest"), tmp_path / "out", fake_finetune)
+    assert sorted(asked) == sorted(r for r in _plan_order(args) if r[0])
+    asked.clear()  # another setting: every run again; without resume_from_checkpoint nothing is reused
+    payoff._compare(_cfg(*args, "--resume_from_checkpoint", "latest", "--weight_decay", "0.05"), tmp_path / "out", fake_finetune)
+    assert len(asked) == 8
+    asked.clear()
+    payoff._compare(_cfg(*args), tmp_path / "out", fake_finetune)
+    assert len(asked) == 8
+
+
+class _Killed(Exception):
+    pass
+
+
+def _plan_order(args) -> list[tuple]:
+    """(pretrained?, seed, lr) in the order _compare runs them: seed, then side, then rate."""
+    return [(init == "pretrained", seed, lr) for seed in (10, 11) for init in payoff.INITS for lr in (1e-4, 1e-3)]
