@@ -77,8 +77,10 @@ def run_dir_name(init: str, fraction: float, seed: int, lr: float) -> str:
     return f"{init}-{fraction:g}/seed{seed}-lr{lr:g}"
 
 
-# Settings that say where and how a run writes, not what it trains: left out of its fingerprint.
-_NOT_SETTINGS = ("output_dir", "overwrite_output_dir", "resume_from_checkpoint", "logging_steps", "report_to", "push_to_hub")
+# Left out of a run's fingerprint: where and how it writes, and the payoff's own plan (its seed, label budget and rate
+# are the run's own fields), so adding a seed or a grid point reuses the runs already finished.
+_NOT_SETTINGS = ("output_dir", "overwrite_output_dir", "resume_from_checkpoint", "logging_steps", "report_to", "push_to_hub",
+                 "seeds", "label_fractions", "scratch_learning_rate", "learning_rates", "scratch_learning_rates")
 
 
 def run_fingerprint(sub) -> str:
@@ -101,8 +103,12 @@ def _finished_runs(log: Path) -> dict[str, dict]:
     """fingerprint -> record of the runs an earlier invocation finished (payoff_runs.jsonl)."""
     done = {}
     if log.is_file():
-        for line in log.read_text().splitlines():
-            record = json.loads(line) if line.strip() else {}
+        for n, line in enumerate(log.read_text().splitlines(), 1):
+            try:
+                record = json.loads(line) if line.strip() else {}
+            except json.JSONDecodeError:  # a line cut short by a kill: that run is trained again
+                logger.warning("%s line %d is incomplete; its run will be trained again.", log, n)
+                continue
             if "fingerprint" in record:
                 done[record["fingerprint"]] = record
     return done
@@ -118,7 +124,8 @@ def _compare(cfg, out: Path, finetune) -> None:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "payoff_runs.jsonl"
     finished = _finished_runs(log) if cfg.resume_from_checkpoint else {}
-    log.write_text("")
+    # Resuming keeps every recorded run (also those this plan does not use), without a line a kill cut short.
+    log.write_text("".join(json.dumps(r, default=str) + "\n" for r in finished.values()))
     records, reused = [], 0
     for i, (fraction, seed, init, lr) in enumerate(plan, 1):
         sub = dataclasses.replace(
@@ -133,8 +140,6 @@ def _compare(cfg, out: Path, finetune) -> None:
             logger.info("Payoff run %d/%d: %s, label budget %g, seed %d, lr %g: finished earlier with the same settings, "
                         "taken from %s", i, len(plan), init, fraction, seed, lr, log)
             records.append(record)
-            with open(log, "a") as f:
-                f.write(json.dumps(record, default=str) + "\n")
             continue
         logger.info("Payoff run %d/%d: %s, label budget %g, seed %d, lr %g -> %s", i, len(plan), init, fraction, seed, lr, sub.output_dir)
         results = finetune(sub)

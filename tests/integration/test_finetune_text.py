@@ -109,6 +109,22 @@ def test_payoff_with_seeds_and_a_learning_rate_grid(tiny_mlm, tmp_path):
     assert "| 1 | 160 |" in md and "| 2 (42, 43) |" in md and "95% CI of gain" in md
     assert md.count("| pretrained |") == 2 and md.count("| scratch |") == 2  # the grid's validation table
 
+    # Interrupted or extended later: --resume_from_checkpoint latest takes the finished runs from payoff_runs.jsonl
+    # and trains only the new ones (here a third seed).
+    before = {(r["init"], r["seed"], r["learning_rate"]): r for r in runs}
+    stamp = (out / payoff_mod.run_dir_name("pretrained", 1.0, 42, 1e-3) / "model.safetensors").stat().st_mtime_ns
+    run_cli("run_finetune.py", [RECIPE, "--model_name_or_path", tiny_mlm, "--output_dir", out, *FAST, "--max_steps", "2",
+                                "--compare_with_scratch", "true", "--seeds", "3", "--learning_rates", "1e-3,3e-3",
+                                "--scratch_learning_rates", "1e-3,3e-3", "--resume_from_checkpoint", "latest"])
+    again = json.loads((out / "payoff.json").read_text())["runs"]
+    assert len(again) == 12 and {r["seed"] for r in again} == {42, 43, 44}
+    for r in again:
+        if r["seed"] != 44:
+            b = before[(r["init"], r["seed"], r["learning_rate"])]
+            assert r == b, {k: (r.get(k), b.get(k)) for k in set(r) | set(b) if r.get(k) != b.get(k)}
+    assert (out / payoff_mod.run_dir_name("pretrained", 1.0, 42, 1e-3) / "model.safetensors").stat().st_mtime_ns == stamp
+    assert (out / payoff_mod.run_dir_name("scratch", 1.0, 44, 3e-3) / "test_results.json").is_file()
+
 
 def test_model_card_and_pipeline_print_label_names(payoff):
     from transformers import pipeline
@@ -205,16 +221,3 @@ def test_text_probe_reports_layer_weights(tiny_mlm, tmp_path, capsys):
 
     state = load_file(out / "probe.safetensors")
     assert set(state) == {"layer_logits", "head.0.weight", "head.0.bias", "head.2.weight", "head.2.bias"}  # upstream not copied
-
-    # Interrupted or extended later: --resume_from_checkpoint latest takes the finished runs from payoff_runs.jsonl
-    # and trains only the new ones (here a third seed).
-    before = {(r["init"], r["seed"], r["learning_rate"]): r for r in runs}
-    stamp = (out / payoff_mod.run_dir_name("pretrained", 1.0, 42, 1e-3) / "model.safetensors").stat().st_mtime_ns
-    run_cli("run_finetune.py", [RECIPE, "--model_name_or_path", tiny_mlm, "--output_dir", out, *FAST, "--max_steps", "2",
-                                "--compare_with_scratch", "true", "--seeds", "3", "--learning_rates", "1e-3,3e-3",
-                                "--scratch_learning_rates", "1e-3,3e-3", "--resume_from_checkpoint", "latest"])
-    again = json.loads((out / "payoff.json").read_text())["runs"]
-    assert len(again) == 12 and {r["seed"] for r in again} == {42, 43, 44}
-    assert all(r == before[(r["init"], r["seed"], r["learning_rate"])] for r in again if r["seed"] != 44)
-    assert (out / payoff_mod.run_dir_name("pretrained", 1.0, 42, 1e-3) / "model.safetensors").stat().st_mtime_ns == stamp
-    assert (out / payoff_mod.run_dir_name("scratch", 1.0, 44, 3e-3) / "test_results.json").is_file()

@@ -248,6 +248,8 @@ def test_resumed_payoff_reuses_finished_runs_with_the_same_settings_only(tmp_pat
         payoff._compare(_cfg(*args), tmp_path / "out", fake_finetune)
     first = list(asked)
     assert len(first) == 5
+    with open(tmp_path / "out" / "payoff_runs.jsonl", "a") as f:
+        f.write('{"init": "pretrained", "fingerp')  # killed while writing a line
     asked.clear()
     kill_at[0] = None
     payoff._compare(_cfg(*args, "--resume_from_checkpoint", "latest"), tmp_path / "out", fake_finetune)
@@ -258,6 +260,15 @@ def test_resumed_payoff_reuses_finished_runs_with_the_same_settings_only(tmp_pat
     asked.clear()  # the same command again: nothing left to train
     payoff._compare(_cfg(*args, "--resume_from_checkpoint", "latest"), tmp_path / "out", fake_finetune)
     assert asked == []
+    extended = [a if a != 2 else 3 for a in args]  # a third seed and a third grid point: only their runs are trained
+    extended[extended.index("1e-4,1e-3")] = "1e-4,1e-3,3e-3"
+    payoff._compare(_cfg(*extended, "--resume_from_checkpoint", "latest"), tmp_path / "out", fake_finetune)
+    assert len(asked) == 3 * 2 * 3 - 8 and all(seed == 12 or lr == 3e-3 for _, seed, lr in asked)
+    payoff._compare(_cfg(*args, "--resume_from_checkpoint", "latest"), tmp_path / "out", fake_finetune)  # back: all recorded
+    assert len(asked) == 10
+    assert len((tmp_path / "out" / "payoff_runs.jsonl").read_text().splitlines()) == 18  # the log keeps every finished run
+    assert len(json.loads((tmp_path / "out" / "payoff.json").read_text())["runs"]) == 8  # the report: this plan's
+    asked.clear()
     (model / "model.safetensors").write_bytes(b"weights-2")  # pretrained again in place: the pretrained side reruns
     payoff._compare(_cfg(*args, "--resume_from_checkpoint", "latest"), tmp_path / "out", fake_finetune)
     assert sorted(asked) == sorted(r for r in _plan_order(args) if r[0])
