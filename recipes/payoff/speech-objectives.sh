@@ -33,7 +33,7 @@ JOBS=${JOBS:-2}
 MODELS=${MODELS:-"wav2vec2 hubert best_rq data2vec"}
 TASKS=${TASKS:-"keywords digits"}
 SEEDS=${SEEDS:-3}
-KW_LRS=${KW_LRS:-1e-3,3e-3}  # every tiny speech model chose 1e-3 or 3e-3 on keywords before; 3e-4 lost by 20+ points (docs/payoff/speech.md)
+KW_LRS=${KW_LRS:-3e-4,1e-3,3e-3}
 CTC_SEEDS=${CTC_SEEDS:-2}
 CTC_LRS=${CTC_LRS:-3e-3}       # what HuBERT and BEST-RQ chose on digits in a {1e-3, 3e-3} grid
 CTC_STEPS=${CTC_STEPS:-3000}
@@ -89,7 +89,6 @@ payoff() {
     digits) args=(recipes/finetune/speech-recognition-ctc-tiny-cpu.yaml --max_steps "$CTC_STEPS" --eval_steps 0
                   --seeds "$CTC_SEEDS" --learning_rates "$CTC_LRS") ;;
   esac
-  [ -f "$OUT/payoff-$task-$m/payoff.json" ] && return
   timed "payoff-$task-$m" python run_finetune.py "${args[@]}" --model_name_or_path "$OUT/pretrain-$m" \
     --train_dir "$DATA/$task/train" --validation_dir "$DATA/$task/validation" --test_dir "$DATA/$task/test" \
     --validation_split_percentage 0 --freeze_feature_encoder false --compare_with_scratch true --label_fractions 1.0 \
