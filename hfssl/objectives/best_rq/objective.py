@@ -15,8 +15,8 @@ over frames and codebooks; num_targets = masked real frames x codebooks.
 
 Output folder: encoder weights + config (`AutoModel.from_pretrained`), preprocessor_config.json
 (conformer: `SeamlessM4TFeatureExtractor` with the same filterbank and stacking, so fine-tuning and pipelines see
-the pretraining features; wav2vec2: `Wav2Vec2FeatureExtractor`), `best_rq_quantizer.safetensors` (also written to output_dir before training),
-`best_rq_head.safetensors`, README.md model card.
+the pretraining features; wav2vec2: `Wav2Vec2FeatureExtractor`), `best_rq_quantizer.safetensors` (also written
+to output_dir before training), `best_rq_head.safetensors`, README.md model card.
 """
 
 from __future__ import annotations
