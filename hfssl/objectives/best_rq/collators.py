@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from hfssl.data.audio.batching import random_crop
+from hfssl.data.audio.batching import normalize, random_crop
 from hfssl.data.audio.fbank import FbankFrontend
 from hfssl.data.audio.geometry import conv_geometry, label_frame_index, num_frames
 from hfssl.masking.spans import compute_span_mask
@@ -104,9 +104,8 @@ class BestRQWaveCollator:
         labels = self.labels(waves, frame_lengths)  # from the clean crops
         longest = int(lengths.max())
         x = torch.zeros(len(waves), longest)
-        for k, w in enumerate(waves):
-            w = torch.from_numpy(w)
-            x[k, : w.numel()] = (w - w.mean()) / torch.sqrt(w.var(unbiased=False) + 1e-7) if self.do_normalize else w
+        for k, w in enumerate(waves):  # normalized as Wav2Vec2FeatureExtractor(do_normalize=True) will at fine-tuning
+            x[k, : w.size] = torch.from_numpy(normalize(w) if self.do_normalize else w)
         mask = compute_span_mask(frame_lengths, labels.shape[1], self.mask_prob, self.mask_length, self.min_masks, generator=g)
         real = torch.arange(longest)[None, :] < lengths[:, None]  # (B, S)
         noisy = samples_of_frames(mask, self.geometry, longest) & real
