@@ -17,7 +17,7 @@
 #      random-init side).
 # Jobs run JOBS at a time with one thread each (calibration too, so the per-update times hold for the runs).
 # Tables: $OUT/payoff-{keywords,digits}-<model>/payoff.md; stage times: $OUT/timings.txt.
-# Run time: measured stages in docs/payoff/speech.md ("One encoder, four objectives").
+# Run time: about 2 hours on a 2-core CPU (measured stages in docs/payoff/speech.md, "One encoder, four objectives").
 #
 #   bash recipes/payoff/speech-objectives.sh
 #   BUDGET=300 SEEDS=5 OUT=outputs/so bash recipes/payoff/speech-objectives.sh
