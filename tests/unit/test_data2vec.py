@@ -138,6 +138,30 @@ def test_text_teacher_targets_are_the_feed_forward_outputs_of_the_top_blocks():
         torch.testing.assert_close(block.output.LayerNorm(ffn + attended), hidden[i + 1])  # it is that block's output
 
 
+def test_modernbert_teacher_targets_are_the_mlp_outputs_of_the_top_blocks():
+    """Pre-LN blocks: out = h + mlp(mlp_norm(h)), h = x + attn(attn_norm(x)). Given each top block's output and
+    the target t the teacher read, h = out - t must give back t = mlp(mlp_norm(h)); the block's input, its
+    attention output or its whole output would not."""
+    from transformers import ModernBertConfig, ModernBertModel
+
+    torch.manual_seed(0)
+    config = ModernBertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                              intermediate_size=32, max_position_embeddings=40, local_attention=40, pad_token_id=1,
+                              bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3)
+    teacher = text_teacher(ModernBertModel(config), 2)
+    ids = torch.randint(5, 50, (2, 7))
+    got = teacher.top_outputs(input_ids=ids, attention_mask=torch.ones_like(ids))
+    m = teacher.module
+    hidden = m(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True).hidden_states
+    assert len(got) == 2 and all(t.shape == (2, 7, 16) for t in got)
+    for k, i in enumerate((1, 2)):  # block i's output is hidden[i + 1] (before the encoder's final norm)
+        block = m.layers[i]
+        after_attention = hidden[i + 1] - got[k]
+        torch.testing.assert_close(block.mlp(block.mlp_norm(after_attention)), got[k])
+        assert not torch.allclose(got[k], hidden[i + 1])
+    assert teacher.copied and all(n.startswith("embeddings.") for n in teacher.copied)
+
+
 def test_audio_teacher_targets_are_the_feed_forward_outputs_of_the_top_blocks():
     student = audio_student(layers=3)
     teacher = audio_teacher(student, 2)

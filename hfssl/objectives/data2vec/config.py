@@ -63,7 +63,8 @@ class Data2VecTextPretrainConfig(Data2VecArguments, TextPretrainConfig):
 
     objective: Literal["data2vec_text"] = _help("Pretraining objective.", "data2vec_text")
     model_type: str = _help("Architecture of a fresh model: data2vec-text (RoBERTa layout); bert, roberta, xlm-roberta "
-                            "and camembert have the same blocks and work too.", "data2vec-text")
+                            "and camembert have the same blocks and work too; modernbert (pre-LN blocks: the targets "
+                            "are each block's MLP output before the residual).", "data2vec-text")
     ema_anneal_end_step: int = _help("tau_n: updates over which tau rises linearly from ema_decay to ema_end_decay "
                                      "(fairseq text base: 300000).", 300000)
     average_top_k_layers: int = _help("K: the target is the mean of the teacher's top K blocks (fairseq text base: 10).", 10)

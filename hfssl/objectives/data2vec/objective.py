@@ -33,8 +33,10 @@ from hfssl.objectives.speech_base import SpeechObjective
 logger = logging.getLogger(__name__)
 
 TEACHER = "teacher."  # prefix of the teacher's tensors in the objective state
-# Text architectures with BERT's block layout: block.output.dense is the feed-forward output before the residual.
-TEXT_MODEL_TYPES = ("data2vec-text", "roberta", "bert", "xlm-roberta", "camembert")
+# Text architectures whose feed-forward outputs the teacher knows how to read (teacher.TEXT_LAYOUTS): the BERT
+# layout (block.output.dense is the feed-forward output before the residual; these have a pooler) and ModernBERT.
+BERT_LAYOUT_TYPES = ("data2vec-text", "roberta", "bert", "xlm-roberta", "camembert")
+TEXT_MODEL_TYPES = (*BERT_LAYOUT_TYPES, "modernbert")
 
 
 class Data2VecObjective(Objective):
@@ -156,12 +158,13 @@ class Data2VecTextObjective(Data2VecObjective):
         config = AutoConfig.from_pretrained(cfg.model_name_or_path) if cfg.model_name_or_path else \
             text_model_config(cfg, self.tokenizer, cfg.max_seq_length)
         if config.model_type not in TEXT_MODEL_TYPES:
-            raise ConfigError(f"data2vec_text needs a model with BERT-layout blocks ({', '.join(TEXT_MODEL_TYPES)}); "
-                              f"{cfg.model_name_or_path or 'model_type'} is '{config.model_type}'.")
+            raise ConfigError(f"data2vec_text supports the model types {', '.join(TEXT_MODEL_TYPES)} (the teacher reads their "
+                              f"feed-forward outputs); {cfg.model_name_or_path or 'model_type'} is '{config.model_type}'.")
         # No pooler: it would get no gradient (DDP rejects unused parameters) and fine-tuning heads do not use it.
+        no_pooler = {"add_pooling_layer": False} if config.model_type in BERT_LAYOUT_TYPES else {}
         if cfg.model_name_or_path:
-            return AutoModel.from_pretrained(cfg.model_name_or_path, add_pooling_layer=False)
-        return AutoModel.from_config(config, add_pooling_layer=False)
+            return AutoModel.from_pretrained(cfg.model_name_or_path, **no_pooler)
+        return AutoModel.from_config(config, **no_pooler)
 
     def ema_source(self) -> torch.nn.Module:
         return self.model.encoder

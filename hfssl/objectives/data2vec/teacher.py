@@ -82,11 +82,18 @@ class EMATeacher:
             p.copy_(state[prefix + n])
 
 
+# Where a text architecture keeps its blocks and the feed-forward output before the residual add.
+# BERT layout (Data2VecText, RoBERTa, BERT, ...): post-LN blocks, block.output.dense.
+BERT_LAYOUT = (lambda m: m.encoder.layer, lambda b: b.output.dense)
+# ModernBERT: pre-LN blocks, block.mlp (its last linear, Wo, then the residual add).
+TEXT_LAYOUTS = {"modernbert": (lambda m: m.layers, lambda b: b.mlp)}
+
+
 def text_teacher(encoder: torch.nn.Module, top_k: int, device: torch.device | str = "cpu") -> EMATeacher:
-    """The teacher of a BERT-layout text encoder (Data2VecTextModel, RoBERTa, BERT): block.output.dense is the
-    feed-forward output before the residual; the embeddings are copied (fairseq ema_transformer_layers_only)."""
-    return EMATeacher(encoder, blocks=lambda m: m.encoder.layer, feed_forward=lambda b: b.output.dense, top_k=top_k,
-                      copied=("embeddings.",), device=device)
+    """The teacher of a text encoder (BERT layout or ModernBERT): the feed-forward outputs of the top blocks before
+    the residual; the embeddings are copied (fairseq ema_transformer_layers_only)."""
+    blocks, feed_forward = TEXT_LAYOUTS.get(encoder.config.model_type, BERT_LAYOUT)
+    return EMATeacher(encoder, blocks=blocks, feed_forward=feed_forward, top_k=top_k, copied=("embeddings.",), device=device)
 
 
 def audio_teacher(student: torch.nn.Module, top_k: int, device: torch.device | str = "cpu") -> EMATeacher:
