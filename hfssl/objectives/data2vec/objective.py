@@ -28,6 +28,7 @@ from hfssl.errors import ConfigError
 from hfssl.objectives.base import Objective
 from hfssl.objectives.collapse import CollapseGuard
 from hfssl.objectives.data2vec.targets import ema_decay
+from hfssl.objectives.data2vec.teacher import TEXT_LAYOUTS
 from hfssl.objectives.speech_base import SpeechObjective
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ TEACHER = "teacher."  # prefix of the teacher's tensors in the objective state
 # Text architectures whose feed-forward outputs the teacher knows how to read (teacher.TEXT_LAYOUTS): the BERT
 # layout (block.output.dense is the feed-forward output before the residual; these have a pooler) and ModernBERT.
 BERT_LAYOUT_TYPES = ("data2vec-text", "roberta", "bert", "xlm-roberta", "camembert")
-TEXT_MODEL_TYPES = (*BERT_LAYOUT_TYPES, "modernbert")
+TEXT_MODEL_TYPES = (*BERT_LAYOUT_TYPES, *TEXT_LAYOUTS)
 
 
 class Data2VecObjective(Objective):
