@@ -60,8 +60,7 @@ def pretrain(work: Path, name: str, args: list[str]) -> dict:
         raise SystemExit(f"pretraining {name} failed (exit {rc}); see {run / 'pretrain.log'}")
     metrics = json.loads((run / "model" / "train_results.json").read_text())
     record = {"name": name, "args": args, "wall_s": round(wall, 1), "threads": _env()["OMP_NUM_THREADS"],
-              **{k: metrics[k] for k in ("steps", "eval_loss", "eval_accuracy") if k in metrics}}
-    record["eval_perplexity"] = math.exp(record["eval_loss"]) if "eval_loss" in record else None
+              **{k: metrics[k] for k in ("steps", "eval_loss", "eval_accuracy", "eval_perplexity") if k in metrics}}
     done.write_text(json.dumps(record, indent=1))
     return record
 
@@ -164,7 +163,7 @@ def markdown_row(r: dict) -> str:
     pct = lambda xs: "/".join(f"{100 * x:.1f}" for x in xs)
     pre, scr, gain, pt = r.get("pretrained"), r.get("scratch"), r.get("gain"), r.get("pretrain", {})
     cells = [r["name"], f"{pt.get('wall_s', float('nan')) / 60:.1f}" if pt else "", str(pt.get("steps", "")),
-             f"{pt['eval_loss']:.2f} / {pt['eval_perplexity']:.0f}" if pt.get("eval_loss") else ""]
+             (f"{pt['eval_loss']:.2f}" + (f" / {pt['eval_perplexity']:.0f}" if pt.get("eval_perplexity") else "")) if pt.get("eval_loss") else ""]
     for side in (pre, scr):
         spread = f" ± {100 * side['test_sd']:.1f}" if side and len(side["test"]) > 1 else " (1 seed)"
         cells.append(f"lr {side['learning_rate']:g}: {pct(side['test'])} = **{100 * side['test_mean']:.1f}{spread}**" if side else "")

@@ -1,7 +1,8 @@
 """ELECTRA through the real CLI: both loss terms logged and falling, exact resume, 2 processes = 1
 process with accumulation 2 (two loss terms, each divided by its own global count), outputs that load
 in plain transformers (discriminator: AutoModel / AutoModelForSequenceClassification; generator:
-pipeline("fill-mask")), and the discriminator fine-tuned by run_finetune.py."""
+pipeline("fill-mask")), the discriminator fine-tuned by run_finetune.py, and gradient-disentangled embedding
+sharing (exact resume, merged table saved)."""
 
 import json
 import math
@@ -151,3 +152,37 @@ def test_the_pre_ln_layout_trains_saves_and_fine_tunes(tmp_path):
                                 "--max_eval_batches", "2", "--output_dir", more], env={"OMP_NUM_THREADS": "1"})
     again = load_file(more / "replaced_token_head.safetensors")
     assert all(torch.allclose(again[k], head[k], atol=1e-6) for k in head)
+
+
+def test_gradient_disentangled_sharing_resumes_exactly_and_saves_the_merged_table(tmp_path):
+    """embedding_sharing gdes (pre-LN layout): exact resume with the discriminator's delta in the checkpoint;
+    the saved discriminator holds E_G + delta and loads as a plain ModernBertModel; the generator keeps E_G."""
+    from transformers import AutoModel
+
+    recipe = ROOT / "recipes" / "electra" / "small-cpu-modernbert.yaml"
+    args = [recipe, "--train_file", FIXTURES / "text" / "corpus.txt", "--tokenizer_name", FIXTURES / "text" / "tokenizer",
+            "--config_overrides", "hidden_size=64,num_hidden_layers=2,num_attention_heads=2,intermediate_size=128,"
+                                  "max_position_embeddings=64,local_attention=64",
+            "--embedding_sharing", "gdes", "--max_seq_length", "64", "--per_device_train_batch_size", "4", "--max_steps", "8",
+            "--save_steps", "4", "--eval_steps", "0", "--logging_steps", "1", "--warmup_steps", "2", "--learning_rate", "3e-3",
+            "--validation_split_percentage", "10", "--max_eval_batches", "2"]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    run_cli("run_pretrain.py", [*args, "--output_dir", full], env={"OMP_NUM_THREADS": "1"})
+    shutil.copytree(full, resumed)
+    for name in ("model.safetensors", "train_results.json"):
+        (resumed / name).unlink()
+    shutil.rmtree(resumed / "checkpoint-8")
+    run_cli("run_pretrain.py", [*args, "--output_dir", resumed, "--resume_from_checkpoint", "latest"], env={"OMP_NUM_THREADS": "1"})
+    assert train_losses(resumed) == train_losses(full)  # bitwise
+
+    state = load_file(full / "checkpoint-8" / "model.safetensors")
+    delta = state["discriminator.model.embeddings.tok_embeddings.delta"]
+    e_g = load_file(full / "generator" / "model.safetensors")["model.embeddings.tok_embeddings.weight"]
+    assert delta.abs().max() > 0  # the discriminator's loss trained its own part
+    saved = load_file(full / "model.safetensors")
+    assert "embeddings.tok_embeddings.delta" not in saved
+    assert torch.equal(saved["embeddings.tok_embeddings.weight"], e_g + delta)
+    assert torch.equal(load_file(resumed / "model.safetensors")["embeddings.tok_embeddings.weight"], e_g + delta)
+    encoder = AutoModel.from_pretrained(full)
+    assert type(encoder).__name__ == "ModernBertModel" and torch.equal(encoder.get_input_embeddings().weight, e_g + delta)
+    assert "gradient-disentangled" in (full / "README.md").read_text()

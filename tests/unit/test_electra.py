@@ -1,5 +1,6 @@
 """ELECTRA's pieces: loss terms against hand computations, sampling never special tokens, a sample equal
-to the original counts as original, shared embeddings, the paper's generator sizes, config checks."""
+to the original counts as original, shared embeddings (tied and gradient-disentangled), the paper's generator
+sizes, config checks."""
 
 import logging
 import math
@@ -13,7 +14,7 @@ from transformers import (ElectraConfig, ElectraForMaskedLM, ElectraForPreTraini
 from hfssl.errors import ConfigError, RollbackRequested
 from hfssl.objectives import load_config
 from hfssl.objectives.electra.loss import discriminator_loss, prior_entropy, replaced_labels, sample_replacements
-from hfssl.objectives.electra.model import ElectraPretraining
+from hfssl.objectives.electra.model import DisentangledEmbedding, ElectraPretraining, plain_token_embeddings
 from hfssl.objectives.electra.objective import ElectraObjective, generator_config
 
 V, SPECIAL = 40, [0, 1, 2, 3]
@@ -125,6 +126,63 @@ def test_modernbert_generator_shares_the_embeddings_and_is_shallower():
         generator_config(disc.config, 0.25, 1.0)  # no embedding projection: a narrower generator cannot share them
 
 
+def _table(model):
+    return model.get_input_embeddings().weight
+
+
+@pytest.mark.parametrize("layout", ["electra", "modernbert"])
+def test_gdes_each_loss_trains_only_its_own_table(layout):
+    """Gradient-disentangled sharing: the discriminator reads stop_gradient(E_G) + delta, so its loss reaches delta
+    (and never E_G), while the generator's loss reaches E_G (and never delta)."""
+    gen, disc = _models(layout=layout)
+    e_g, e_d = _table(gen).detach().clone(), _table(disc).detach().clone()
+    model = ElectraPretraining(gen, disc, torch.tensor(SPECIAL), embedding_sharing="gdes")
+    emb = disc.get_input_embeddings()
+    assert isinstance(emb, DisentangledEmbedding) and emb.shared is gen.get_input_embeddings()
+    assert torch.equal(emb.delta, e_d - e_g) and torch.allclose(emb.weight, e_d)  # the discriminator's table is kept
+    assert gen.get_output_embeddings().weight is _table(gen)  # generator head tied to its own table
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9, 2, 0], [1, 11, 12, 13, 2, 0, 0, 0]])
+    labels = torch.full_like(ids, -100)
+    labels[0, 2], labels[0, 5], labels[1, 3] = 6, 9, 13
+    masked = ids.masked_fill(labels != -100, 4)
+    for term, trained, untouched in (("discriminator", emb.delta, _table(gen)), ("generator", _table(gen), emb.delta)):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(0)
+        model(masked, (ids != 0).long(), labels)["loss_sum"][term].backward()
+        assert trained.grad is not None and trained.grad.abs().sum() > 0, term
+        assert untouched.grad is None or not untouched.grad.any(), term
+    # One parameter list for the optimizer: each table once, delta its own.
+    params = list(model.parameters())
+    assert len({id(p) for p in params}) == len(params) and sum(p is emb.delta for p in params) == 1
+
+
+@pytest.mark.parametrize("layout", ["electra", "modernbert"])
+def test_gdes_saves_a_plain_discriminator_that_continues_exactly(layout, tmp_path):
+    gen, disc = _models(layout=layout)
+    model = ElectraPretraining(gen, disc, torch.tensor(SPECIAL), embedding_sharing="gdes")
+    with torch.no_grad():
+        disc.get_input_embeddings().delta.normal_()  # as after training: E_D != E_G
+    merged = disc.get_input_embeddings().weight.detach().clone()
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9, 2, 0]])
+    with torch.no_grad():
+        before = disc(input_ids=ids, attention_mask=(ids != 0).long()).logits
+    with plain_token_embeddings(disc):
+        assert type(disc.get_input_embeddings()) is torch.nn.Embedding and torch.equal(_table(disc), merged)
+        disc.save_pretrained(tmp_path / "d")
+    gen.save_pretrained(tmp_path / "g")
+    assert isinstance(disc.get_input_embeddings(), DisentangledEmbedding)  # restored after the save
+    loaded_disc = type(disc).from_pretrained(tmp_path / "d")
+    loaded_gen = type(gen).from_pretrained(tmp_path / "g")
+    assert torch.equal(_table(loaded_disc), merged)  # a plain transformers model holding E_G + delta
+    with torch.no_grad():
+        assert torch.allclose(loaded_disc(input_ids=ids, attention_mask=(ids != 0).long()).logits, before, atol=1e-6)
+    # Continuing: delta is rebuilt as the saved discriminator's table minus the generator's.
+    ElectraPretraining(loaded_gen, loaded_disc, torch.tensor(SPECIAL), embedding_sharing="gdes")
+    emb = loaded_disc.get_input_embeddings()
+    assert torch.allclose(emb.weight, merged, atol=1e-6) and torch.allclose(emb.delta, merged - _table(gen), atol=1e-6)
+    assert model is not None
+
+
 def test_generator_config_follows_the_paper():
     disc = ElectraConfig(hidden_size=256, num_hidden_layers=12, num_attention_heads=4, intermediate_size=1024, embedding_size=128)
     small = generator_config(disc, 0.25, 1.0)  # ELECTRA-small: 1/4 width
@@ -146,6 +204,9 @@ def test_config_defaults_and_checks():
     assert (pre_ln.generator_size, pre_ln.generator_layers) == (1.0, 0.25)  # same width (shared embeddings), 1/4 depth
     with pytest.raises(ConfigError, match="generator_layers"):
         load_config(["--objective", "electra", "--model_type", "modernbert", "--generator_size", "0.25"])
+    assert cfg.embedding_sharing == "tied"  # the paper's
+    with pytest.raises(ConfigError, match="embedding_sharing"):
+        load_config(["--objective", "electra", "--embedding_sharing", "shared"])
 
 
 def test_prior_entropy_is_the_loss_of_the_best_constant_answer():

@@ -34,6 +34,10 @@ class ElectraPretrainConfig(TextPretrainConfig):
     generator_weight: float = _help("Weight of the generator's masked-LM loss (per masked token).", 1.0)
     discriminator_weight: float = _help("Weight lambda of the discriminator's replaced-token loss (per real token; paper: 50).", 50.0)
     sampling_temperature: float = _help("Temperature of the generator's softmax when sampling replacements (paper: 1).", 1.0)
+    embedding_sharing: Literal["tied", "gdes"] = _help(
+        "How generator and discriminator share token embeddings: 'tied' (the paper's: one table, trained by both losses) or "
+        "'gdes' (DeBERTa-v3's gradient-disentangled sharing: the discriminator reads stop_gradient(generator table) + its own "
+        "delta, so only the masked LM trains the shared table; saved discriminators hold the merged table).", "tied")
     on_collapse: Literal["warn", "stop", "rollback"] = _help(
         "When the discriminator does no better than ignoring its input (loss_discriminator above (1 - min_discriminator_gain) x "
         "discriminator_baseline_loss, the loss of always answering the replaced share): warn, stop, or roll back to the last "
@@ -60,6 +64,8 @@ class ElectraPretrainConfig(TextPretrainConfig):
             raise ConfigError("generator_size and generator_layers must be in (0, 1].")
         if self.generator_weight <= 0 or self.discriminator_weight <= 0:
             raise ConfigError("generator_weight and discriminator_weight must be > 0.")
+        if self.embedding_sharing not in ("tied", "gdes"):
+            raise ConfigError(f"embedding_sharing must be 'tied' or 'gdes', got '{self.embedding_sharing}'.")
         if self.sampling_temperature <= 0:
             raise ConfigError("sampling_temperature must be > 0.")
         if not 0 <= self.min_discriminator_gain < 1 or self.collapse_check_after < 0 or self.collapse_patience < 1:

@@ -3,16 +3,26 @@ with shared embeddings; one forward that returns ELECTRA's two summed loss terms
 transformers' ElectraForMaskedLM + ElectraForPreTraining (post-LN, the paper's), or ModernBertForMaskedLM +
 ModernBertForTokenClassification with one label (pre-LN, RoPE: the encoder of the MLM CPU recipes).
 
-Shared embeddings (as google-research/electra ties them): the generator's embedding module IS the
-discriminator's, and the generator's output layer stays tied to the shared token embeddings. An ELECTRA
-generator narrower than its discriminator projects the shared embeddings to its own width with its own
-`embeddings_project` (transformers does this when embedding_size differs); a ModernBERT generator keeps the
-width and is shallower instead (as DeBERTa-v3 and COCO-LM make their generators smaller).
+Shared embeddings, two ways (`embedding_sharing`):
+- "tied" (google-research/electra): the generator's embedding module IS the discriminator's, and the
+  generator's output layer stays tied to the shared token embeddings; both losses train the one table.
+- "gdes" (gradient-disentangled sharing, DeBERTa-v3, He et al. 2021): the discriminator's token table is
+  stop_gradient(E_G) + E_delta. Only the generator's masked-LM loss trains E_G; the discriminator's loss
+  trains E_delta (zero at the start). The replaced-token loss then no longer pulls the token embeddings
+  away from what the masked LM makes of them (DeBERTa-v3's "tug of war"). Saved discriminators hold the
+  merged table E_G + E_delta, so they load as plain transformers models.
+An ELECTRA generator narrower than its discriminator projects the shared embeddings to its own width with its
+own `embeddings_project` (transformers does this when embedding_size differs); a ModernBERT generator keeps
+the width and is shallower instead (as DeBERTa-v3 and COCO-LM make their generators smaller).
 """
 
 from __future__ import annotations
 
 import torch
+
+import contextlib
+
+import torch.nn.functional as F
 
 from hfssl.attention import forward_kwargs, real_tokens
 from hfssl.objectives.electra.loss import discriminator_loss, prior_entropy, replaced_labels, sample_replacements
@@ -20,26 +30,81 @@ from hfssl.masking.tokens import masked_positions_of
 from hfssl.objectives.mlm.loss import masked_lm_loss, masked_logits
 
 
-def share_embeddings(generator, discriminator) -> None:
-    """Make the generator use the discriminator's embedding module (and tie its output layer to it).
+class DisentangledEmbedding(torch.nn.Module):
+    """The discriminator's token table under gdes: stop_gradient(shared.weight) + delta.
 
-    electra: token, position and token-type embeddings with their LayerNorm; a narrower generator projects them
-    to its width (`embeddings_project`). modernbert: token embeddings and their LayerNorm (RoPE has no position
-    table); no projection exists, so the generator has the discriminator's width and is made smaller by depth."""
+    forward(ids (...)) -> (..., hidden). `shared` is the generator's nn.Embedding (a reference, trained by the
+    generator only); `delta` (V, H) is the discriminator's own correction."""
+
+    def __init__(self, shared: torch.nn.Embedding, delta: torch.Tensor):
+        super().__init__()
+        self.shared = shared
+        self.delta = torch.nn.Parameter(delta.detach().clone())
+        self.padding_idx = shared.padding_idx
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.shared.weight.detach() + self.delta  # (V, H)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight, self.padding_idx)
+
+
+def _token_embedding_owner(model):
+    """(module, attribute) holding a model's token table: ModernBERT's embeddings.tok_embeddings or
+    ELECTRA's embeddings.word_embeddings (discriminator or generator)."""
+    if model.config.model_type == "modernbert":
+        return model.model.embeddings, "tok_embeddings"
+    return model.electra.embeddings, "word_embeddings"
+
+
+def share_embeddings(generator, discriminator, mode: str = "tied") -> None:
+    """Share the token embeddings between generator and discriminator (`mode`: "tied" or "gdes", see the
+    module docstring); the generator's output layer stays tied to its input table.
+
+    tied, electra: token, position and token-type embeddings with their LayerNorm are one module; modernbert:
+    token embeddings and their LayerNorm (RoPE has no position table). gdes: only the token table is shared
+    (through DisentangledEmbedding, delta = the discriminator's table - the generator's, so a continued run
+    keeps both); each model keeps its own LayerNorm (and position tables). A ModernBERT generator has no
+    embedding projection, so it has the discriminator's width and is made smaller by depth."""
     g, d = generator.config, discriminator.config
     if d.model_type == "modernbert":
         if (g.hidden_size, g.vocab_size) != (d.hidden_size, d.vocab_size):
             raise ValueError(f"a ModernBERT generator shares the discriminator's embeddings, so needs its (hidden_size, vocab_size) "
                              f"{(d.hidden_size, d.vocab_size)}, got {(g.hidden_size, g.vocab_size)}.")
-        generator.model.embeddings = discriminator.model.embeddings
-        generator.decoder.weight = discriminator.model.embeddings.tok_embeddings.weight
-        return
-    if (g.embedding_size, g.vocab_size, g.max_position_embeddings) != (d.embedding_size, d.vocab_size, d.max_position_embeddings):
+    elif (g.embedding_size, g.vocab_size, g.max_position_embeddings) != (d.embedding_size, d.vocab_size, d.max_position_embeddings):
         raise ValueError(f"generator and discriminator embeddings differ in shape: generator (embedding_size, vocab, positions) = "
                          f"{(g.embedding_size, g.vocab_size, g.max_position_embeddings)}, discriminator "
                          f"{(d.embedding_size, d.vocab_size, d.max_position_embeddings)}.")
-    generator.electra.embeddings = discriminator.electra.embeddings
-    generator.generator_lm_head.weight = discriminator.electra.embeddings.word_embeddings.weight
+    if mode not in ("tied", "gdes"):
+        raise ValueError(f"embedding_sharing must be 'tied' or 'gdes', got '{mode}'.")
+    if mode == "tied":
+        if d.model_type == "modernbert":
+            generator.model.embeddings = discriminator.model.embeddings
+        else:
+            generator.electra.embeddings = discriminator.electra.embeddings
+    else:
+        (gen_owner, name), (disc_owner, _) = _token_embedding_owner(generator), _token_embedding_owner(discriminator)
+        table = getattr(gen_owner, name)
+        setattr(disc_owner, name, DisentangledEmbedding(table, getattr(disc_owner, name).weight - table.weight))
+    generator.get_output_embeddings().weight = generator.get_input_embeddings().weight
+
+
+@contextlib.contextmanager
+def plain_token_embeddings(discriminator):
+    """Within the block, the discriminator's token table is a plain nn.Embedding holding the merged weights
+    (gdes: E_G + E_delta), so save_pretrained writes a standard transformers model. No-op when tied."""
+    owner, name = _token_embedding_owner(discriminator)
+    module = getattr(owner, name)
+    if not isinstance(module, DisentangledEmbedding):
+        yield
+        return
+    plain = torch.nn.Embedding.from_pretrained(module.weight.detach().clone(), freeze=False, padding_idx=module.padding_idx)
+    setattr(owner, name, plain)
+    try:
+        yield
+    finally:
+        setattr(owner, name, module)
 
 
 class ElectraPretraining(torch.nn.Module):
@@ -55,9 +120,9 @@ class ElectraPretraining(torch.nn.Module):
     """
 
     def __init__(self, generator, discriminator, special_ids: torch.Tensor, generator_weight: float = 1.0,
-                 discriminator_weight: float = 50.0, temperature: float = 1.0):
+                 discriminator_weight: float = 50.0, temperature: float = 1.0, embedding_sharing: str = "tied"):
         super().__init__()
-        share_embeddings(generator, discriminator)
+        share_embeddings(generator, discriminator, embedding_sharing)
         self.generator, self.discriminator = generator, discriminator
         self.generator_weight, self.discriminator_weight, self.temperature = generator_weight, discriminator_weight, temperature
         disallowed = torch.zeros(generator.config.vocab_size, dtype=torch.bool)

@@ -31,7 +31,7 @@ from hfssl.errors import ConfigError
 from hfssl.objectives.base import Objective
 from hfssl.objectives.collapse import CollapseGuard
 from hfssl.objectives.electra.config import ElectraPretrainConfig
-from hfssl.objectives.electra.model import ElectraPretraining
+from hfssl.objectives.electra.model import ElectraPretraining, plain_token_embeddings
 from hfssl.objectives.text_base import (check_vocab_fits, masking_description, mlm_collator, text_model_config, text_packing,
                                        usable_positions)
 
@@ -104,16 +104,18 @@ class ElectraObjective(Objective):
             check_vocab_fits(model.config, self.tokenizer)
             use_attn_implementation(model, cfg.attn_implementation, cfg.mixed_precision, what)
         special = torch.tensor(sorted(set(self.tokenizer.all_special_ids)))
+        n = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
+        sizes = (n(discriminator), n(generator))  # before sharing, which makes one model hold the other's table
         self.model = ElectraPretraining(generator, discriminator, special, cfg.generator_weight, cfg.discriminator_weight,
-                                        cfg.sampling_temperature)
+                                        cfg.sampling_temperature, cfg.embedding_sharing)
         self.guard = CollapseGuard(cfg)
         self.collator = ElectraCollator(mlm_collator(cfg, self.tokenizer, text_packing(cfg, discriminator.config)))
         data = prepare_text_splits(cfg, self.tokenizer, raw, usable_positions(discriminator.config), accelerator)
         self.train_dataset, self.eval_dataset, self.data_summary = data.train, data.validation, data.summary
-        n = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
-        logger.info("ELECTRA: discriminator %d x %d (%.1fM parameters), generator %d x %d (%.1fM, embeddings shared), lambda %s.",
-                    discriminator.config.num_hidden_layers, discriminator.config.hidden_size, n(discriminator),
-                    generator.config.num_hidden_layers, generator.config.hidden_size, n(generator), cfg.discriminator_weight)
+        logger.info("ELECTRA: discriminator %d x %d (%.1fM parameters), generator %d x %d (%.1fM, token embeddings shared: %s), lambda %s.",
+                    discriminator.config.num_hidden_layers, discriminator.config.hidden_size, sizes[0],
+                    generator.config.num_hidden_layers, generator.config.hidden_size, sizes[1], cfg.embedding_sharing,
+                    cfg.discriminator_weight)
 
     def check_health(self, window: list[dict]) -> Optional[str]:
         """Collapse: the discriminator's loss no better than that of ignoring the input (always answering the
@@ -169,12 +171,12 @@ class ElectraObjective(Objective):
         config.architectures = [disc_class.__name__]
         discriminator = disc_class(config)
         generator = gen_class(generator_config(config, cfg.generator_size, cfg.generator_layers))
+        with torch.no_grad():  # one starting table: under gdes the discriminator's own part (delta) starts at zero
+            generator.get_input_embeddings().weight.copy_(discriminator.get_input_embeddings().weight)
         return generator, discriminator
 
-    def save_pretrained(self, output_dir: str, summary: dict) -> None:
-        from hfssl.hub import write_model_card
-
-        cfg, disc, gen = self.cfg, self.model.discriminator, self.model.generator
+    @staticmethod
+    def _save_discriminator(disc, output_dir: str) -> None:
         if disc.config.model_type == "modernbert":
             disc.model.save_pretrained(output_dir)  # the encoder alone: fine-tuning starts its heads fresh
             from safetensors.torch import save_file
@@ -183,18 +185,28 @@ class ElectraObjective(Objective):
             save_file(head, str(Path(output_dir) / RTD_HEAD), metadata={"format": "pt"})
         else:
             disc.save_pretrained(output_dir)
+
+    def save_pretrained(self, output_dir: str, summary: dict) -> None:
+        from hfssl.hub import write_model_card
+
+        cfg, disc, gen = self.cfg, self.model.discriminator, self.model.generator
+        n = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
+        with plain_token_embeddings(disc):  # gdes: the merged table, so the folder is a plain transformers model
+            self._save_discriminator(disc, output_dir)
+            disc_params = n(disc)
         self.tokenizer.save_pretrained(output_dir)
         gen.save_pretrained(Path(output_dir) / GENERATOR_DIR)
         self.tokenizer.save_pretrained(Path(output_dir) / GENERATOR_DIR)
-        n = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
         write_model_card(output_dir, objective="ELECTRA replaced-token detection", pipeline_tag="feature-extraction", summary=summary,
                          tags=["electra", "self-supervised"], details={
             "Base": cfg.model_name_or_path or f"from scratch ({type(disc).__name__}, {disc.config.num_hidden_layers} layers x "
-                                               f"{disc.config.hidden_size}, {n(disc):.1f}M parameters)"
+                                               f"{disc.config.hidden_size}, {disc_params:.1f}M parameters)"
                     + (f"; saved as its encoder (ModernBertModel), the replaced-token head in `{RTD_HEAD}`"
                        if disc.config.model_type == "modernbert" else ""),
             "Generator": f"`{GENERATOR_DIR}/` ({type(gen).__name__}, {gen.config.num_hidden_layers} layers x {gen.config.hidden_size}, "
-                         f"{n(gen):.1f}M parameters, embeddings shared with the discriminator; loads in pipeline('fill-mask'))",
+                         f"{n(gen):.1f}M parameters, token embeddings shared with the discriminator "
+                         f"({'tied' if cfg.embedding_sharing == 'tied' else 'gradient-disentangled: the discriminator adds its own delta'}); "
+                         "loads in pipeline('fill-mask'))",
             "Corpus": cfg.dataset_name or cfg.train_file or f"built-in {BUILTIN_CORPUS}",
             "Training data": self.data_summary,
             "Tokens seen": f"{summary.get('tokens_seen', 0):,.0f}",
