@@ -1,45 +1,62 @@
 #!/usr/bin/env bash
 # MLM vs. ELECTRA at equal pretraining wall-clock on the offline Debian topic set (README "Did pretraining
 # pay off?"), both on the same pre-LN ModernBERT-style encoder (4 x 256, mean pooling) and the built-in Debian
-# corpus. The two pretrain one after the other on the idle machine (two threads each), each timed: MLM with
-# README command 1's settings then (the small recipe at 2400 updates, fp32) and the ELECTRA small recipe (1750 updates: an ELECTRA update, generator +
-# discriminator, measured about 1.35x an MLM update here, so 1750 fill the MLM recipe's time). ELECTRA reuses
-# the MLM run's tokenizer, so both have the same random-init twin. Then each model goes through the payoff
-# report: 3 seeds, a learning-rate grid per side chosen on validation.
-# Measured (2026-12-03, idle 2-core CPU): MLM 553 s, ELECTRA 556 s; fine-tuning 36 runs, about 30 min.
-# DATA2VEC=1 adds data2vec text (recipes/data2vec/text-tiny-cpu.yaml at 4 x 256, post-LN RoBERTa layout, the MLM
-# run's tokenizer; DATA2VEC_STEPS updates, default 1370: measured 521 s idle (with a tokenizer of its own trained the
-# same way, 3 s of it), within 6% of the MLM run's wall-clock; 1750 updates took 753 s) and data2vec text on the
-# MLM and ELECTRA encoder (recipes/data2vec/text-small-cpu-modernbert.yaml, DATA2VEC_MB_STEPS updates, default 2200:
-# measured 641 s idle, 16% more than the MLM run: 60 updates calibrated 0.234 s each, evaluations and checkpoints
-# of the full run made it 0.29).
-# Usage: recipes/payoff/electra-vs-mlm.sh [OUT]
+# corpus. The runs pretrain one after the other on the idle machine (two threads each), each timed; the ELECTRA
+# runs reuse the MLM run's tokenizer, so all have the same random-init twin. Then each model goes through the
+# payoff report: 3 seeds, a learning-rate grid per side chosen on validation.
+#
+# Default (bf16 and compiled where the CPU has AMX, eager attention, as README command 1): MLM = README command 1
+# (3600 updates) and the ELECTRA recipe (3600 updates, gradient-disentangled embeddings), plus ELECTRA with the
+# paper's tied embeddings (ELECTRA_TIED=1, default on). Measured (2026-12-04, idle 2-core AMX CPU): MLM 598 s,
+# ELECTRA 605 s, ELECTRA tied 591 s (an ELECTRA update costs about what an MLM update does here); fine-tuning
+# 27 runs, about 25 min two at a time.
+#
+# FP32=1 reproduces the earlier fp32 table: MLM = the small recipe at 2400 updates, ELECTRA at 1750 updates with tied
+# embeddings (an fp32 ELECTRA update measured about 1.35x an MLM update then). Measured (2026-12-03): MLM 553 s,
+# ELECTRA 556 s. DATA2VEC=1 (with FP32=1) adds data2vec text (recipes/data2vec/text-tiny-cpu.yaml at 4 x 256,
+# post-LN RoBERTa layout, the MLM run's tokenizer; DATA2VEC_STEPS updates, default 1370: measured 521 s idle, within
+# 6% of the MLM run's wall-clock; 1750 updates took 753 s) and data2vec text on the MLM and ELECTRA encoder
+# (recipes/data2vec/text-small-cpu-modernbert.yaml, DATA2VEC_MB_STEPS updates, default 2200: measured 641 s idle,
+# 16% more than the MLM run: 60 updates calibrated 0.234 s each, evaluations and checkpoints of the full run made
+# it 0.29).
+# Usage: [FP32=1] [DATA2VEC=1] recipes/payoff/electra-vs-mlm.sh [OUT]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-outputs/electra-vs-mlm}
 mkdir -p "$OUT"
-MLM_STEPS=${MLM_STEPS:-2400}
-ELECTRA_STEPS=${ELECTRA_STEPS:-1750}
-DATA2VEC_STEPS=${DATA2VEC_STEPS:-1370}
-DATA2VEC_MB_STEPS=${DATA2VEC_MB_STEPS:-2200}
 common=(--overwrite_output_dir true)
-# fp32, default attention, not compiled, as measured and as the ELECTRA and data2vec recipes run (the MLM recipe now
-# says mixed_precision/torch_compile auto: bf16 and compiled on CPUs with AMX, about 1.8x faster per update).
-/usr/bin/time -f "mlm pretraining: %e s" python run_pretrain.py recipes/mlm/small-cpu-modernbert.yaml "${common[@]}" \
-    --mixed_precision no --torch_compile false --attn_implementation none \
-    --max_steps "$MLM_STEPS" --output_dir "$OUT/mlm" > "$OUT.mlm.log" 2>&1
-/usr/bin/time -f "electra pretraining: %e s" python run_pretrain.py recipes/electra/small-cpu-modernbert.yaml "${common[@]}" \
-    --tokenizer_name "$OUT/mlm" --max_steps "$ELECTRA_STEPS" --output_dir "$OUT/electra" > "$OUT.electra.log" 2>&1
 models="mlm electra"
-if [ "${DATA2VEC:-0}" = 1 ]; then
-    /usr/bin/time -f "data2vec pretraining: %e s" python run_pretrain.py recipes/data2vec/text-tiny-cpu.yaml "${common[@]}" \
-        --builtin_corpus debian-descriptions --tokenizer_name "$OUT/mlm" --per_device_train_batch_size 16 \
-        --config_overrides hidden_size=256,num_hidden_layers=4,num_attention_heads=4,intermediate_size=1024,layer_norm_eps=1e-5 \
-        --max_steps "$DATA2VEC_STEPS" --output_dir "$OUT/data2vec" > "$OUT.data2vec.log" 2>&1
-    /usr/bin/time -f "data2vec-modernbert pretraining: %e s" python run_pretrain.py recipes/data2vec/text-small-cpu-modernbert.yaml \
-        "${common[@]}" --tokenizer_name "$OUT/mlm" --max_steps "$DATA2VEC_MB_STEPS" --output_dir "$OUT/data2vec-modernbert" \
-        > "$OUT.data2vec-modernbert.log" 2>&1
-    models="$models data2vec data2vec-modernbert"
+if [ "${FP32:-0}" = 1 ]; then
+    MLM_STEPS=${MLM_STEPS:-2400}
+    ELECTRA_STEPS=${ELECTRA_STEPS:-1750}
+    DATA2VEC_STEPS=${DATA2VEC_STEPS:-1370}
+    DATA2VEC_MB_STEPS=${DATA2VEC_MB_STEPS:-2200}
+    fp32=(--mixed_precision no --torch_compile false)  # the MLM and ELECTRA recipes say auto: bf16 and compiled on AMX CPUs
+    /usr/bin/time -f "mlm pretraining: %e s" python run_pretrain.py recipes/mlm/small-cpu-modernbert.yaml "${common[@]}" \
+        "${fp32[@]}" --attn_implementation none --max_steps "$MLM_STEPS" --output_dir "$OUT/mlm" > "$OUT.mlm.log" 2>&1
+    /usr/bin/time -f "electra pretraining: %e s" python run_pretrain.py recipes/electra/small-cpu-modernbert.yaml "${common[@]}" \
+        "${fp32[@]}" --attn_implementation none --embedding_sharing tied --tokenizer_name "$OUT/mlm" --max_steps "$ELECTRA_STEPS" \
+        --output_dir "$OUT/electra" > "$OUT.electra.log" 2>&1
+    if [ "${DATA2VEC:-0}" = 1 ]; then
+        /usr/bin/time -f "data2vec pretraining: %e s" python run_pretrain.py recipes/data2vec/text-tiny-cpu.yaml "${common[@]}" \
+            --builtin_corpus debian-descriptions --tokenizer_name "$OUT/mlm" --per_device_train_batch_size 16 \
+            --config_overrides hidden_size=256,num_hidden_layers=4,num_attention_heads=4,intermediate_size=1024,layer_norm_eps=1e-5 \
+            --max_steps "$DATA2VEC_STEPS" --output_dir "$OUT/data2vec" > "$OUT.data2vec.log" 2>&1
+        /usr/bin/time -f "data2vec-modernbert pretraining: %e s" python run_pretrain.py recipes/data2vec/text-small-cpu-modernbert.yaml \
+            "${common[@]}" --tokenizer_name "$OUT/mlm" --max_steps "$DATA2VEC_MB_STEPS" --output_dir "$OUT/data2vec-modernbert" \
+            > "$OUT.data2vec-modernbert.log" 2>&1
+        models="$models data2vec data2vec-modernbert"
+    fi
+else
+    /usr/bin/time -f "mlm pretraining: %e s" python run_pretrain.py "${common[@]}" --output_dir "$OUT/mlm" > "$OUT.mlm.log" 2>&1
+    /usr/bin/time -f "electra pretraining: %e s" python run_pretrain.py recipes/electra/small-cpu-modernbert.yaml "${common[@]}" \
+        --tokenizer_name "$OUT/mlm" --output_dir "$OUT/electra" > "$OUT.electra.log" 2>&1
+    if [ "${ELECTRA_TIED:-1}" = 1 ]; then
+        /usr/bin/time -f "electra-tied pretraining: %e s" python run_pretrain.py recipes/electra/small-cpu-modernbert.yaml \
+            "${common[@]}" --embedding_sharing tied --tokenizer_name "$OUT/mlm" --output_dir "$OUT/electra-tied" \
+            > "$OUT.electra-tied.log" 2>&1
+        models="$models electra-tied"
+    fi
 fi
 tail -n 1 "$OUT".*.log
 for model in $models; do

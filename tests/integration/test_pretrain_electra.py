@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import FIXTURES, ROOT, read_log, run_cli, train_losses
+from conftest import EXACT, FIXTURES, ROOT, read_log, run_cli, train_losses
 
 TINY = [str(ROOT / "recipes" / "electra" / "tiny-cpu.yaml"), "--train_file", str(FIXTURES / "text" / "corpus.txt"),
         "--tokenizer_name", str(FIXTURES / "text" / "tokenizer"),
@@ -113,12 +113,14 @@ def test_the_discriminator_fine_tunes(electra, tmp_path):
 
 
 def test_the_pre_ln_layout_trains_saves_and_fine_tunes(tmp_path):
-    """model_type modernbert: ModernBertForTokenClassification (one label) + a shallower ModernBertForMaskedLM."""
+    """model_type modernbert: ModernBertForTokenClassification (one label) + a shallower ModernBertForMaskedLM, with
+    the paper's tied embeddings (the recipe's gdes: the next test)."""
     from transformers import AutoModel, AutoModelForSequenceClassification, ModernBertForTokenClassification, pipeline
 
     out = tmp_path / "pre-ln"
     recipe = ROOT / "recipes" / "electra" / "small-cpu-modernbert.yaml"
-    run_cli("run_pretrain.py", [recipe, "--train_file", FIXTURES / "text" / "corpus.txt", "--tokenizer_name", FIXTURES / "text" / "tokenizer",
+    run_cli("run_pretrain.py", [recipe, *EXACT, "--embedding_sharing", "tied", "--train_file", FIXTURES / "text" / "corpus.txt",
+                                "--tokenizer_name", FIXTURES / "text" / "tokenizer",
                                 "--config_overrides", "hidden_size=64,num_hidden_layers=2,num_attention_heads=2,intermediate_size=128,"
                                                       "max_position_embeddings=64,local_attention=64",
                                 "--max_seq_length", "64", "--per_device_train_batch_size", "4", "--max_steps", "8", "--save_steps", "0",
@@ -146,7 +148,8 @@ def test_the_pre_ln_layout_trains_saves_and_fine_tunes(tmp_path):
     assert json.loads((cls / "config.json").read_text())["architectures"] == ["ModernBertForSequenceClassification"]
     # Continuing from the saved folder puts the head back (one update at a negligible learning rate: saved again unchanged).
     more = tmp_path / "more"
-    run_cli("run_pretrain.py", [recipe, "--train_file", FIXTURES / "text" / "corpus.txt", "--model_name_or_path", out,
+    run_cli("run_pretrain.py", [recipe, *EXACT, "--embedding_sharing", "tied", "--train_file", FIXTURES / "text" / "corpus.txt",
+                                "--model_name_or_path", out,
                                 "--max_seq_length", "64", "--per_device_train_batch_size", "4", "--max_steps", "1", "--save_steps", "0",
                                 "--eval_steps", "0", "--learning_rate", "1e-12", "--warmup_steps", "0", "--validation_split_percentage", "10",
                                 "--max_eval_batches", "2", "--output_dir", more], env={"OMP_NUM_THREADS": "1"})
@@ -160,10 +163,10 @@ def test_gradient_disentangled_sharing_resumes_exactly_and_saves_the_merged_tabl
     from transformers import AutoModel
 
     recipe = ROOT / "recipes" / "electra" / "small-cpu-modernbert.yaml"
-    args = [recipe, "--train_file", FIXTURES / "text" / "corpus.txt", "--tokenizer_name", FIXTURES / "text" / "tokenizer",
+    args = [recipe, *EXACT, "--embedding_sharing", "gdes", "--train_file", FIXTURES / "text" / "corpus.txt", "--tokenizer_name", FIXTURES / "text" / "tokenizer",
             "--config_overrides", "hidden_size=64,num_hidden_layers=2,num_attention_heads=2,intermediate_size=128,"
                                   "max_position_embeddings=64,local_attention=64",
-            "--embedding_sharing", "gdes", "--max_seq_length", "64", "--per_device_train_batch_size", "4", "--max_steps", "8",
+            "--max_seq_length", "64", "--per_device_train_batch_size", "4", "--max_steps", "8",
             "--save_steps", "4", "--eval_steps", "0", "--logging_steps", "1", "--warmup_steps", "2", "--learning_rate", "3e-3",
             "--validation_split_percentage", "10", "--max_eval_batches", "2"]
     full, resumed = tmp_path / "full", tmp_path / "resumed"
