@@ -18,10 +18,9 @@ the width and is shallower instead (as DeBERTa-v3 and COCO-LM make their generat
 
 from __future__ import annotations
 
-import torch
-
 import contextlib
 
+import torch
 import torch.nn.functional as F
 
 from hfssl.attention import forward_kwargs, real_tokens

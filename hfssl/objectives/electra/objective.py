@@ -79,6 +79,11 @@ def generator_config(discriminator_config, size: float, layers: float):
     return config
 
 
+def _millions(model) -> float:
+    """Parameters of a model, in millions."""
+    return sum(p.numel() for p in model.parameters()) / 1e6
+
+
 def load_rtd_head(discriminator, path: Path) -> None:
     """Put a saved replaced-token head (head.*, classifier.*) back on a ModernBertForTokenClassification."""
     if not path.is_file():
@@ -104,8 +109,7 @@ class ElectraObjective(Objective):
             check_vocab_fits(model.config, self.tokenizer)
             use_attn_implementation(model, cfg.attn_implementation, cfg.mixed_precision, what)
         special = torch.tensor(sorted(set(self.tokenizer.all_special_ids)))
-        n = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
-        sizes = (n(discriminator), n(generator))  # before sharing, which makes one model hold the other's table
+        sizes = (_millions(discriminator), _millions(generator))  # before sharing, which makes one model hold the other's table
         self.model = ElectraPretraining(generator, discriminator, special, cfg.generator_weight, cfg.discriminator_weight,
                                         cfg.sampling_temperature, cfg.embedding_sharing)
         self.guard = CollapseGuard(cfg)
@@ -190,10 +194,9 @@ class ElectraObjective(Objective):
         from hfssl.hub import write_model_card
 
         cfg, disc, gen = self.cfg, self.model.discriminator, self.model.generator
-        n = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
         with plain_token_embeddings(disc):  # gdes: the merged table, so the folder is a plain transformers model
             self._save_discriminator(disc, output_dir)
-            disc_params = n(disc)
+            disc_params = _millions(disc)
         self.tokenizer.save_pretrained(output_dir)
         gen.save_pretrained(Path(output_dir) / GENERATOR_DIR)
         self.tokenizer.save_pretrained(Path(output_dir) / GENERATOR_DIR)
@@ -204,7 +207,7 @@ class ElectraObjective(Objective):
                     + (f"; saved as its encoder (ModernBertModel), the replaced-token head in `{RTD_HEAD}`"
                        if disc.config.model_type == "modernbert" else ""),
             "Generator": f"`{GENERATOR_DIR}/` ({type(gen).__name__}, {gen.config.num_hidden_layers} layers x {gen.config.hidden_size}, "
-                         f"{n(gen):.1f}M parameters, token embeddings shared with the discriminator "
+                         f"{_millions(gen):.1f}M parameters, token embeddings shared with the discriminator "
                          f"({'tied' if cfg.embedding_sharing == 'tied' else 'gradient-disentangled: the discriminator adds its own delta'}); "
                          "loads in pipeline('fill-mask'))",
             "Corpus": cfg.dataset_name or cfg.train_file or f"built-in {BUILTIN_CORPUS}",
