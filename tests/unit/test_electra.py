@@ -14,7 +14,7 @@ from transformers import (ElectraConfig, ElectraForMaskedLM, ElectraForPreTraini
 from hfssl.errors import ConfigError, RollbackRequested
 from hfssl.objectives import load_config
 from hfssl.objectives.electra.loss import discriminator_loss, prior_entropy, replaced_labels, sample_replacements
-from hfssl.objectives.electra.model import DisentangledEmbedding, ElectraPretraining, plain_token_embeddings
+from hfssl.objectives.electra.model import DisentangledEmbedding, ElectraPretraining, plain_token_embeddings, start_from_one_table
 from hfssl.objectives.electra.objective import ElectraObjective, generator_config
 
 V, SPECIAL = 40, [0, 1, 2, 3]
@@ -154,6 +154,16 @@ def test_gdes_each_loss_trains_only_its_own_table(layout):
     # One parameter list for the optimizer: each table once, delta its own.
     params = list(model.parameters())
     assert len({id(p) for p in params}) == len(params) and sum(p is emb.delta for p in params) == 1
+
+
+@pytest.mark.parametrize("layout", ["electra", "modernbert"])
+def test_a_fresh_gdes_pair_starts_from_one_table(layout):
+    gen, disc = _models(layout=layout)
+    assert not torch.equal(_table(gen), _table(disc))  # two random initializations
+    start_from_one_table(gen, disc)
+    ElectraPretraining(gen, disc, torch.tensor(SPECIAL), embedding_sharing="gdes")
+    emb = disc.get_input_embeddings()
+    assert not emb.delta.any() and torch.equal(emb.weight, _table(gen))
 
 
 @pytest.mark.parametrize("layout", ["electra", "modernbert"])

@@ -89,6 +89,13 @@ def share_embeddings(generator, discriminator, mode: str = "tied") -> None:
     generator.get_output_embeddings().weight = generator.get_input_embeddings().weight
 
 
+def start_from_one_table(generator, discriminator) -> None:
+    """Fresh models: copy the discriminator's token table into the generator's, so both start from one table
+    (under gdes the discriminator's own part, delta, then starts at zero; tied discards the generator's anyway)."""
+    with torch.no_grad():
+        generator.get_input_embeddings().weight.copy_(discriminator.get_input_embeddings().weight)
+
+
 @contextlib.contextmanager
 def plain_token_embeddings(discriminator):
     """Within the block, the discriminator's token table is a plain nn.Embedding holding the merged weights

@@ -31,7 +31,7 @@ from hfssl.errors import ConfigError
 from hfssl.objectives.base import Objective
 from hfssl.objectives.collapse import CollapseGuard
 from hfssl.objectives.electra.config import ElectraPretrainConfig
-from hfssl.objectives.electra.model import ElectraPretraining, plain_token_embeddings
+from hfssl.objectives.electra.model import ElectraPretraining, plain_token_embeddings, start_from_one_table
 from hfssl.objectives.text_base import (check_vocab_fits, masking_description, mlm_collator, text_model_config, text_packing,
                                        usable_positions)
 
@@ -175,8 +175,7 @@ class ElectraObjective(Objective):
         config.architectures = [disc_class.__name__]
         discriminator = disc_class(config)
         generator = gen_class(generator_config(config, cfg.generator_size, cfg.generator_layers))
-        with torch.no_grad():  # one starting table: under gdes the discriminator's own part (delta) starts at zero
-            generator.get_input_embeddings().weight.copy_(discriminator.get_input_embeddings().weight)
+        start_from_one_table(generator, discriminator)
         return generator, discriminator
 
     @staticmethod
