@@ -158,12 +158,13 @@ def test_the_pre_ln_layout_trains_saves_and_fine_tunes(tmp_path):
 
 
 def test_gradient_disentangled_sharing_resumes_exactly_and_saves_the_merged_table(tmp_path):
-    """embedding_sharing gdes (pre-LN layout): exact resume with the discriminator's delta in the checkpoint;
-    the saved discriminator holds E_G + delta and loads as a plain ModernBertModel; the generator keeps E_G."""
+    """embedding_sharing gdes (pre-LN layout), with the corrective LM term: exact resume with the discriminator's
+    delta and corrective head in the checkpoint; the saved discriminator holds E_G + delta and loads as a plain
+    ModernBertModel; the generator keeps E_G; the corrective head is saved beside them."""
     from transformers import AutoModel
 
     recipe = ROOT / "recipes" / "electra" / "small-cpu-modernbert.yaml"
-    args = [recipe, *EXACT, "--embedding_sharing", "gdes", "--train_file", FIXTURES / "text" / "corpus.txt", "--tokenizer_name", FIXTURES / "text" / "tokenizer",
+    args = [recipe, *EXACT, "--embedding_sharing", "gdes", "--corrective_weight", "1.0", "--train_file", FIXTURES / "text" / "corpus.txt", "--tokenizer_name", FIXTURES / "text" / "tokenizer",
             "--config_overrides", "hidden_size=64,num_hidden_layers=2,num_attention_heads=2,intermediate_size=128,"
                                   "max_position_embeddings=64,local_attention=64",
             "--max_seq_length", "64", "--per_device_train_batch_size", "4", "--max_steps", "8",
@@ -189,3 +190,12 @@ def test_gradient_disentangled_sharing_resumes_exactly_and_saves_the_merged_tabl
     encoder = AutoModel.from_pretrained(full)
     assert type(encoder).__name__ == "ModernBertModel" and torch.equal(encoder.get_input_embeddings().weight, e_g + delta)
     assert "gradient-disentangled" in (full / "README.md").read_text()
+    # The corrective term: a third loss term, logged, its head saved beside the encoder as trained.
+    rows = [json.loads(line) for line in (full / "training_log.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "loss_corrective" in r]
+    assert len(train) == 8 and all(r["loss"] == pytest.approx(r["loss_generator"] + r["loss_discriminator"] + r["loss_corrective"])
+                                   for r in train)
+    head = load_file(full / "corrective_head.safetensors")
+    assert set(head) == {"dense.weight", "dense.bias", "norm.weight", "norm.bias", "bias"}
+    assert all(torch.equal(head[k], state[f"corrective_head.{k}"]) for k in head)
+    assert "corrective LM x 1.0" in (full / "README.md").read_text()

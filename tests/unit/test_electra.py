@@ -14,7 +14,8 @@ from transformers import (ElectraConfig, ElectraForMaskedLM, ElectraForPreTraini
 from hfssl.errors import ConfigError, RollbackRequested
 from hfssl.objectives import load_config
 from hfssl.objectives.electra.loss import discriminator_loss, prior_entropy, replaced_labels, sample_replacements
-from hfssl.objectives.electra.model import DisentangledEmbedding, ElectraPretraining, plain_token_embeddings, start_from_one_table
+from hfssl.objectives.electra.model import (CorrectiveHead, DisentangledEmbedding, ElectraPretraining, plain_token_embeddings,
+                                            start_from_one_table)
 from hfssl.objectives.electra.objective import ElectraObjective, generator_config
 
 V, SPECIAL = 40, [0, 1, 2, 3]
@@ -101,6 +102,58 @@ def test_forward_terms_equal_a_hand_computation(layout):
     assert out["discriminator_baseline_loss"].item() == pytest.approx(
         50.0 * -(share * math.log(share) + (1 - share) * math.log(1 - share)), rel=1e-5)
     assert list(out["loss_sum"]) == ["generator", "discriminator"]
+
+
+@pytest.mark.parametrize("layout,sharing", [("electra", "tied"), ("modernbert", "gdes")])
+def test_corrective_term_by_hand_and_what_it_trains(layout, sharing):
+    """corrective_weight > 0: a third term, the discriminator's cross-entropy of the original token at the masked
+    positions through its own head tied to its token table; the other two terms are unchanged. Under gdes it trains
+    delta and never the generator's table."""
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9, 2, 0], [1, 11, 12, 13, 2, 0, 0, 0]])
+    attention = (ids != 0).long()
+    labels = torch.full_like(ids, -100)
+    labels[0, 2], labels[0, 5], labels[1, 3] = 6, 9, 13
+    masked = ids.masked_fill(labels != -100, 4)
+    outs, models = {}, {}
+    for weight in (0.0, 2.0):
+        gen, disc = _models(layout=layout)
+        models[weight] = model = ElectraPretraining(gen, disc, torch.tensor(SPECIAL), embedding_sharing=sharing, corrective_weight=weight)
+        torch.manual_seed(7)
+        outs[weight] = model(masked, attention, labels)
+    off, on = outs[0.0], outs[2.0]
+    assert list(off["loss_sum"]) == ["generator", "discriminator"] and not hasattr(models[0.0], "corrective_head")
+    assert list(on["loss_sum"]) == ["generator", "discriminator", "corrective"]
+    for term in ("generator", "discriminator"):
+        assert on["loss_sum"][term].item() == pytest.approx(off["loss_sum"][term].item(), rel=1e-6)
+    head = model.corrective_head
+    assert isinstance(head, CorrectiveHead)
+    # By hand: the same draw gives the same corrupted input; hidden states of the discriminator's encoder.
+    sel = labels != -100
+    with torch.no_grad():
+        torch.manual_seed(7)
+        gen_logits = gen(input_ids=masked, attention_mask=attention).logits[sel]
+        disallowed = torch.zeros(V, dtype=torch.bool)
+        disallowed[SPECIAL] = True
+        corrupted = ids.clone()
+        corrupted[sel] = sample_replacements(gen_logits, disallowed, model.temperature)
+        hidden = disc.base_model(input_ids=corrupted, attention_mask=attention).last_hidden_state[sel]  # (3, H)
+        table = _table(disc)  # (V, E): the discriminator's own (merged under gdes)
+        x = torch.nn.functional.layer_norm(torch.nn.functional.gelu(hidden @ head.dense.weight.T + head.dense.bias),
+                                           (table.shape[1],), head.norm.weight, head.norm.bias, head.norm.eps)
+        ce = torch.nn.functional.cross_entropy(x @ table.T + head.bias, labels[sel], reduction="sum")
+    assert on["loss_sum"]["corrective"].item() == pytest.approx(2.0 * ce.item(), rel=1e-5)
+    assert 0.0 <= on["corrective_accuracy"].item() <= 1.0
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(7)
+    model(masked, attention, labels)["loss_sum"]["corrective"].backward()
+    encoder_grad = sum(p.grad.abs().sum() for n, p in disc.base_model.named_parameters() if p.grad is not None and "embeddings" not in n)
+    assert encoder_grad > 0  # the term reaches the discriminator's encoder
+    assert all(p.grad is None for p in gen.base_model.encoder.parameters()) if layout == "electra" else \
+        all(p.grad is None for p in gen.model.layers.parameters())  # ... and never the generator (no gradient through sampling)
+    if sharing == "gdes":
+        emb = disc.get_input_embeddings()
+        assert emb.delta.grad is not None and emb.delta.grad.abs().sum() > 0
+        assert _table(gen).grad is None or not _table(gen).grad.any()
 
 
 def test_embeddings_are_shared_and_the_generator_head_stays_tied():
@@ -193,6 +246,25 @@ def test_gdes_saves_a_plain_discriminator_that_continues_exactly(layout, tmp_pat
     assert model is not None
 
 
+def test_a_saved_corrective_head_is_continued_and_a_missing_one_starts_fresh(tmp_path):
+    from safetensors.torch import save_file
+
+    from hfssl.objectives.electra.objective import CORRECTIVE_HEAD
+
+    _, disc = _models(layout="modernbert")
+    torch.manual_seed(3)
+    trained = {k: torch.randn_like(v) for k, v in CorrectiveHead(32, 32, V).state_dict().items()}
+    (tmp_path / "saved").mkdir()
+    save_file(trained, str(tmp_path / "saved" / CORRECTIVE_HEAD))
+    build = ElectraObjective._corrective_head
+    cfg = SimpleNamespace(corrective_weight=1.0, model_name_or_path=str(tmp_path / "saved"))
+    head = build(SimpleNamespace(cfg=cfg), disc)
+    assert all(torch.equal(head.state_dict()[k], v) for k, v in trained.items())
+    fresh = build(SimpleNamespace(cfg=SimpleNamespace(corrective_weight=1.0, model_name_or_path=str(tmp_path))), disc)
+    assert not torch.equal(fresh.bias, trained["bias"]) and not fresh.bias.any()  # a fresh head: zero bias
+    assert build(SimpleNamespace(cfg=SimpleNamespace(corrective_weight=0.0, model_name_or_path=None)), disc) is None
+
+
 def test_generator_config_follows_the_paper():
     disc = ElectraConfig(hidden_size=256, num_hidden_layers=12, num_attention_heads=4, intermediate_size=1024, embedding_size=128)
     small = generator_config(disc, 0.25, 1.0)  # ELECTRA-small: 1/4 width
@@ -217,6 +289,9 @@ def test_config_defaults_and_checks():
     assert cfg.embedding_sharing == "tied"  # the paper's
     with pytest.raises(ConfigError, match="embedding_sharing"):
         load_config(["--objective", "electra", "--embedding_sharing", "shared"])
+    assert cfg.corrective_weight == 0.0  # off: the paper's ELECTRA
+    with pytest.raises(ConfigError, match="corrective_weight must be >= 0"):
+        load_config(["--objective", "electra", "--corrective_weight", "-1"])
 
 
 def test_prior_entropy_is_the_loss_of_the_best_constant_answer():

@@ -33,6 +33,10 @@ class ElectraPretrainConfig(TextPretrainConfig):
     generator_name_or_path: Optional[str] = _help("Continue from this generator (default: model_name_or_path/generator when it exists).", None)
     generator_weight: float = _help("Weight of the generator's masked-LM loss (per masked token).", 1.0)
     discriminator_weight: float = _help("Weight lambda of the discriminator's replaced-token loss (per real token; paper: 50).", 50.0)
+    corrective_weight: float = _help(
+        "Weight of a corrective LM term (after COCO-LM; 0 = off, the paper's ELECTRA): the discriminator also predicts the "
+        "original token at each masked position from its corrupted input, through its own LM head tied to its token table "
+        "(saved beside it as corrective_head.safetensors); per masked token.", 0.0)
     sampling_temperature: float = _help("Temperature of the generator's softmax when sampling replacements (paper: 1).", 1.0)
     embedding_sharing: Literal["tied", "gdes"] = _help(
         "How generator and discriminator share token embeddings: 'tied' (the paper's: one table, trained by both losses) or "
@@ -64,6 +68,8 @@ class ElectraPretrainConfig(TextPretrainConfig):
             raise ConfigError("generator_size and generator_layers must be in (0, 1].")
         if self.generator_weight <= 0 or self.discriminator_weight <= 0:
             raise ConfigError("generator_weight and discriminator_weight must be > 0.")
+        if self.corrective_weight < 0:
+            raise ConfigError(f"corrective_weight must be >= 0 (0 turns the corrective LM term off), got {self.corrective_weight}.")
         if self.embedding_sharing not in ("tied", "gdes"):
             raise ConfigError(f"embedding_sharing must be 'tied' or 'gdes', got '{self.embedding_sharing}'.")
         if self.sampling_temperature <= 0:

@@ -14,6 +14,12 @@ Shared embeddings, two ways (`embedding_sharing`):
 An ELECTRA generator narrower than its discriminator projects the shared embeddings to its own width with its
 own `embeddings_project` (transformers does this when embedding_size differs); a ModernBERT generator keeps
 the width and is shallower instead (as DeBERTa-v3 and COCO-LM make their generators smaller).
+
+Optional corrective LM term (`corrective_weight` > 0; after COCO-LM, Meng et al. 2021): the discriminator also
+predicts the original token at each masked position from its corrupted input, through its own LM head tied to
+its token table. It gives the discriminator's encoder a token-prediction signal beside replaced-token detection.
+Unlike COCO-LM it is scored at the masked positions only (the others are the original token anyway) and has no
+copy mechanism.
 """
 
 from __future__ import annotations
@@ -27,6 +33,12 @@ from hfssl.attention import forward_kwargs, real_tokens
 from hfssl.objectives.electra.loss import discriminator_loss, prior_entropy, replaced_labels, sample_replacements
 from hfssl.masking.tokens import masked_positions_of
 from hfssl.objectives.mlm.loss import masked_lm_loss, masked_logits
+
+# How each discriminator layout turns its encoder's hidden states (..., H) into replaced-token logits (..., [1]).
+RTD_HEADS = {
+    "modernbert": lambda d, h: d.classifier(d.drop(d.head(h))),  # ModernBertForTokenClassification with one label
+    "electra": lambda d, h: d.discriminator_predictions(h),  # ElectraForPreTraining
+}
 
 
 class DisentangledEmbedding(torch.nn.Module):
@@ -113,6 +125,30 @@ def plain_token_embeddings(discriminator):
         setattr(owner, name, module)
 
 
+class CorrectiveHead(torch.nn.Module):
+    """The discriminator's LM head for the corrective term: forward(hidden (N, H), table (V, E)) -> (N, V) logits.
+
+    dense H -> E, GELU, LayerNorm, then the token table (the discriminator's own, passed per call so that under
+    gdes it is the merged stop_gradient(E_G) + delta: the term trains delta, never the generator's table) and a
+    bias. E: the embedding width (ELECTRA's embedding_size, ModernBERT's hidden_size)."""
+
+    def __init__(self, hidden_size: int, embedding_size: int, vocab_size: int, eps: float = 1e-5):
+        super().__init__()
+        self.dense = torch.nn.Linear(hidden_size, embedding_size)
+        self.norm = torch.nn.LayerNorm(embedding_size, eps=eps)
+        self.bias = torch.nn.Parameter(torch.zeros(vocab_size))
+
+    def forward(self, hidden: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.norm(F.gelu(self.dense(hidden))), table, self.bias)
+
+
+def corrective_head_for(discriminator) -> CorrectiveHead:
+    """A fresh CorrectiveHead sized for a discriminator."""
+    c = discriminator.config
+    embedding_size = getattr(c, "embedding_size", None) or c.hidden_size
+    return CorrectiveHead(c.hidden_size, embedding_size, c.vocab_size, getattr(c, "norm_eps", None) or c.layer_norm_eps)
+
+
 class ElectraPretraining(torch.nn.Module):
     """forward(input_ids, attention_mask, labels) -> {"loss_sum": {"generator", "discriminator"}, metrics}.
 
@@ -122,15 +158,20 @@ class ElectraPretraining(torch.nn.Module):
     masked tokens (derived from labels when not given). Metrics: generator_accuracy (per masked token), discriminator_accuracy (per real token),
     discriminator_baseline_accuracy and discriminator_baseline_loss (per real token: the accuracy of always answering
     "original", and lambda x the BCE of always answering the batch's replaced share, i.e. what a discriminator that
-    ignores its input scores), replaced_fraction (masked tokens whose sample differs from the original; per masked token).
+    ignores its input scores), replaced_fraction (masked tokens whose sample differs from the original; per masked token),
+    and with the corrective term corrective_accuracy (per masked token).
     """
 
     def __init__(self, generator, discriminator, special_ids: torch.Tensor, generator_weight: float = 1.0,
-                 discriminator_weight: float = 50.0, temperature: float = 1.0, embedding_sharing: str = "tied"):
+                 discriminator_weight: float = 50.0, temperature: float = 1.0, embedding_sharing: str = "tied",
+                 corrective_weight: float = 0.0, corrective_head: CorrectiveHead | None = None):
         super().__init__()
         share_embeddings(generator, discriminator, embedding_sharing)
         self.generator, self.discriminator = generator, discriminator
         self.generator_weight, self.discriminator_weight, self.temperature = generator_weight, discriminator_weight, temperature
+        self.corrective_weight = corrective_weight
+        if corrective_weight > 0:
+            self.corrective_head = corrective_head or corrective_head_for(discriminator)
         disallowed = torch.zeros(generator.config.vocab_size, dtype=torch.bool)
         disallowed[special_ids] = True
         self.register_buffer("disallowed", disallowed, persistent=False)
@@ -148,12 +189,21 @@ class ElectraPretraining(torch.nn.Module):
         original = input_ids.reshape(-1).index_copy(0, positions, targets).view_as(input_ids)  # (B, T)
         corrupted = original.reshape(-1).index_copy(0, positions, sampled).view_as(input_ids)  # (B, T)
         is_replaced = replaced_labels(original, corrupted, real)
-        disc_logits = self.discriminator(**forward_kwargs(self.discriminator, corrupted, **layout)).logits.view(input_ids.shape)  # (B, T[, 1]) -> (B, T)
+        disc = self.discriminator
+        hidden = disc.base_model(**forward_kwargs(disc, corrupted, **layout)).last_hidden_state  # (B, T, H) or (1, B * T, H)
+        disc_logits = RTD_HEADS[disc.config.model_type](disc, hidden).view(input_ids.shape)  # (B, T[, 1]) -> (B, T)
         disc_sum, disc_correct = discriminator_loss(disc_logits, is_replaced, real)
         n_masked = max(positions.numel(), 1)
         replaced_share = is_replaced.sum() / real.sum().clamp_min(1)  # () of the real tokens
+        loss_sum = {"generator": self.generator_weight * gen_sum, "discriminator": self.discriminator_weight * disc_sum}
+        extra = {}
+        if self.corrective_weight > 0:  # the original token at each masked position, from the corrupted input
+            at_masked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)  # (N, H)
+            corr_sum, extra["corrective_accuracy"] = masked_lm_loss(self.corrective_head(at_masked, disc.get_input_embeddings().weight), targets)
+            loss_sum["corrective"] = self.corrective_weight * corr_sum
         return {
-            "loss_sum": {"generator": self.generator_weight * gen_sum, "discriminator": self.discriminator_weight * disc_sum},
+            "loss_sum": loss_sum,
+            **extra,
             "generator_accuracy": gen_accuracy,
             "discriminator_accuracy": disc_correct / real.sum().clamp_min(1),
             "discriminator_baseline_accuracy": 1.0 - replaced_share,

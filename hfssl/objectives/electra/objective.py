@@ -31,7 +31,7 @@ from hfssl.errors import ConfigError
 from hfssl.objectives.base import Objective
 from hfssl.objectives.collapse import CollapseGuard
 from hfssl.objectives.electra.config import ElectraPretrainConfig
-from hfssl.objectives.electra.model import ElectraPretraining, plain_token_embeddings, start_from_one_table
+from hfssl.objectives.electra.model import ElectraPretraining, corrective_head_for, plain_token_embeddings, start_from_one_table
 from hfssl.objectives.text_base import (check_vocab_fits, masking_description, mlm_collator, text_model_config, text_packing,
                                        usable_positions)
 
@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 GENERATOR_DIR = "generator"
 RTD_HEAD = "replaced_token_head.safetensors"  # modernbert layout: the discriminator's head, beside its encoder
+CORRECTIVE_HEAD = "corrective_head.safetensors"  # corrective_weight > 0: the discriminator's LM head, beside it
 # model_type -> (discriminator class, generator class). The discriminator has one logit per token.
 LAYOUTS = {
     "electra": (ElectraForPreTraining, ElectraForMaskedLM),  # post-LN, the paper's
@@ -47,15 +48,18 @@ LAYOUTS = {
 
 
 class ElectraCollator:
-    """The MLM collator's batch, with ELECTRA's two target counts: masked tokens (generator) and real
-    tokens (discriminator). Generator first: metrics without a term prefix are weighted by it."""
+    """The MLM collator's batch, with ELECTRA's target counts: masked tokens (generator; and the corrective
+    term when `corrective`) and real tokens (discriminator). Generator first: metrics without a term prefix are
+    weighted by it."""
 
-    def __init__(self, mlm):
-        self.mlm = mlm
+    def __init__(self, mlm, corrective: bool = False):
+        self.mlm, self.corrective = mlm, corrective
 
     def __call__(self, examples: list[dict], seed: int, progress: float = 0.0) -> dict:
         batch = self.mlm(examples, seed=seed, progress=progress)
-        batch["num_targets"] = {"generator": batch["num_targets"], "discriminator": batch["num_inputs"]}
+        masked = batch["num_targets"]
+        batch["num_targets"] = {"generator": masked, "discriminator": batch["num_inputs"],
+                                **({"corrective": masked} if self.corrective else {})}
         return batch
 
 
@@ -111,9 +115,11 @@ class ElectraObjective(Objective):
         special = torch.tensor(sorted(set(self.tokenizer.all_special_ids)))
         sizes = (_millions(discriminator), _millions(generator))  # before sharing, which makes one model hold the other's table
         self.model = ElectraPretraining(generator, discriminator, special, cfg.generator_weight, cfg.discriminator_weight,
-                                        cfg.sampling_temperature, cfg.embedding_sharing)
+                                        cfg.sampling_temperature, cfg.embedding_sharing, cfg.corrective_weight,
+                                        self._corrective_head(discriminator))
         self.guard = CollapseGuard(cfg)
-        self.collator = ElectraCollator(mlm_collator(cfg, self.tokenizer, text_packing(cfg, discriminator.config)))
+        self.collator = ElectraCollator(mlm_collator(cfg, self.tokenizer, text_packing(cfg, discriminator.config)),
+                                        corrective=cfg.corrective_weight > 0)
         data = prepare_text_splits(cfg, self.tokenizer, raw, usable_positions(discriminator.config), accelerator)
         self.train_dataset, self.eval_dataset, self.data_summary = data.train, data.validation, data.summary
         logger.info("ELECTRA: discriminator %d x %d (%.1fM parameters), generator %d x %d (%.1fM, token embeddings shared: %s), lambda %s.",
@@ -149,6 +155,21 @@ class ElectraObjective(Objective):
 
     def load_state_dict(self, state: dict) -> None:
         self.guard.load_state_dict(state)
+
+    def _corrective_head(self, discriminator):
+        """The corrective LM head: continued from model_name_or_path when it holds one, else fresh (None when off)."""
+        cfg = self.cfg
+        if cfg.corrective_weight <= 0:
+            return None
+        head = corrective_head_for(discriminator)
+        saved = Path(cfg.model_name_or_path or "") / CORRECTIVE_HEAD
+        if cfg.model_name_or_path and saved.is_file():
+            from safetensors.torch import load_file
+
+            head.load_state_dict(load_file(str(saved)))
+        elif cfg.model_name_or_path:
+            logger.info("'%s' has no %s: the corrective LM head starts fresh.", cfg.model_name_or_path, CORRECTIVE_HEAD)
+        return head
 
     def _models(self):
         cfg = self.cfg
@@ -196,6 +217,11 @@ class ElectraObjective(Objective):
         with plain_token_embeddings(disc):  # gdes: the merged table, so the folder is a plain transformers model
             self._save_discriminator(disc, output_dir)
             disc_params = _millions(disc)
+        if cfg.corrective_weight > 0:  # not part of the transformers model: kept beside it for continuing
+            from safetensors.torch import save_file
+
+            head = {k: v.detach().contiguous() for k, v in self.model.corrective_head.state_dict().items()}
+            save_file(head, str(Path(output_dir) / CORRECTIVE_HEAD), metadata={"format": "pt"})
         self.tokenizer.save_pretrained(output_dir)
         gen.save_pretrained(Path(output_dir) / GENERATOR_DIR)
         self.tokenizer.save_pretrained(Path(output_dir) / GENERATOR_DIR)
@@ -214,6 +240,9 @@ class ElectraObjective(Objective):
             "Tokens seen": f"{summary.get('tokens_seen', 0):,.0f}",
             "Masking": masking_description(cfg),
             "Loss": f"generator MLM x {cfg.generator_weight} (per masked token) + discriminator BCE x {cfg.discriminator_weight} "
-                    f"(per real token), sampling temperature {cfg.sampling_temperature}",
+                    f"(per real token)"
+                    + (f" + corrective LM x {cfg.corrective_weight} (the discriminator predicts the original token at the masked "
+                       f"positions; per masked token; head in `{CORRECTIVE_HEAD}`)" if cfg.corrective_weight > 0 else "")
+                    + f", sampling temperature {cfg.sampling_temperature}",
             "Sequence length": f"{cfg.max_seq_length} ({'line by line' if cfg.line_by_line else 'packed'})",
         }, datasets=[cfg.dataset_name] if cfg.dataset_name else None, config=cfg)
