@@ -88,6 +88,13 @@ def _millions(model) -> float:
     return sum(p.numel() for p in model.parameters()) / 1e6
 
 
+def save_tensors(state: dict, path: Path) -> None:
+    """A head's weights (not part of the transformers model) as safetensors beside it."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous() for k, v in state.items()}, str(path), metadata={"format": "pt"})
+
+
 def load_rtd_head(discriminator, path: Path) -> None:
     """Put a saved replaced-token head (head.*, classifier.*) back on a ModernBertForTokenClassification."""
     if not path.is_file():
@@ -203,10 +210,7 @@ class ElectraObjective(Objective):
     def _save_discriminator(disc, output_dir: str) -> None:
         if disc.config.model_type == "modernbert":
             disc.model.save_pretrained(output_dir)  # the encoder alone: fine-tuning starts its heads fresh
-            from safetensors.torch import save_file
-
-            head = {k: v.detach().contiguous() for k, v in disc.state_dict().items() if not k.startswith("model.")}
-            save_file(head, str(Path(output_dir) / RTD_HEAD), metadata={"format": "pt"})
+            save_tensors({k: v for k, v in disc.state_dict().items() if not k.startswith("model.")}, Path(output_dir) / RTD_HEAD)
         else:
             disc.save_pretrained(output_dir)
 
@@ -218,10 +222,7 @@ class ElectraObjective(Objective):
             self._save_discriminator(disc, output_dir)
             disc_params = _millions(disc)
         if cfg.corrective_weight > 0:  # not part of the transformers model: kept beside it for continuing
-            from safetensors.torch import save_file
-
-            head = {k: v.detach().contiguous() for k, v in self.model.corrective_head.state_dict().items()}
-            save_file(head, str(Path(output_dir) / CORRECTIVE_HEAD), metadata={"format": "pt"})
+            save_tensors(self.model.corrective_head.state_dict(), Path(output_dir) / CORRECTIVE_HEAD)
         self.tokenizer.save_pretrained(output_dir)
         gen.save_pretrained(Path(output_dir) / GENERATOR_DIR)
         self.tokenizer.save_pretrained(Path(output_dir) / GENERATOR_DIR)
