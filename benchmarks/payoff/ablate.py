@@ -31,6 +31,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from hfssl.finetune.stats import ROUND_DIGITS
+
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RECIPE = "recipes/finetune/debian-topics-payoff.yaml"
 # Two-sided 95% Student t quantiles by degrees of freedom (no scipy needed).
@@ -125,7 +127,7 @@ def select(records: list[dict]) -> dict:
     complete = set.intersection(*({r["seed"] for r in rs} for rs in by_lr.values()))
     by_lr = {lr: [r for r in rs if r["seed"] in complete] for lr, rs in by_lr.items()}
     val_means = {lr: statistics.mean(r["val_accuracy"] for r in rs) for lr, rs in by_lr.items()}
-    best = min(by_lr, key=lambda lr: (-val_means[lr], lr))
+    best = min(by_lr, key=lambda lr: (-round(val_means[lr], ROUND_DIGITS), lr))  # rounded: a last-bit difference is a tie
     chosen = sorted(by_lr[best], key=lambda r: r["seed"])
     tests = [r["test_accuracy"] for r in chosen]
     return {"learning_rate": best, "val_mean_by_lr": {f"{lr:g}": round(v, 4) for lr, v in sorted(val_means.items())},

@@ -101,6 +101,9 @@ def paired_gain(pretrained: dict, scratch: dict, higher_is_better: bool, confide
 
 
 # ------------------------------------------------------------------ learning-rate choice
+ROUND_DIGITS = 9  # validation means closer than 1e-9 are a tie (no validation split has 1e9 examples)
+
+
 def select_learning_rate(runs: Iterable[dict], metric: str, higher_is_better: bool) -> tuple[float, list[dict]]:
     """The learning rate of one (init, label budget) cell, chosen on validation only.
 
@@ -130,7 +133,9 @@ def select_learning_rate(runs: Iterable[dict], metric: str, higher_is_better: bo
 
     def rank(row: dict) -> tuple:
         m, loss = row["validation_mean"], row["validation_loss_mean"]
-        m = -math.inf if m is None or math.isnan(m) else (m if higher_is_better else -m)  # NaN: worst
+        # Rounded: the same number of correct answers summed in another seed order can differ in the last bit
+        # (0.92 + 0.94 + 0.9267 vs 0.92 + 0.9333 + 0.9333), which must stay a tie for the loss to break.
+        m = -math.inf if m is None or math.isnan(m) else round(m if higher_is_better else -m, ROUND_DIGITS)  # NaN: worst
         loss = math.inf if loss is None or math.isnan(loss) else loss
         return (-m, loss, row["learning_rate"])
 
