@@ -25,6 +25,8 @@
 #   (a finished pretraining in $OUT is reused; REPRETRAIN=1 pretrains again)
 #   DIGITS_MODELS="hubert wav2vec2" bash recipes/payoff/speech.sh      # also wav2vec 2.0 on digits (8 runs: 64 min
 #                                                                       measured beside 1-2 other jobs)
+#   MODELS=hubert2 TASKS=keywords bash recipes/payoff/speech.sh    # HuBERT iteration 2 (pretrains iteration 1 first
+#        when $OUT has none; measured: 88 s + 93 s of pretraining, 618 s of keyword payoff)
 #   MODELS="best_rq data2vec" TASKS=keywords bash recipes/payoff/speech.sh   # BEST-RQ / data2vec (tiny recipes,
 #        update counts for about HuBERT's pretraining wall time)
 set -euo pipefail
@@ -62,6 +64,11 @@ stage() {  # stage NAME CMD...: run and record wall time
 [ -f "$DATA/README.md" ] && [ -z "${REGENERATE:-}" ] && echo "== data: reusing $DATA (REGENERATE=1 to rebuild)" \
   || stage data python benchmarks/payoff/make_speech_dataset.py --out "$DATA"
 
+pretrain_hubert_iter1() {
+  stage pretrain-hubert python run_pretrain.py recipes/hubert/tiny-cpu-iter1.yaml --train_dir "$DATA/unlabeled" \
+    --max_steps "$HUBERT_STEPS" --output_dir "$OUT/pretrain-hubert" --overwrite_output_dir true
+}
+
 for model in $MODELS; do
   if [ -f "$OUT/pretrain-$model/train_results.json" ] && [ -z "${REPRETRAIN:-}" ]; then
     echo "== pretrain-$model: reusing $OUT/pretrain-$model (REPRETRAIN=1 to pretrain again)"; continue
@@ -69,13 +76,16 @@ for model in $MODELS; do
   case $model in
     wav2vec2) stage pretrain-wav2vec2 python run_pretrain.py recipes/wav2vec2/tiny-cpu.yaml --train_dir "$DATA/unlabeled" \
                 --max_steps "$W2V2_STEPS" --output_dir "$OUT/pretrain-wav2vec2" --overwrite_output_dir true ;;
-    hubert) stage pretrain-hubert python run_pretrain.py recipes/hubert/tiny-cpu-iter1.yaml --train_dir "$DATA/unlabeled" \
-              --max_steps "$HUBERT_STEPS" --output_dir "$OUT/pretrain-hubert" --overwrite_output_dir true ;;
+    hubert) pretrain_hubert_iter1 ;;
+    hubert2) [ -f "$OUT/pretrain-hubert/train_results.json" ] || pretrain_hubert_iter1  # its targets come from iteration 1
+             stage pretrain-hubert2 python run_pretrain.py recipes/hubert/tiny-cpu-iter2.yaml --train_dir "$DATA/unlabeled" \
+               --label_model "$OUT/pretrain-hubert" --max_steps "$HUBERT_STEPS" --output_dir "$OUT/pretrain-hubert2" \
+               --overwrite_output_dir true ;;
     best_rq) stage pretrain-best_rq python run_pretrain.py recipes/best_rq/tiny-cpu.yaml --train_dir "$DATA/unlabeled" \
                --max_steps "$BEST_RQ_STEPS" --output_dir "$OUT/pretrain-best_rq" --overwrite_output_dir true ;;
     data2vec) stage pretrain-data2vec python run_pretrain.py recipes/data2vec/speech-tiny-cpu.yaml --train_dir "$DATA/unlabeled" \
                 --max_steps "$DATA2VEC_STEPS" --output_dir "$OUT/pretrain-data2vec" --overwrite_output_dir true ;;
-    *) echo "unknown model $model (wav2vec2, hubert, best_rq, data2vec)"; exit 2 ;;
+    *) echo "unknown model $model (wav2vec2, hubert, hubert2, best_rq, data2vec)"; exit 2 ;;
   esac
 done
 
