@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import random
+import statistics
 
 import pytest
 
@@ -299,3 +300,29 @@ class _Killed(Exception):
 def _plan_order(args) -> list[tuple]:
     """(pretrained?, seed, lr) in the order _compare runs them: seed, then side, then rate."""
     return [(init == "pretrained", seed, lr) for seed in (10, 11) for init in payoff.INITS for lr in (1e-4, 1e-3)]
+
+
+def _ablate():
+    import importlib.util
+
+    from conftest import ROOT
+    spec = importlib.util.spec_from_file_location("ablate", ROOT / "benchmarks/payoff/ablate.py")
+    ablate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablate)
+    return ablate
+
+
+def test_ablation_rate_choice_treats_a_last_bit_difference_as_a_tie():
+    """ablate.py's own choice (ties: the smaller rate) is not decided by how the seeds' scores add up: 0+0+5 and
+    0+2+3 right answers of 30 have means one bit apart as floats."""
+    runs = [{"learning_rate": lr, "seed": s, "val_accuracy": k / 30, "test_accuracy": 0.5}
+            for lr, counts in ((3e-4, (0, 0, 5)), (1e-3, (0, 2, 3))) for s, k in zip((42, 43, 44), counts)]
+    assert statistics.mean([0 / 30, 2 / 30, 3 / 30]) > statistics.mean([0 / 30, 0 / 30, 5 / 30])
+    assert _ablate().select(runs)["learning_rate"] == 3e-4
+
+
+def test_ablation_warns_when_parallel_runs_oversubscribe_the_cores():
+    oversubscribed = _ablate().oversubscribed
+    assert oversubscribed(2, 1, 2) is None and oversubscribed(1, 2, 2) is None
+    assert "use OMP_NUM_THREADS=1" in oversubscribed(2, 2, 2)
+    assert "use OMP_NUM_THREADS=4" in oversubscribed(2, 8, 8)
