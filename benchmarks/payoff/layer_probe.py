@@ -8,7 +8,7 @@ frozen. Used to see why a pretrained model fine-tunes well or badly (docs/payoff
 gradient-disentangled embeddings"): a layer below the random-init encoder's score kept less of the topic than random
 weights do.
 
-    python benchmarks/payoff/layer_probe.py outputs/tiny-mlm outputs/small-modernbert-electra
+    python benchmarks/payoff/layer_probe.py outputs/tiny-mlm outputs/tiny-electra
     python benchmarks/payoff/layer_probe.py outputs/tiny-mlm:random     # the same architecture, random init (seed 0)
 """
 

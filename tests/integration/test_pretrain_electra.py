@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 from conftest import EXACT, FIXTURES, ROOT, read_log, run_cli, train_losses
 
-TINY = [str(ROOT / "recipes" / "electra" / "tiny-cpu.yaml"), "--train_file", str(FIXTURES / "text" / "corpus.txt"),
+# The paper's ELECTRA-Small recipe (transformers' ElectraForMaskedLM / ElectraForPreTraining, post-LN) scaled down.
+TINY = [str(ROOT / "recipes" / "electra" / "electra-small.yaml"), "--mixed_precision", "no", "--train_file", str(FIXTURES / "text" / "corpus.txt"),
         "--tokenizer_name", str(FIXTURES / "text" / "tokenizer"),
         "--config_overrides", "hidden_size=64,embedding_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=128,"
                               "max_position_embeddings=64",
@@ -118,7 +119,7 @@ def test_the_pre_ln_layout_trains_saves_and_fine_tunes(tmp_path):
     from transformers import AutoModel, AutoModelForSequenceClassification, ModernBertForTokenClassification, pipeline
 
     out = tmp_path / "pre-ln"
-    recipe = ROOT / "recipes" / "electra" / "small-cpu-modernbert.yaml"
+    recipe = ROOT / "recipes" / "electra" / "tiny-cpu.yaml"
     run_cli("run_pretrain.py", [recipe, *EXACT, "--embedding_sharing", "tied", "--train_file", FIXTURES / "text" / "corpus.txt",
                                 "--tokenizer_name", FIXTURES / "text" / "tokenizer",
                                 "--config_overrides", "hidden_size=64,num_hidden_layers=2,num_attention_heads=2,intermediate_size=128,"
@@ -163,7 +164,7 @@ def test_gradient_disentangled_sharing_resumes_exactly_and_saves_the_merged_tabl
     ModernBertModel; the generator keeps E_G; the corrective head is saved beside them."""
     from transformers import AutoModel
 
-    recipe = ROOT / "recipes" / "electra" / "small-cpu-modernbert.yaml"
+    recipe = ROOT / "recipes" / "electra" / "tiny-cpu.yaml"
     args = [recipe, *EXACT, "--embedding_sharing", "gdes", "--corrective_weight", "1.0", "--train_file", FIXTURES / "text" / "corpus.txt", "--tokenizer_name", FIXTURES / "text" / "tokenizer",
             "--config_overrides", "hidden_size=64,num_hidden_layers=2,num_attention_heads=2,intermediate_size=128,"
                                   "max_position_embeddings=64,local_attention=64",

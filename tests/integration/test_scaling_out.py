@@ -350,7 +350,7 @@ def test_hubert_layerdrop_ddp_and_fsdp_equal_one_process_with_accumulation(tmp_p
         assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a), name
 
 
-ELECTRA = [ROOT / "recipes" / "electra" / "tiny-cpu.yaml", "--train_file", FIXTURES / "text" / "corpus.txt",
+ELECTRA = [ROOT / "recipes" / "electra" / "electra-small.yaml", "--mixed_precision", "no", "--train_file", FIXTURES / "text" / "corpus.txt",
            "--tokenizer_name", FIXTURES / "text" / "tokenizer", "--config_overrides",
            "hidden_size=64,embedding_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=128,max_position_embeddings=64",
            "--max_seq_length", "64", "--per_device_train_batch_size", "4", "--max_steps", "6", "--save_steps", "3", "--eval_steps", "3",
