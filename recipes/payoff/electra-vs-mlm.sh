@@ -13,14 +13,14 @@
 #
 # FP32=1 reproduces the earlier fp32 table: MLM = the small recipe at 2400 updates, ELECTRA at 1750 updates with tied
 # embeddings (an fp32 ELECTRA update measured about 1.35x an MLM update then). Measured (2026-12-03): MLM 553 s,
-# ELECTRA 556 s. DATA2VEC=1 (with FP32=1) adds data2vec text (recipes/data2vec/text-tiny-cpu.yaml at 4 x 256,
+# ELECTRA 556 s. DATA2VEC=1 (with FP32=1) adds data2vec text (recipes/payoff/text-objectives/data2vec-text-postln.yaml at 4 x 256,
 # post-LN RoBERTa layout, the MLM run's tokenizer; DATA2VEC_STEPS updates, default 1370: measured 521 s idle, within
 # 6% of the MLM run's wall-clock; 1750 updates took 753 s) and data2vec text on the MLM and ELECTRA encoder
-# (recipes/data2vec/text-small-cpu-modernbert.yaml, DATA2VEC_MB_STEPS updates, default 2200: measured 641 s idle,
+# (recipes/data2vec/text-tiny-cpu.yaml, DATA2VEC_MB_STEPS updates, default 2200: measured 641 s idle,
 # 16% more than the MLM run: 60 updates calibrated 0.234 s each, evaluations and checkpoints of the full run made
 # it 0.29).
 # DATA2VEC=1 without FP32 adds data2vec text on the same encoder with the same speed settings
-# (recipes/data2vec/text-small-cpu-modernbert.yaml, bf16 and compiled; DATA2VEC_MB_STEPS, default 4300: measured
+# (recipes/data2vec/text-tiny-cpu.yaml, bf16 and compiled; DATA2VEC_MB_STEPS, default 4300: measured
 # 653 s idle, 9% more than the MLM run).
 # Usage: [FP32=1] [DATA2VEC=1] recipes/payoff/electra-vs-mlm.sh [OUT]
 set -euo pipefail
@@ -41,11 +41,11 @@ if [ "${FP32:-0}" = 1 ]; then
         "${fp32[@]}" --attn_implementation none --embedding_sharing tied --tokenizer_name "$OUT/mlm" --max_steps "$ELECTRA_STEPS" \
         --output_dir "$OUT/electra" > "$OUT.electra.log" 2>&1
     if [ "${DATA2VEC:-0}" = 1 ]; then
-        /usr/bin/time -f "data2vec pretraining: %e s" python run_pretrain.py recipes/data2vec/text-tiny-cpu.yaml "${common[@]}" \
+        /usr/bin/time -f "data2vec pretraining: %e s" python run_pretrain.py recipes/payoff/text-objectives/data2vec-text-postln.yaml "${common[@]}" \
             --builtin_corpus debian-descriptions --tokenizer_name "$OUT/mlm" --per_device_train_batch_size 16 \
             --config_overrides hidden_size=256,num_hidden_layers=4,num_attention_heads=4,intermediate_size=1024,layer_norm_eps=1e-5 \
             --max_steps "$DATA2VEC_STEPS" --output_dir "$OUT/data2vec" > "$OUT.data2vec.log" 2>&1
-        /usr/bin/time -f "data2vec-modernbert pretraining: %e s" python run_pretrain.py recipes/data2vec/text-small-cpu-modernbert.yaml \
+        /usr/bin/time -f "data2vec-modernbert pretraining: %e s" python run_pretrain.py recipes/data2vec/text-tiny-cpu.yaml \
             "${common[@]}" --tokenizer_name "$OUT/mlm" --max_steps "$DATA2VEC_MB_STEPS" --output_dir "$OUT/data2vec-modernbert" \
             > "$OUT.data2vec-modernbert.log" 2>&1
         models="$models data2vec data2vec-modernbert"
@@ -61,7 +61,7 @@ else
         models="$models electra-tied"
     fi
     if [ "${DATA2VEC:-0}" = 1 ]; then  # the fp32 data2vec recipe given README command 1's speed settings
-        /usr/bin/time -f "data2vec-modernbert pretraining: %e s" python run_pretrain.py recipes/data2vec/text-small-cpu-modernbert.yaml \
+        /usr/bin/time -f "data2vec-modernbert pretraining: %e s" python run_pretrain.py recipes/data2vec/text-tiny-cpu.yaml \
             "${common[@]}" --mixed_precision auto --torch_compile auto --attn_implementation eager --tokenizer_name "$OUT/mlm" \
             --max_steps "${DATA2VEC_MB_STEPS:-4300}" --output_dir "$OUT/data2vec-modernbert" > "$OUT.data2vec-modernbert.log" 2>&1
         models="$models data2vec-modernbert"

@@ -29,6 +29,7 @@
 #        when $OUT has none; measured: 88 s + 93 s of pretraining, 618 s of keyword payoff)
 #   MODELS="best_rq data2vec" TASKS=keywords bash recipes/payoff/speech.sh   # BEST-RQ / data2vec (tiny recipes,
 #        update counts for about HuBERT's pretraining wall time)
+#   LABELS=0.1 TASKS=keywords MODELS="hubert wav2vec2" bash recipes/payoff/speech.sh   # 10% of the labeled clips
 set -euo pipefail
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # tiny models: one thread is fastest on a busy CPU
 cd "$(dirname "$0")/../.."
@@ -49,6 +50,7 @@ BEST_RQ_STEPS=${BEST_RQ_STEPS:-1000}
 DATA2VEC_STEPS=${DATA2VEC_STEPS:-360}
 OTHER_LRS=${OTHER_LRS:-1e-3,3e-3,1e-2}  # BEST-RQ and data2vec keyword grid (HuBERT's)
 CTC_STEPS=${CTC_STEPS:-3000}
+LABELS=${LABELS:-1.0}  # label budgets (fractions of the training clips), e.g. 0.1,1.0
 DIGITS_MODELS=${DIGITS_MODELS:-hubert}
 mkdir -p "$OUT"
 TIMES="$OUT/timings.txt"
@@ -104,7 +106,7 @@ for task in $TASKS; do
     stage "payoff-$task-$model" python run_finetune.py "${args[@]}" --model_name_or_path "$OUT/pretrain-$model" \
       --train_dir "$DATA/$task/train" --validation_dir "$DATA/$task/validation" --test_dir "$DATA/$task/test" \
       --validation_split_percentage 0 --freeze_feature_encoder false \
-      --compare_with_scratch true --seeds "$seeds" --learning_rates "$lrs" --label_fractions 1.0 \
+      --compare_with_scratch true --seeds "$seeds" --learning_rates "$lrs" --label_fractions "$LABELS" \
       --output_dir "$OUT/payoff-$task-$model"
   done
 done

@@ -19,9 +19,12 @@ from conftest import CORPUS, FIXTURES, ONE_THREAD, ROOT, read_log, train_losses
 
 SPEECH = FIXTURES / "speech"
 RUNS = {
-    "text": [ROOT / "recipes" / "data2vec" / "text-tiny-cpu.yaml", "--train_file", CORPUS,
-             "--tokenizer_name", FIXTURES / "text" / "tokenizer", "--max_seq_length", 32,
+    # The paper's base recipe (post-LN Data2VecTextModel) scaled down, with the CPU recipes' fast teacher schedule.
+    "text": [ROOT / "recipes" / "data2vec" / "text-base.yaml", "--train_file", CORPUS,
+             "--tokenizer_name", FIXTURES / "text" / "tokenizer", "--max_seq_length", 32, "--mixed_precision", "no",
              "--config_overrides", "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64,layer_norm_eps=1.0e-5",
+             "--ema_decay", 0.99, "--ema_end_decay", 0.999, "--ema_anneal_end_step", 200, "--gradient_accumulation_steps", 1,
+             "--learning_rate", 1e-3, "--lr_scheduler_type", "linear",
              "--average_top_k_layers", 2, "--per_device_train_batch_size", 8, "--warmup_steps", 4,
              "--max_steps", 24, "--save_steps", 4, "--logging_steps", 4, "--eval_steps", 0, "--max_eval_batches", 1],
     "speech": [ROOT / "recipes" / "data2vec" / "speech-tiny-cpu.yaml", "--train_dir", SPEECH / "unlabeled",
@@ -126,16 +129,19 @@ def test_output_fine_tunes(uninterrupted, tmp_path, capsys):
 
 
 def test_modernbert_encoder_learns_and_fine_tunes(tmp_path, capsys):
-    """model_type modernbert (pre-LN, the MLM and ELECTRA recipes' encoder): the loss falls, the saved encoder
+    """The CPU recipe, model_type modernbert (pre-LN, the MLM and ELECTRA recipes' encoder): the loss falls, the saved encoder
     loads as a ModernBertModel with no teacher or head, and fine-tunes to ModernBertForSequenceClassification."""
     from transformers import ModernBertModel
 
     from hfssl.finetune.run import main
 
     out = tmp_path / "mbert"
-    _in_process([*RUNS["text"], "--model_type", "modernbert", "--config_overrides",
+    _in_process([ROOT / "recipes" / "data2vec" / "text-tiny-cpu.yaml", "--train_file", CORPUS,
+                 "--tokenizer_name", FIXTURES / "text" / "tokenizer", "--max_seq_length", 32, "--config_overrides",
                  "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64,max_position_embeddings=32,"
-                 "local_attention=32,classifier_pooling=mean", "--max_steps", 16, "--output_dir", out])
+                 "local_attention=32,classifier_pooling=mean", "--average_top_k_layers", 2, "--per_device_train_batch_size", 8,
+                 "--warmup_steps", 4, "--max_steps", 16, "--save_steps", 0, "--logging_steps", 4, "--eval_steps", 0,
+                 "--max_eval_batches", 1, "--output_dir", out])
     rows = _rows(out)
     assert [r["step"] for r in rows] == list(range(1, 17))
     first, last = np.mean([r["loss"] for r in rows[:4]]), np.mean([r["loss"] for r in rows[-4:]])
