@@ -76,7 +76,7 @@ def parse_args(argv=None):
     p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="gpu (default with CUDA), cpu, cpu-recipe, tiny")
     p.add_argument("--tiny", action="store_true", help="same as --preset tiny (CPU smoke test, seconds)")
     p.add_argument("--workloads", default="mlm,mlm_varlen,w2v", help="comma-separated: mlm, mlm_varlen, w2v, w2v_long, syncs")
-    p.add_argument("--variants", default=None, help="comma-separated variant names to run (default: all of each workload)")
+    p.add_argument("--variants", default=None, help="comma-separated variants to run, by name (in every workload) or as workload:name (default: all)")
     p.add_argument("--long_seconds", type=float, default=120.0, help="w2v_long: training time")
     p.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
     p.add_argument("--output", default=None, help="JSON path (default: $OUT or benchmarks/results, dated)")
@@ -215,7 +215,7 @@ def main(argv=None) -> dict:
         preset = {**preset, "scratch": scratch, "long_seconds": args.long_seconds}
         for workload in args.workloads.split(","):
             for variant, run in RUNNERS[workload]:
-                if wanted is not None and variant not in wanted:
+                if wanted is not None and variant not in wanted and f"{workload}:{variant}" not in wanted:
                     continue
                 try:
                     result = run(preset)

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Every GPU check of docs/performance.md in one call, most important first. Each step gets what is left of
+# BUDGET seconds (a step that cannot fit is skipped and says so), so one slow compile cannot cost the rest.
+#
+#   OUT=gpu-checks BUDGET=560 bash benchmarks/gpu_checks.sh          # on one GPU
+#   OUT=/tmp/c BUDGET=900 BENCH_ARGS=--tiny bash benchmarks/gpu_checks.sh   # the same steps on a CPU, tiny sizes
+#
+# Wheels in .whl/ (if any) are installed to /tmp/site first and put ahead of the machine's packages, so
+# the GPU runs the Python stack this repository is tested with; if that import fails, the machine's own is used.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+OUT=${OUT:-gpu-checks}; BUDGET=${BUDGET:-560}; BENCH_ARGS=${BENCH_ARGS:-}; LONG_SECONDS=${LONG_SECONDS:-120}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"; LOG="$OUT/log.txt"; START=$SECONDS
+left() { echo $(( BUDGET - (SECONDS - START) )); }
+step() {  # step NAME NEEDS_SECONDS MAX_SECONDS command...
+  local name=$1 need=$2 max=$3 l; shift 3; l=$(left)
+  if (( l < need )); then echo "== skipped $name: ${l}s of the budget left, it needs ${need}s" | tee -a "$LOG"; return; fi
+  (( max > l )) && max=$l
+  echo "== $name (limit ${max}s) at $((SECONDS - START))s" | tee -a "$LOG"
+  timeout -k 10 "$max" "$@" 2>&1 | tee -a "$LOG"
+  echo "== $name: exit ${PIPESTATUS[0]} at $((SECONDS - START))s" | tee -a "$LOG"
+}
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl 2>&1 | tail -3 | tee -a "$LOG"
+  if PYTHONPATH=/tmp/site $PY -c "import transformers, accelerate, datasets, soundfile, hfssl.trainer" 2>>"$LOG"; then
+    export PYTHONPATH=/tmp/site
+  else
+    echo "== the carried wheels do not import; using the machine's packages" | tee -a "$LOG"
+  fi
+fi
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
+  $PY -c "import sys, torch, transformers, accelerate; print(sys.version.split()[0], torch.__version__, torch.version.cuda, transformers.__version__, accelerate.__version__)"
+  nproc; } 2>&1 | tee -a "$LOG"
+
+B="$PY benchmarks/bench_gpu.py $BENCH_ARGS"
+step "attention and packing tests on CUDA" 30 90 $PY -m pytest -q -rs -p no:cacheprovider tests/unit/test_attention.py tests/unit/test_packing.py -k "cuda or flash"
+step "BERT-base MLM" 120 260 $B --workloads mlm --variants hf_trainer,hf_trainer_compile,hfssl,hfssl_compile --output "$OUT/bench_mlm.json"
+step "wav2vec 2.0 base" 40 110 $B --workloads w2v --variants hf_loop,hfssl --output "$OUT/bench_w2v.json"
+step "wav2vec 2.0 base, ${LONG_SECONDS}s in bf16" $(( LONG_SECONDS + 40 )) $(( LONG_SECONDS + 90 )) $B --workloads w2v_long --long_seconds "$LONG_SECONDS" --output "$OUT/w2v_long.json"
+step "line-by-line text" 40 100 $B --workloads mlm_varlen --variants hf_trainer,hfssl --output "$OUT/bench_varlen.json"
+step "ablations and host syncs" 40 240 $B --workloads syncs,mlm,mlm_varlen,w2v --variants syncs:hfssl,mlm:hfssl_eager,mlm_varlen:hfssl_padded,w2v:hfssl_compile --output "$OUT/bench_more.json"
+echo "== done at $((SECONDS - START))s" | tee -a "$LOG"
