@@ -43,6 +43,7 @@ PRESETS = {
                  intermediate_size=64, vocab_size=500), seq=32, batch=8, steps=3, warm=1, w2v=W2V_TINY, w2v_batch=2,
                  w2v_seconds=1.0, w2v_steps=3, w2v_warm=1, negatives=10, workers=0),
 }
+UPDATE_HOOKS: list = []  # called with the number of updates done, at the end of each (host_syncs)
 SPECIAL = 5  # ids 0..4: [PAD] [UNK] [CLS] [SEP] [MASK]
 
 
@@ -311,6 +312,8 @@ def _objective_class():
 
         def on_update(self, step, total_steps):
             self.clock.append((time.perf_counter(), time.process_time()))
+            for hook in UPDATE_HOOKS:
+                hook(step)
             return self._on_update(self.model, step) if self._on_update else {}
 
         def save_pretrained(self, output_dir, summary):
@@ -399,25 +402,37 @@ def hfssl_w2v(p: dict, compile: bool) -> dict:
 
 
 def host_syncs(p: dict) -> dict:
-    """CUDA only: device-to-host synchronizations per update in hfssl's loop (torch.cuda.set_sync_debug_mode
-    warns at each), for MLM and wav2vec 2.0, a few updates each, no compile."""
+    """CUDA only: device-to-host synchronizations per update in hfssl's loop, MLM and wav2vec 2.0, no compile.
+    torch.cuda.set_sync_debug_mode warns at each; it is switched on at the end of update 2 and off at the end of
+    the last, so model setup and the end of training are not counted. Also where they come from (the Python
+    line that triggered each, most frequent first)."""
+    import collections
     import warnings
 
     if p["device"] != "cuda":
         return {"skipped": "needs CUDA (torch.cuda.set_sync_debug_mode)"}
     out = {}
     for name, run in (("mlm", lambda q: hfssl_mlm(q, compile=False, varlen=False)), ("w2v", lambda q: hfssl_w2v(q, compile=False))):
-        steps = 4
+        steps, counted_from = 6, 2
         q = {**p, "steps": steps, "warm": 2, "w2v_steps": steps, "w2v_warm": 2, "workers": 0}
+
+        def toggle(step):
+            if step == counted_from:
+                torch.cuda.set_sync_debug_mode("warn")
+            elif step == steps:
+                torch.cuda.set_sync_debug_mode("default")
+
+        UPDATE_HOOKS.append(toggle)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
             try:
                 run(q)
             finally:
                 torch.cuda.set_sync_debug_mode("default")
-        syncs = [str(w.message).splitlines()[0][:120] for w in caught if "synchroniz" in str(w.message)]
-        out[name] = {"syncs_per_update": round(len(syncs) / steps, 2), "examples": sorted(set(syncs))[:8]}
+                UPDATE_HOOKS.remove(toggle)
+        syncs = [w for w in caught if "synchroniz" in str(w.message)]
+        where = collections.Counter(f"{Path(w.filename).name}:{w.lineno}" for w in syncs)
+        out[name] = {"syncs_per_update": round(len(syncs) / (steps - counted_from), 2), "where": dict(where.most_common(12))}
     return out
 
 

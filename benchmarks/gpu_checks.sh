@@ -4,18 +4,20 @@
 #
 #   OUT=gpu-checks BUDGET=560 bash benchmarks/gpu_checks.sh          # on one GPU
 #   OUT=/tmp/c BUDGET=900 BENCH_ARGS=--tiny bash benchmarks/gpu_checks.sh   # the same steps on a CPU, tiny sizes
+#   ONLY='wav2vec|syncs' ... bash benchmarks/gpu_checks.sh           # only the steps whose name matches
 #
 # Wheels in .whl/ (if any) are installed to /tmp/site first and put ahead of the machine's packages, so
 # the GPU runs the Python stack this repository is tested with; if that import fails, the machine's own is used.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-OUT=${OUT:-gpu-checks}; BUDGET=${BUDGET:-560}; BENCH_ARGS=${BENCH_ARGS:-}; LONG_SECONDS=${LONG_SECONDS:-120}
+OUT=${OUT:-gpu-checks}; ONLY=${ONLY:-.}; BUDGET=${BUDGET:-560}; BENCH_ARGS=${BENCH_ARGS:-}; LONG_SECONDS=${LONG_SECONDS:-120}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"; LOG="$OUT/log.txt"; START=$SECONDS
 left() { echo $(( BUDGET - (SECONDS - START) )); }
 step() {  # step NAME NEEDS_SECONDS MAX_SECONDS command...
   local name=$1 need=$2 max=$3 l; shift 3; l=$(left)
+  [[ "$name" =~ $ONLY ]] || return 0
   if (( l < need )); then echo "== skipped $name: ${l}s of the budget left, it needs ${need}s" | tee -a "$LOG"; return; fi
   (( max > l )) && max=$l
   echo "== $name (limit ${max}s) at $((SECONDS - START))s" | tee -a "$LOG"
@@ -41,5 +43,6 @@ step "BERT-base MLM" 120 260 $B --workloads mlm --variants hf_trainer,hf_trainer
 step "wav2vec 2.0 base" 40 110 $B --workloads w2v --variants hf_loop,hfssl --output "$OUT/bench_w2v.json"
 step "wav2vec 2.0 base, ${LONG_SECONDS}s in bf16" $(( LONG_SECONDS + 40 )) $(( LONG_SECONDS + 90 )) $B --workloads w2v_long --long_seconds "$LONG_SECONDS" --output "$OUT/w2v_long.json"
 step "line-by-line text" 40 100 $B --workloads mlm_varlen --variants hf_trainer,hfssl --output "$OUT/bench_varlen.json"
-step "ablations and host syncs" 40 240 $B --workloads syncs,mlm,mlm_varlen,w2v --variants syncs:hfssl,mlm:hfssl_eager,mlm_varlen:hfssl_padded,w2v:hfssl_compile --output "$OUT/bench_more.json"
+step "ablations" 40 240 $B --workloads mlm,mlm_varlen,w2v --variants mlm:hfssl_eager,mlm_varlen:hfssl_padded,w2v:hfssl_compile --output "$OUT/bench_more.json"
+step "host syncs per update" 40 90 $B --workloads syncs --output "$OUT/syncs.json"
 echo "== done at $((SECONDS - START))s" | tee -a "$LOG"

@@ -100,7 +100,10 @@ def check_same_run_geometry(saved: dict, path: Path, cfg, W: int) -> None:
 
 def refuse_non_finite(accelerator, model, out: Path) -> None:
     """Never save a final model with NaN/inf weights: stop (exit 2) naming them and the last checkpoint."""
-    bad = [name for name, p in model.named_parameters() if not torch.isfinite(local(p)).all()]  # FSDP: this shard
+    named = list(model.named_parameters())
+    # One read-back for all tensors (FSDP: this process's shards), not one device sync per parameter.
+    finite = torch.stack([torch.isfinite(local(p)).all().to(accelerator.device) for _, p in named]).tolist() if named else []
+    bad = [name for (name, _), ok in zip(named, finite) if not ok]
     count = accelerator.reduce(torch.tensor([float(len(bad))], device=accelerator.device), "sum").item()
     if count:
         saved = list_checkpoints(out)

@@ -15,7 +15,7 @@ from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
 from hfssl.collators.speech import AudioPretrainingCollator
 from hfssl.objectives import load_config
 from hfssl.data.audio.geometry import num_frames
-from hfssl.objectives.wav2vec2.loss import gumbel_temperature
+from hfssl.objectives.wav2vec2.loss import gumbel_temperature, perplexity_of
 from hfssl.objectives.wav2vec2.model import Wav2Vec2Pretraining
 from hfssl.objectives.wav2vec2.objective import Wav2Vec2Objective
 
@@ -112,6 +112,36 @@ def test_feature_encoder_gradient_is_scaled():
     # Everything after the feature encoder is untouched by the scaling.
     torch.testing.assert_close(scaled.model.project_hid.weight.grad, full.model.project_hid.weight.grad)
     torch.testing.assert_close(scaled.model.quantizer.codevectors.grad, full.model.quantizer.codevectors.grad)
+
+
+def test_perplexity_has_a_finite_gradient_where_a_code_probability_underflows():
+    logits = torch.tensor([[0.0, 1.0, -200.0], [2.0, 2.0, 2.0]], requires_grad=True)
+    probs = logits.softmax(-1)
+    assert probs[0, 2].item() == 0.0  # underflowed in float32
+    ppl = perplexity_of(probs)
+    p0 = probs[0, :2].detach()
+    torch.testing.assert_close(ppl.detach(), torch.stack([torch.exp(-(p0 * p0.log()).sum()), torch.tensor(3.0)]))
+    ppl.sum().backward()
+    assert torch.isfinite(logits.grad).all()
+    assert logits.grad[1].abs().max().item() < 1e-6  # uniform: perplexity is at its maximum
+    assert logits.grad[0, 2].item() == 0.0 and logits.grad[0, 0].item() > 0  # raising the rarer code raises perplexity
+
+
+def test_gradients_stay_finite_when_the_quantizer_logits_are_extreme():
+    """The GPU failure this guards against: in bf16, a few updates in, some code's softmax underflows to 0 and
+    the perplexity's gradient was 0/0, so every gradient was NaN and the updates were skipped."""
+    torch.manual_seed(0)
+    model = Wav2Vec2ForPreTraining(tiny_config())
+    with torch.no_grad():
+        model.quantizer.weight_proj.weight.mul_(1e4)  # (G*V, C): logits far apart, most softmax entries exactly 0
+    module = Wav2Vec2Pretraining(model).train()
+    batch = tensors(make_batch(AudioPretrainingCollator(KERNEL, STRIDE, num_negatives=10), [2400, 2000]))
+    out = module(**batch)
+    out["loss_sum"].backward()
+    assert torch.isfinite(out["loss_sum"])
+    bad = [n for n, p in module.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert bad == []
+    assert module.model.quantizer.weight_proj.weight.grad.abs().sum() > 0
 
 
 def test_train_mode_loss_is_finite_and_reproducible_under_a_seed():

@@ -41,6 +41,16 @@ def contrastive_accuracy(logits: torch.Tensor) -> torch.Tensor:
     return (logits[:, :1] > logits[:, 1:]).all(-1).float().sum()
 
 
+def perplexity_of(probs: torch.Tensor) -> torch.Tensor:
+    """(..., V) distributions -> (...) perplexity exp(entropy), with a finite gradient where a probability is 0.
+
+    A code whose softmax underflows to exactly 0 is common (large logits; bf16 activations make it happen
+    within a few updates). xlogy(p, p) has the right value there (0) but its gradient is 0/0 = NaN, which
+    poisons every parameter through the softmax; clamping the log's argument keeps the value and gives the
+    0 entries a finite gradient."""
+    return torch.exp(-torch.xlogy(probs, probs.clamp_min(torch.finfo(probs.dtype).tiny)).sum(-1))
+
+
 def diversity_loss(perplexity: torch.Tensor, num_codes: int) -> torch.Tensor:
     """(G,) per-group perplexity of the mean code distribution -> () in [0, 1): 0 when every code is used
     equally; `num_codes` = G * V."""

@@ -19,7 +19,7 @@ from transformers import Wav2Vec2ForPreTraining
 from hfssl.data.audio.geometry import num_frames
 from hfssl.errors import ConfigError
 from hfssl.masking.spans import masked_rows
-from hfssl.objectives.wav2vec2.loss import contrastive_accuracy, contrastive_loss, diversity_loss, feature_penalty
+from hfssl.objectives.wav2vec2.loss import contrastive_accuracy, contrastive_loss, diversity_loss, feature_penalty, perplexity_of
 
 
 class GradMultiply(torch.autograd.Function):
@@ -85,7 +85,7 @@ class Wav2Vec2Pretraining(torch.nn.Module):
         else:
             probs = torch.zeros_like(logits).scatter_(-1, hard_idx[:, None], 1.0)
             marginal = probs.view(n, groups, num_vars).sum(0) / max(n, 1)
-        perplexity = torch.exp(-torch.xlogy(marginal, marginal).sum(-1))  # (G,)
+        perplexity = perplexity_of(marginal)  # (G,)
         counts = torch.zeros(groups * num_vars, device=logits.device).index_add_(
             0, (hard_idx.view(n, groups) + torch.arange(groups, device=logits.device) * num_vars).view(-1),
             torch.ones(n * groups, device=logits.device)).view(groups, num_vars) / max(n, 1)
