@@ -8,7 +8,7 @@ Workloads (`--workloads`, default all but `w2v_long`):
               eager attention (what sdpa buys).
   mlm_varlen  line-by-line text of varying length (lognormal, median 48 tokens, 8..128): stock `Trainer`
               (pads every batch to its longest row, as run_mlm.py --line_by_line), hfssl padding-free;
-              ablation: hfssl with padded batches (what packing buys).
+              ablations: hfssl with padded batches (what packing buys), packed rows rounded up to 8.
   w2v         wav2vec 2.0 base pretraining, 8 x 15.6 s: the stock `Wav2Vec2ForPreTraining` loop (masks and
               negatives from transformers' numpy functions, drawn once outside the loop; their cost per
               batch is reported apart), hfssl's loop (masks and negatives drawn per batch in its collator),
@@ -145,7 +145,9 @@ RUNNERS = {
                  ("hfssl_bf16_eager_compile", lambda p: hfssl_mlm(p, compile=True, varlen=False, attention="eager", precision="bf16"))],
     "mlm_varlen": [("hf_trainer", lambda p: stock_mlm(p, compile=False, varlen=True)),
                    ("hfssl", lambda p: hfssl_mlm(p, compile=False, varlen=True)),
-                   ("hfssl_padded", lambda p: hfssl_mlm(p, compile=False, varlen=True, packed=False))],
+                   ("hfssl_padded", lambda p: hfssl_mlm(p, compile=False, varlen=True, packed=False)),
+                   # packed rows rounded up to a multiple of 8: does a steady batch shape recover what packing saves?
+                   ("hfssl_rows8", lambda p: hfssl_mlm(p, compile=False, varlen=True, rows_multiple_of=8))],
     "w2v": [("hf_loop", lambda p: stock_w2v(p)),
             ("hfssl", lambda p: hfssl_w2v(p, compile=False)),
             ("hfssl_compile", lambda p: hfssl_w2v(p, compile=True))],

@@ -9,6 +9,7 @@ workers it is the compute itself, which other jobs on a shared machine do not in
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import time
@@ -322,10 +323,11 @@ def _objective_class():
     return Synthetic
 
 
-def hfssl_mlm(p: dict, compile: bool, varlen: bool, packed: bool = True, attention=None, precision: str | None = None) -> dict:
+def hfssl_mlm(p: dict, compile: bool, varlen: bool, packed: bool = True, attention=None, precision: str | None = None,
+              rows_multiple_of: int = 1) -> dict:
     """hfssl's loop, SparseMaskedLM, MLMCollator (the preset's masking rate, 15% by default; padding-free for
-    varying lengths unless `packed` is False), the attention default (or `attention`), the preset's precision
-    (or `precision`)."""
+    varying lengths unless `packed` is False; rows rounded up to `rows_multiple_of`), the attention default (or
+    `attention`), the preset's precision (or `precision`)."""
 
     from hfssl.attention import packed_layout, use_attn_implementation
     from hfssl.collators import MLMCollator
@@ -340,6 +342,8 @@ def hfssl_mlm(p: dict, compile: bool, varlen: bool, packed: bool = True, attenti
         mlm = _masked_lm(config)
         kernel["attention"] = use_attn_implementation(mlm, attention, precision)
         packing = packed_layout(mlm.config, p["seq"], True) if varlen and packed else None
+        if packing is not None:  # rows_multiple_of > 1: fewer distinct batch shapes (empty rows added)
+            packing = dataclasses.replace(packing, rows_multiple_of=rows_multiple_of)
         collator = MLMCollator(0, 4, torch.arange(SPECIAL), torch.arange(SPECIAL, config.vocab_size), packing=packing,
                                mlm_probability=p.get("mlm_probability", 0.15))
         return _objective_class()(cfg, "mlm", "tokens", SparseMaskedLM(mlm), collator, [{"input_ids": r} for r in rows])

@@ -43,6 +43,6 @@ step "BERT-base MLM" 120 260 $B --workloads mlm --variants hf_trainer,hf_trainer
 step "wav2vec 2.0 base" 40 110 $B --workloads w2v --variants hf_loop,hfssl --output "$OUT/bench_w2v.json"
 step "wav2vec 2.0 base, ${LONG_SECONDS}s in bf16" $(( LONG_SECONDS + 40 )) $(( LONG_SECONDS + 90 )) $B --workloads w2v_long --long_seconds "$LONG_SECONDS" --output "$OUT/w2v_long.json"
 step "line-by-line text" 40 100 $B --workloads mlm_varlen --variants hf_trainer,hfssl --output "$OUT/bench_varlen.json"
-step "ablations" 40 240 $B --workloads mlm,mlm_varlen,w2v --variants mlm:hfssl_eager,mlm_varlen:hfssl_padded,w2v:hfssl_compile --output "$OUT/bench_more.json"
+step "ablations" 40 240 $B --workloads mlm,mlm_varlen,w2v --variants mlm:hfssl_eager,mlm_varlen:hfssl_padded,mlm_varlen:hfssl_rows8,w2v:hfssl_compile --output "$OUT/bench_more.json"
 step "host syncs per update" 40 90 $B --workloads syncs --output "$OUT/syncs.json"
 echo "== done at $((SECONDS - START))s" | tee -a "$LOG"

@@ -23,11 +23,13 @@ import torch
 @dataclass(frozen=True)
 class PackedLayout:
     """How a collator packs: rows of `capacity` tokens (>= the longest example), position ids starting at
-    `position_offset` (RoBERTa family: padding_idx + 1), row width rounded up to `multiple_of`."""
+    `position_offset` (RoBERTa family: padding_idx + 1), row width rounded up to `multiple_of`, number of
+    rows rounded up to `rows_multiple_of` with empty rows (fewer distinct batch shapes for a GPU's kernels)."""
 
     capacity: int
     position_offset: int = 0
     multiple_of: int = 8
+    rows_multiple_of: int = 1
 
 
 def first_fit_rows(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -69,6 +71,7 @@ def pack(tensors: dict[str, torch.Tensor], lengths: torch.Tensor, layout: Packed
     """
     lens = lengths.tolist()
     rows = first_fit_rows(lens, layout.capacity)
+    rows += [[] for _ in range(-len(rows) % layout.rows_multiple_of)]  # empty rows: padding only
     fill = [sum(lens[i] for i in row) for row in rows]
     W = -(-max(fill) // layout.multiple_of) * layout.multiple_of
     R, B = len(rows), len(lens)

@@ -57,7 +57,8 @@ class FinetuneConfig(TrainingArguments, AudioDataArguments):
     max_seq_length: int = _help("Tokens per text example (longer ones are truncated).", 128)
     padding_free: Optional[bool] = _help("Text classification: pack each batch's examples into rows without padding, attention kept "
                                          "within each example. Unset: on where the model supports it (" + ", ".join(attention.PACKABLE)
-                                         + "; not with probe), else padded batches.", None)
+                                         + "; not with probe), except on a CUDA GPU with sdpa or eager attention (slower than "
+                                         "padding there); else padded batches.", None)
     max_train_samples: Optional[int] = _help("Keep at most N training examples (stratified for classification).", None)
     label_fraction: float = _help("Keep this fraction of the training examples (stratified): the label budget.", 1.0)
     # --- audio

@@ -54,7 +54,8 @@ class TextDataArguments:
     line_by_line: bool = _help("One example per document (truncated) instead of packed blocks.", False)
     padding_free: Optional[bool] = _help("line_by_line: pack each micro-batch's examples into rows without padding, attention kept "
                                          "within each example (position ids restart per example). Unset: on where the model "
-                                         "supports it (" + ", ".join(attention.PACKABLE) + "), else padded batches.", None)
+                                         "supports it (" + ", ".join(attention.PACKABLE) + "), except on a CUDA GPU with sdpa or "
+                                         "eager attention (slower than padding there); else padded batches.", None)
     streaming: bool = _help("Stream the corpus instead of loading it (needs max_steps).", False)
     preprocessing_num_workers: Optional[int] = _help("Processes for tokenization.", None)
     max_train_samples: Optional[int] = _help("Keep only the first N documents (debugging, quick runs).", None)

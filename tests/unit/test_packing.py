@@ -70,6 +70,34 @@ def test_pack_moves_every_token_and_marks_boundaries():
     assert out["sequence_starts"].tolist() == [5, 8, 0]  # batch order
 
 
+def test_rows_rounded_up_with_empty_padding_rows():
+    lengths = torch.tensor([3, 2, 4])
+    ids = torch.tensor([[11, 12, 13, 0], [21, 22, 0, 0], [31, 32, 33, 34]])
+    out = pack({"input_ids": ids}, lengths, PackedLayout(capacity=5, multiple_of=1, rows_multiple_of=4), {"input_ids": 0})
+    assert out["input_ids"].tolist() == [[31, 32, 33, 34, 0], [11, 12, 13, 21, 22], [0] * 5, [0] * 5]
+    assert out["sequence_ids"][2:].eq(-1).all()
+    assert out["cu_seqlens"].tolist() == [0, 4, 5, 8, 10, 15, 20]  # each empty row is one padding segment
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta"])
+def test_mlm_loss_with_empty_rows_equals_padded(model_type):
+    config = _config(model_type)
+    torch.manual_seed(0)
+    model = SparseMaskedLM(AutoModelForMaskedLM.from_config(config, attn_implementation="sdpa").eval())
+    padded, _ = _mlm_collators(config)
+    layout = _layout(config)
+    rounded = MLMCollator(pad_token_id=config.pad_token_id, mask_token_id=4, special_token_ids=torch.tensor([0, 1, 2, 3, 4]),
+                          replacement_ids=torch.arange(5, V), mlm_probability=0.3,
+                          packing=PackedLayout(layout.capacity, layout.position_offset, rows_multiple_of=8))
+    a, b = padded(_examples(), seed=7), rounded(_examples(), seed=7)
+    assert b["input_ids"].shape[0] == 8 and b["sequence_ids"][4:].eq(-1).all()  # 4 rows of examples + 4 empty
+    tensors = lambda batch: {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}  # noqa: E731
+    with torch.no_grad():
+        out_a, out_b = model(**tensors(a)), model(**tensors(b))
+    assert torch.isfinite(out_b["loss_sum"])
+    assert out_b["loss_sum"].item() == pytest.approx(out_a["loss_sum"].item(), rel=1e-5)
+
+
 def test_padding_free_batch_has_little_padding():
     padded, packed = _mlm_collators(_config("bert"))
     examples = _examples() * 8  # 56 examples
@@ -200,13 +228,24 @@ def test_eager_mask_is_additive_and_sdpa_mask_boolean():
 
 # ----------------------------------------------------------------------------------- settings
 
-def test_padding_free_settings_are_checked():
+def test_padding_free_settings_are_checked(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="distilbert models cannot take packed"):
         attention.packed_layout(AutoConfig.for_model("distilbert"), 32, True)
     assert attention.packed_layout(AutoConfig.for_model("distilbert"), 32, None) is None
     assert attention.packed_layout(_config("bert"), 32, False) is None
     layout = attention.packed_layout(_config("roberta"), 64, None)
     assert (layout.capacity, layout.position_offset) == (64, 2)
+
+
+def test_unset_padding_free_pads_on_a_gpu_unless_the_kernel_is_varlen(monkeypatch):
+    """Measured on an H200: sdpa over packed rows (block-diagonal mask) was slower than padded batches, so
+    on CUDA an unset padding_free pads for sdpa/eager and packs only for flash_attention_2 (or when asked)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for implementation in ("sdpa", "eager"):
+        assert attention.packed_layout(_config("bert", attn_implementation=implementation), 32, None) is None
+        assert attention.packed_layout(_config("bert", attn_implementation=implementation), 32, True) is not None
+    assert attention.packed_layout(_config("bert", attn_implementation="flash_attention_2"), 32, None) is not None
 
 
 # ----------------------------------------------------------------------------------- no host reads in the MLM step
