@@ -282,7 +282,7 @@ def _is_integral(value: Any) -> bool:
 SOURCE_GROUPS = {
     "data source": ("dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file",
                     "train_dir", "validation_dir", "test_dir"),
-    "model source": ("model_name_or_path", "config_name"),
+    "model source": ("model_name_or_path", "config_name", "init_from_label_model"),
 }
 
 

@@ -91,6 +91,10 @@ class SpeechModelArguments:
         if self.mask_time_length < 1 or self.mask_time_min_masks < 0:
             raise ConfigError("mask_time_length must be >= 1 and mask_time_min_masks >= 0.")
 
+    def initial_weights(self) -> Optional[str]:
+        """The checkpoint training starts from (None: a fresh model)."""
+        return self.model_name_or_path
+
 
 @dataclass
 class SpeechPretrainConfig(SpeechModelArguments, AudioDataArguments, TrainingArguments):
@@ -108,7 +112,7 @@ class SpeechPretrainConfig(SpeechModelArguments, AudioDataArguments, TrainingArg
 
 
 def speech_model_config(cfg: SpeechPretrainConfig, model_type: str, default_config, conv_front_end: bool = True):
-    """The encoder config a speech objective trains: `model_name_or_path` / `config_name` / `default_config`
+    """The encoder config a speech objective trains: `cfg.initial_weights()` / `config_name` / `default_config`
     (a fresh config instance), then `config_overrides`, then the recipe's pretraining masking.
 
     `conv_front_end`: the encoder reads waveforms through a wav2vec2-style conv feature encoder whose
@@ -126,7 +130,7 @@ def speech_model_config(cfg: SpeechPretrainConfig, model_type: str, default_conf
         if key in cfg.config_overrides and cfg.config_overrides[key] != value:
             raise ConfigError(f"config_overrides sets {key}={cfg.config_overrides[key]}, but the pretraining masking comes "
                               f"from the top-level key {key} ({value}); set it there.")
-    source = cfg.model_name_or_path or cfg.config_name
+    source = cfg.initial_weights() or cfg.config_name
     config = AutoConfig.from_pretrained(source) if source else default_config
     if config.model_type != model_type:
         raise ConfigError(f"'{source}' is a {config.model_type} model; the {cfg.objective} objective needs a {model_type} "

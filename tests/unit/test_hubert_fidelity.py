@@ -146,6 +146,16 @@ def test_kmeans_patience_stops_early():
     assert patient.metadata["steps"] < full.metadata["steps"] == 50 * 800 // 50
 
 
+def _save_tiny_label_model(path, conv=16):
+    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+
+    config = HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=(conv,) * 4,
+                          conv_kernel=TINY_KERNEL, conv_stride=TINY_STRIDE, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+    HubertModel(config).eval().save_pretrained(path)
+    Wav2Vec2FeatureExtractor(do_normalize=True).save_pretrained(path)
+    return path
+
+
 def test_iteration2_label_layer_0_and_whole_utterance_features(tmp_path):
     from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
@@ -168,3 +178,39 @@ def test_iteration2_label_layer_0_and_whole_utterance_features(tmp_path):
         np.testing.assert_array_equal(obj.train_dataset[i]["frame_labels"], expected)
     with pytest.raises(Exception, match="outside"):
         _objective(tmp_path, "iter2-bad", files, "--label_model", str(label_model), "--label_layer", "3", recipe="tiny-cpu-iter2.yaml")
+
+
+def test_iteration2_starts_from_the_label_models_weights_when_asked(tmp_path):
+    """tiny-cpu-iter2.yaml sets init_from_label_model (continue from iteration 1); false gives a fresh model."""
+    from hfssl.errors import ConfigError
+    from transformers import Wav2Vec2FeatureExtractor
+
+    files = find_audio_files(SPEECH)[:3]
+    # An "iteration 1" of the recipe's own architecture: a fresh iteration-2 model, saved (its labels come from itself).
+    seed_model = tmp_path / "seed"
+    fresh = _objective(tmp_path, "seed-run", files, "--label_model", str(_save_tiny_label_model(seed_model, 16)), "--label_layer", "1",
+                       "--init_from_label_model", "false", recipe="tiny-cpu-iter2.yaml")
+    label_model = tmp_path / "iter1"
+    with torch.no_grad():
+        for p in fresh.model.hubert.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # not the values a fresh draw would give
+    fresh.model.hubert.save_pretrained(label_model)
+    Wav2Vec2FeatureExtractor(do_normalize=True).save_pretrained(label_model)
+    args = ("--label_model", str(label_model), "--label_layer", "1")
+    warm = _objective(tmp_path, "warm", files, *args, recipe="tiny-cpu-iter2.yaml")
+    cold = _objective(tmp_path, "cold", files, *args, "--init_from_label_model", "false", recipe="tiny-cpu-iter2.yaml")
+    assert warm.cfg.initial_weights() == str(label_model) and cold.cfg.initial_weights() is None
+    expected = fresh.model.hubert.state_dict()
+    for module, equal in ((warm, True), (cold, False)):
+        got = module.model.hubert.state_dict()
+        assert sorted(got) == sorted(expected)
+        assert [k for k in expected if expected[k].dim() > 1 and torch.equal(got[k], expected[k]) != equal] == []
+    # The command line's model source replaces the recipe's (init_from_label_model is one of its keys) ...
+    other = _objective(tmp_path, "other", files, *args, "--model_name_or_path", str(label_model), recipe="tiny-cpu-iter2.yaml")
+    assert other.cfg.init_from_label_model is False and other.cfg.initial_weights() == str(label_model)
+    # ... and two starts in one place are refused.
+    with pytest.raises(ConfigError, match="keep one of the two"):
+        _objective(tmp_path, "both", files, *args, "--init_from_label_model", "true", "--model_name_or_path", str(label_model),
+                   recipe="tiny-cpu-iter2.yaml")
+    with pytest.raises(ConfigError, match="set iteration 2"):
+        _objective(tmp_path, "it1", files, "--init_from_label_model", "true")

@@ -21,6 +21,9 @@ class HubertPretrainConfig(SpeechPretrainConfig):
                                                       "Povey window, pre-emphasis, DC removal, liftering); 'torchaudio' = torchaudio.transforms.MFCC "
                                                       "(Hann window, none of those; hfssl's earlier default).", "kaldi")
     label_model: Optional[str] = _help("Iteration >= 2: the previous iteration's model folder to take features from.", None)
+    init_from_label_model: bool = _help("Iteration >= 2: start from label_model's weights (continue training on the new targets) "
+                                        "instead of a fresh model. The paper starts fresh; on small budgets continuing paid "
+                                        "downstream where a fresh start did not (recipes/hubert/tiny-cpu-iter2.yaml).", False)
     label_layer: int = _help("Iteration >= 2: which hidden state to cluster: 0 = the transformer's input, k = output of layer k (HuBERT base: 6 then 9).", 6)
     label_chunk_seconds: float = _help("Iteration >= 2: files longer than this are run through label_model in chunks of this length (fairseq: 100 s).", 100.0)
     num_clusters: int = _help("k-means clusters (100 for iteration 1, 500 for iteration 2 in the paper).", 100)
@@ -37,6 +40,14 @@ class HubertPretrainConfig(SpeechPretrainConfig):
     final_dim: int = _help("Dimension of the projection and cluster embeddings.", 256)
 
     def __post_init__(self) -> None:
+        if self.init_from_label_model:
+            if self.iteration < 2 or not self.label_model:
+                raise ConfigError("init_from_label_model starts iteration >= 2 from label_model's weights: set iteration 2 "
+                                  "and label_model (the previous iteration's output folder).")
+            if self.model_name_or_path or self.config_name:
+                raise ConfigError(f"init_from_label_model starts from label_model ({self.label_model}), but "
+                                  f"{'model_name_or_path' if self.model_name_or_path else 'config_name'} names another start "
+                                  f"({self.model_name_or_path or self.config_name}): keep one of the two.")
         super().__post_init__()
         if self.iteration < 1:
             raise ConfigError("iteration must be >= 1.")
@@ -64,3 +75,7 @@ class HubertPretrainConfig(SpeechPretrainConfig):
             raise ConfigError("iteration 1 clusters MFCCs; label_model is for iteration >= 2 (set --iteration 2).")
         if self.streaming:
             raise ConfigError("HuBERT needs a pass over the audio to build its k-means targets before training; streaming is not supported.")
+
+    def initial_weights(self) -> Optional[str]:
+        """The checkpoint training starts from: model_name_or_path, or label_model with init_from_label_model."""
+        return self.label_model if self.init_from_label_model else self.model_name_or_path

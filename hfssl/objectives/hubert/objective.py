@@ -99,8 +99,8 @@ class HubertObjective(SpeechObjective):
         from transformers import HubertConfig, HubertModel
 
         config = speech_model_config(self.cfg, "hubert", HubertConfig())  # default: HuBERT base
-        if self.cfg.model_name_or_path:
-            model = HubertModel.from_pretrained(self.cfg.model_name_or_path, config=config)
+        if self.cfg.initial_weights():
+            model = HubertModel.from_pretrained(self.cfg.initial_weights(), config=config)
         else:
             model = HubertModel(config)
         use_attn_implementation(model, self.cfg.attn_implementation, self.cfg.mixed_precision)
@@ -108,7 +108,7 @@ class HubertObjective(SpeechObjective):
 
     def _maybe_load_head(self) -> None:
         """Continuing from an hfssl HuBERT folder with the same targets: also take its head."""
-        path = self.cfg.model_name_or_path
+        path = self.cfg.initial_weights()
         state = matching_head(path, HEAD_FILE, "kmeans_sha1", self.kmeans.fingerprint())
         if state is None:
             return
@@ -162,7 +162,7 @@ class HubertObjective(SpeechObjective):
         hours = self.train_dataset.audio.hours
         write_model_card(output_dir, objective=f"HuBERT masked prediction, iteration {cfg.iteration}", pipeline_tag="feature-extraction",
                          summary=summary, tags=["hubert", "audio", "speech", "self-supervised"], config=cfg, details={
-            "Base": cfg.model_name_or_path or f"from scratch (HubertModel, {n_params:,} parameters)",
+            "Base": cfg.initial_weights() or f"from scratch (HubertModel, {n_params:,} parameters)",
             "Iteration": str(cfg.iteration),
             "Targets": f"k-means, {self.num_clusters} clusters, on {targets}" + (f" (k-means from {cfg.kmeans_model})" if cfg.kmeans_model else
                        f" (best of {self.kmeans.metadata.get('n_init', 1)} k-means++ initializations, "
