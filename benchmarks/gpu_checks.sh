@@ -3,7 +3,7 @@
 # BUDGET seconds (a step that cannot fit is skipped and says so), so one slow compile cannot cost the rest.
 #
 #   OUT=gpu-checks BUDGET=560 bash benchmarks/gpu_checks.sh          # on one GPU
-#   OUT=/tmp/c BUDGET=900 BENCH_ARGS=--tiny bash benchmarks/gpu_checks.sh   # the same steps on a CPU, tiny sizes
+#   OUT=/tmp/c BUDGET=900 BENCH_ARGS=--tiny PROFILE_PRESET=tiny bash benchmarks/gpu_checks.sh   # on a CPU, tiny sizes
 #   ONLY='wav2vec|syncs' ... bash benchmarks/gpu_checks.sh           # only the steps whose name matches
 #
 # Wheels in .whl/ (if any) are installed to /tmp/site first and put ahead of the machine's packages, so
@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-gpu-checks}; ONLY=${ONLY:-.}; BUDGET=${BUDGET:-560}; BENCH_ARGS=${BENCH_ARGS:-}; LONG_SECONDS=${LONG_SECONDS:-120}
 PY=${PYTHON:-python3}
-mkdir -p "$OUT"; LOG="$OUT/log.txt"; START=$SECONDS
+R="$OUT/r"  # results; packed into $OUT/gpu-checks.tgz at the end (a device call returns at most 8 files)
+mkdir -p "$R"; LOG="$OUT/log.txt"; START=$SECONDS
 left() { echo $(( BUDGET - (SECONDS - START) )); }
 step() {  # step NAME NEEDS_SECONDS MAX_SECONDS command...
   local name=$1 need=$2 max=$3 l; shift 3; l=$(left)
@@ -39,10 +40,15 @@ fi
 
 B="$PY benchmarks/bench_gpu.py $BENCH_ARGS"
 step "attention and packing tests on CUDA" 30 90 $PY -m pytest -q -rs -p no:cacheprovider tests/unit/test_attention.py tests/unit/test_packing.py -k "cuda or flash"
-step "BERT-base MLM" 120 260 $B --workloads mlm --variants hf_trainer,hf_trainer_compile,hfssl,hfssl_compile --output "$OUT/bench_mlm.json"
-step "wav2vec 2.0 base" 40 110 $B --workloads w2v --variants hf_loop,hfssl --output "$OUT/bench_w2v.json"
-step "wav2vec 2.0 base, ${LONG_SECONDS}s in bf16" $(( LONG_SECONDS + 40 )) $(( LONG_SECONDS + 90 )) $B --workloads w2v_long --long_seconds "$LONG_SECONDS" --output "$OUT/w2v_long.json"
-step "line-by-line text" 40 100 $B --workloads mlm_varlen --variants hf_trainer,hfssl --output "$OUT/bench_varlen.json"
-step "ablations" 40 240 $B --workloads mlm,mlm_varlen,w2v --variants mlm:hfssl_eager,mlm_varlen:hfssl_padded,mlm_varlen:hfssl_rows8,w2v:hfssl_compile --output "$OUT/bench_more.json"
-step "host syncs per update" 40 90 $B --workloads syncs --output "$OUT/syncs.json"
+step "BERT-base MLM" 120 260 $B --workloads mlm --variants hf_trainer,hf_trainer_compile,hfssl,hfssl_compile --output "$R/bench_mlm.json"
+step "wav2vec 2.0 base" 40 110 $B --workloads w2v --variants hf_loop,hfssl --output "$R/bench_w2v.json"
+step "wav2vec 2.0 base, ${LONG_SECONDS}s in bf16" $(( LONG_SECONDS + 40 )) $(( LONG_SECONDS + 90 )) $B --workloads w2v_long --long_seconds "$LONG_SECONDS" --output "$R/w2v_long.json"
+step "line-by-line text" 40 100 $B --workloads mlm_varlen --variants hf_trainer,hfssl --output "$R/bench_varlen.json"
+step "ablations" 40 240 $B --workloads mlm,mlm_varlen,w2v --variants mlm:hfssl_eager,mlm_varlen:hfssl_padded,mlm_varlen:hfssl_rows8,w2v:hfssl_compile --output "$R/bench_more.json"
+step "host syncs per update" 40 90 $B --workloads syncs --output "$R/syncs.json"
+P="$PY benchmarks/profile_step.py --preset ${PROFILE_PRESET:-gpu} --steps 8"
+step "profile: line-by-line text, packed" 40 90 $P --workload mlm_varlen --output "$R/profile_mlm_varlen.json"
+step "profile: BERT-base MLM, compiled" 60 150 $P --workload mlm --compile --output "$R/profile_mlm_compile.json"
+step "profile: wav2vec 2.0 base" 40 90 $P --workload w2v --output "$R/profile_w2v.json"
 echo "== done at $((SECONDS - START))s" | tee -a "$LOG"
+tar -C "$OUT" -czf "$OUT/gpu-checks.tgz" r && rm -rf "$R"
