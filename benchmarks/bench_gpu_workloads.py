@@ -378,8 +378,11 @@ def _w2v_objective(p, config, samples, make_audio=None, on_update=None):
                                             return_attention_mask=config.feat_extract_norm == "layer", mask_prob=0.65, mask_length=10,
                                             min_masks=2, num_negatives=config.num_negatives)
         data = AudioPool(cfg.per_device_train_batch_size * cfg.max_steps, samples, make_audio)
-        return _objective_class()(cfg, "wav2vec2", "audio_seconds", Wav2Vec2Pretraining(model, feature_grad_scale=0.1), collator,
-                                  data, on_update)
+        # The layer-norm (large) layout takes fairseq large's loss weights: no feature penalty, no gradient scaling.
+        # Base's (penalty 10, x0.1) with this layout collapsed the codebook to one code per group within ~50 updates
+        # (perplexity 53 -> 2.0 on the CPU preset; an H200 run too), where penalty 0 and x1.0 kept it spreading (-> 405).
+        pretraining = Wav2Vec2Pretraining(model, feature_grad_scale=1.0, feature_penalty_weight=0.0)
+        return _objective_class()(cfg, "wav2vec2", "audio_seconds", pretraining, collator, data, on_update)
 
     return build, kernel
 
