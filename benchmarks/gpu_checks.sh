@@ -6,7 +6,7 @@
 #   OUT=/tmp/c BUDGET=900 BENCH_ARGS=--tiny PROFILE_PRESET=tiny bash benchmarks/gpu_checks.sh   # on a CPU, tiny sizes
 #   ONLY='wav2vec|syncs' ... bash benchmarks/gpu_checks.sh           # only the steps whose name matches
 #
-# Wheels in .whl/ (if any) are installed to /tmp/site first and put ahead of the machine's packages, so
+# Wheels in $WHEELS (default .whl/, if any) are installed to /tmp/site first and put ahead of the machine's packages, so
 # the GPU runs the Python stack this repository is tested with; if that import fails, the machine's own is used.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,8 +26,9 @@ step() {  # step NAME NEEDS_SECONDS MAX_SECONDS command...
   echo "== $name: exit ${PIPESTATUS[0]} at $((SECONDS - START))s" | tee -a "$LOG"
 }
 
-if compgen -G ".whl/*.whl" >/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl 2>&1 | tail -3 | tee -a "$LOG"
+WHEELS=${WHEELS:-.whl}
+if compgen -G "$WHEELS/*.whl" >/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl 2>&1 | tail -3 | tee -a "$LOG"
   if PYTHONPATH=/tmp/site $PY -c "import transformers, accelerate, datasets, soundfile, hfssl.trainer" 2>>"$LOG"; then
     export PYTHONPATH=/tmp/site
   else
