@@ -8,6 +8,15 @@
 #
 # Wheels in $WHEELS (default .whl/, if any) are installed to /tmp/site first and put ahead of the machine's packages, so
 # the GPU runs the Python stack this repository is tested with; if that import fails, the machine's own is used.
+# The lent H200 machines have torch 2.11 (cu130), an older transformers/accelerate and no datasets/soundfile/evaluate;
+# the 2026-12-04 run carried these (Python 3.12 wheels, ~30 MB; fetched here with pip download --no-deps
+# --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64
+# --platform manylinux2014_x86_64 --platform any -d .whl ...):
+#   transformers==5.25.0 accelerate==1.16.0 tokenizers==0.23.3 huggingface_hub==2.4.0 httpx2==2.16.2 httpcore2==2.16.2
+#   hf-xet==1.8.0 kernels==0.19.1 tomlkit==0.15.3 click==8.5.1 fsspec==2026.9.0 truststore anyio==4.16.0 h11==0.16.0
+#   idna==3.20 typing_extensions==4.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 soundfile==0.14.0
+#   cffi==2.1.1 pycparser==3.12 evaluate==0.4.6 jiwer==4.0.0 rapidfuzz==3.14.6
+# `ONLY=FSDP` runs the distributed checks instead (benchmarks/check_gpu_distributed.py, ~10 min: a call of its own).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -51,5 +60,7 @@ P="$PY benchmarks/profile_step.py --preset ${PROFILE_PRESET:-gpu} --steps 8"
 step "profile: line-by-line text, packed" 40 90 $P --workload mlm_varlen --output "$R/profile_mlm_varlen.json"
 step "profile: BERT-base MLM, compiled" 60 150 $P --workload mlm --compile --output "$R/profile_mlm_compile.json"
 step "profile: wav2vec 2.0 base" 40 90 $P --workload w2v --output "$R/profile_w2v.json"
+[[ "FSDP2 checks" =~ $ONLY ]] && [[ "$ONLY" != . ]] && \
+  step "FSDP2 checks" 300 590 $PY benchmarks/check_gpu_distributed.py --out "$R/distributed" --steps "${FSDP_STEPS:-300}" ${FSDP_ARGS:-}
 echo "== done at $((SECONDS - START))s" | tee -a "$LOG"
 tar -C "$OUT" -czf "$OUT/gpu-checks.tgz" r && rm -rf "$R"

@@ -257,6 +257,18 @@ def local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
+# Wrappers that insert themselves into parameter names but not into the names of a (distributed) state dict:
+# activation checkpointing and torch.compile's OptimizedModule.
+WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def state_dict_name(name: str) -> str:
+    """A parameter's name in `model.named_parameters()` -> its key in get_model_state_dict's output."""
+    for prefix in WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
 @contextlib.contextmanager
 def full_weights(accelerator: Accelerator, model: torch.nn.Module) -> Iterator[None]:
     """While the block runs, `model`'s parameters on the main process are its full weights (gathered
@@ -280,8 +292,7 @@ def full_weights(accelerator: Accelerator, model: torch.nn.Module) -> Iterator[N
                     continue
                 name = f"{prefix}.{key}" if prefix else key
                 if id(param) not in gathered:
-                    gathered[id(param)] = torch.nn.Parameter(full[name.replace("_checkpoint_wrapped_module.", "")],
-                                                             requires_grad=False)
+                    gathered[id(param)] = torch.nn.Parameter(full[state_dict_name(name)], requires_grad=False)
                 swapped.append((module, key, param))
                 module._parameters[key] = gathered[id(param)]
     try:
