@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -120,6 +121,10 @@ def machine(device: torch.device) -> dict:
         info["hfssl_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     except OSError:
         info["hfssl_commit"] = None
+    # The commit alone can mislead: a copied working tree (a lent GPU machine's) may carry newer files than its
+    # .git says. This hash of the code that ran identifies it either way.
+    code = sorted([*(REPO / "hfssl").rglob("*.py"), *(REPO / "benchmarks").glob("bench_gpu*.py")])
+    info["code_sha1"] = hashlib.sha1(b"".join(p.relative_to(REPO).as_posix().encode() + p.read_bytes() for p in code)).hexdigest()[:12]
     try:
         import flash_attn  # noqa: F401
 

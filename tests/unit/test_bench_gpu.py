@@ -12,6 +12,7 @@ def test_bench_gpu_tiny_mode_runs_every_workload(tmp_path):
             env={"OMP_NUM_THREADS": "1"}, timeout=300)
     report = json.loads(out.read_text())
     assert {"torch", "transformers", "preset", "peak_tflops"} <= set(report["machine"])
+    assert len(report["machine"]["code_sha1"]) == 12
     results = report["results"]
     for workload, variants, unit in (("mlm", ("hf_trainer", "hfssl"), "tokens_per_s"), ("mlm_varlen", ("hf_trainer", "hfssl"), "tokens_per_s"),
                                      ("w2v", ("hf_loop", "hfssl"), "audio_s_per_s"),
