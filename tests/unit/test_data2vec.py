@@ -162,6 +162,59 @@ def test_modernbert_teacher_targets_are_the_mlp_outputs_of_the_top_blocks():
     assert teacher.copied and all(n.startswith("embeddings.") for n in teacher.copied)
 
 
+def test_block_source_targets_are_the_top_blocks_outputs_for_every_layout():
+    """target_source 'block': the text (post-LN BERT layout), ModernBERT (pre-LN: the residual stream before the
+    encoder's final norm) and audio teachers hand back the top blocks' own outputs, not their feed-forward outputs."""
+    from transformers import ModernBertConfig, ModernBertModel
+
+    ids = torch.randint(5, 50, (2, 7))
+    bert = text_teacher(text_student(layers=3), 2, source="block")
+    hidden = bert.module(input_ids=ids, output_hidden_states=True).hidden_states
+    got = bert.top_outputs(input_ids=ids)
+    assert len(got) == 2
+    for k, i in enumerate((2, 3)):
+        torch.testing.assert_close(got[k], hidden[i])
+
+    torch.manual_seed(0)
+    config = ModernBertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                              intermediate_size=32, max_position_embeddings=40, local_attention=40, pad_token_id=1,
+                              bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3)
+    modern = text_teacher(ModernBertModel(config), 2, source="block")
+    mask = torch.ones_like(ids)
+    hidden = modern.module(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    got = modern.top_outputs(input_ids=ids, attention_mask=mask)
+    ffn = text_teacher(modern.module, 2).top_outputs(input_ids=ids, attention_mask=mask)  # same weights, the paper's source
+    assert len(got) == 2 and all(t.shape == (2, 7, 16) for t in got)
+    torch.testing.assert_close(got[0], hidden[2])  # block 1's output: the residual stream, not normalized
+    torch.testing.assert_close(modern.module.final_norm(got[1]), hidden[3])  # hidden[-1] is after the final norm
+    assert not torch.allclose(got[1], hidden[3], atol=1e-3)
+    for k in range(2):
+        assert not torch.allclose(got[k], ffn[k], atol=1e-3)
+
+    student = audio_student(layers=3)
+    audio = audio_teacher(student, 2, source="block")
+    x = torch.randn(2, 9, 16)
+    got = audio.top_outputs(hidden_states=x.clone())
+    enc = audio.module
+    with torch.no_grad():  # the post-LN encoder by hand: each block's output
+        h = enc.layer_norm(x + enc.pos_conv_embed(x))
+        outs = []
+        for block in enc.layers:
+            a = block.layer_norm(h + block.attention(h)[0])
+            h = block.final_layer_norm(a + block.feed_forward(a))
+            outs.append(h)
+    assert len(got) == 2
+    torch.testing.assert_close(got[0], outs[1])
+    torch.testing.assert_close(got[1], outs[2])
+
+
+def test_target_source_reaches_the_teacher_and_is_checked():
+    assert load_config(["--objective", "data2vec_text"]).target_source == "feed_forward"  # the paper's
+    assert load_config(["--objective", "data2vec_text", "--target_source", "block"]).target_source == "block"
+    with pytest.raises((ConfigError, SystemExit), match="target_source|residual"):
+        load_config(["--objective", "data2vec_text", "--target_source", "residual"])
+
+
 def test_audio_teacher_targets_are_the_feed_forward_outputs_of_the_top_blocks():
     student = audio_student(layers=3)
     teacher = audio_teacher(student, 2)

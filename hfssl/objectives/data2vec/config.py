@@ -23,6 +23,11 @@ class Data2VecArguments:
     ema_anneal_end_step: int = _help("tau_n: updates over which tau rises linearly from ema_decay to ema_end_decay.", 30000)
     average_top_k_layers: int = _help("K: the target is the mean of the teacher's top K blocks (each block's feed-forward "
                                       "output before its last residual connection).", 8)
+    target_source: Literal["feed_forward", "block"] = _help(
+        "Which output of each of the K teacher blocks is averaged: 'feed_forward' (its feed-forward output before the last "
+        "residual connection; the paper) or 'block' (the block's output: on a pre-LN block such as ModernBERT's the "
+        "residual stream, which still carries the token itself; on a post-LN block the normalized output, the paper's "
+        "'end of block' ablation).", "feed_forward")
     target_layer_norm: Literal["instance", "layer"] = _help(
         "How each of the K outputs is normalized before averaging: 'instance' (per utterance and channel over time; the paper "
         "for speech) or 'layer' (per position over channels; the paper for text).", "instance")

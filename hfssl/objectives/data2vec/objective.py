@@ -97,7 +97,8 @@ class Data2VecObjective(Objective):
         return {
             "Teacher": f"EMA of the student, tau {cfg.ema_decay} -> {cfg.ema_end_decay} over {cfg.ema_anneal_end_step} updates "
                        f"(final {self._tau:.6f}); not saved (the student is the model)",
-            "Targets": f"mean of the teacher's top {cfg.average_top_k_layers} feed-forward outputs, each {cfg.target_layer_norm}-normed",
+            "Targets": f"mean of the teacher's top {cfg.average_top_k_layers} "
+                       f"{'feed-forward outputs' if cfg.target_source == 'feed_forward' else 'block outputs'}, each {cfg.target_layer_norm}-normed",
             "Loss": (f"smooth L1 (beta {cfg.loss_beta})" if cfg.loss_beta else "squared error") + f" x {scale}, "
                     f"{cfg.head_layers}-layer regression head",
             "Parameters": f"{n_params / 1e6:.1f}M (encoder)",
@@ -138,16 +139,17 @@ class Data2VecTextObjective(Data2VecObjective):
         encoder = self._encoder()
         check_vocab_fits(encoder.config, self.tokenizer)
         self._check_top_k(encoder.config.num_hidden_layers)
-        teacher = text_teacher(encoder, cfg.average_top_k_layers, accelerator.device if accelerator is not None else "cpu")
+        teacher = text_teacher(encoder, cfg.average_top_k_layers, accelerator.device if accelerator is not None else "cpu",
+                               source=cfg.target_source)
         self.model = Data2VecTextPretraining(encoder, teacher, self.tokenizer.mask_token_id, head_layers=cfg.head_layers,
                                              target_norm=cfg.target_layer_norm, loss_beta=cfg.loss_beta, loss_scale=cfg.loss_scale)
         self.collator = Data2VecTextCollator(mlm_collator(cfg, self.tokenizer), self.tokenizer.mask_token_id)
         data = prepare_text_splits(cfg, self.tokenizer, raw, usable_positions(encoder.config), accelerator)
         self.train_dataset, self.eval_dataset, self.data_summary = data.train, data.validation, data.summary
         self._start_state()
-        logger.info("data2vec text: %s, %d layers x %d, %.1fM parameters; targets: top %d layers, %s norm; tau %s -> %s over %d updates.",
-                    encoder.config.model_type, encoder.config.num_hidden_layers, encoder.config.hidden_size,
-                    sum(p.numel() for p in encoder.parameters()) / 1e6, cfg.average_top_k_layers, cfg.target_layer_norm,
+        logger.info("data2vec text: %s, %d layers x %d, %.1fM parameters; targets: top %d layers' %s outputs, %s norm; tau %s -> %s "
+                    "over %d updates.", encoder.config.model_type, encoder.config.num_hidden_layers, encoder.config.hidden_size,
+                    sum(p.numel() for p in encoder.parameters()) / 1e6, cfg.average_top_k_layers, cfg.target_source, cfg.target_layer_norm,
                     cfg.ema_decay, cfg.ema_end_decay, cfg.ema_anneal_end_step)
 
     def _encoder(self):
@@ -211,7 +213,8 @@ class Data2VecAudioObjective(Data2VecObjective, SpeechObjective):
         main = accelerator is None or accelerator.is_main_process
         student = self._student()
         config = student.config
-        teacher = audio_teacher(student, cfg.average_top_k_layers, accelerator.device if accelerator is not None else "cpu")
+        teacher = audio_teacher(student, cfg.average_top_k_layers, accelerator.device if accelerator is not None else "cpu",
+                                source=cfg.target_source)
         self.model = Data2VecAudioPretraining(student, teacher, cfg.feature_grad_scale, head_layers=cfg.head_layers,
                                               target_norm=cfg.target_layer_norm, loss_beta=cfg.loss_beta, loss_scale=cfg.loss_scale)
         # Data2VecAudio's conv layers are layer-normed: downstream batches need the attention mask.
@@ -245,10 +248,10 @@ class Data2VecAudioObjective(Data2VecObjective, SpeechObjective):
         self._check_top_k(config.num_hidden_layers)
         student = Data2VecAudioModel.from_pretrained(cfg.model_name_or_path, config=config) if cfg.model_name_or_path \
             else Data2VecAudioModel(config)
-        logger.info("data2vec audio %s: %d layers x %d, %.1fM parameters; targets: top %d layers, %s norm; tau %s -> %s over "
-                    "%d updates; feature grad scale %s.", "continued from " + cfg.model_name_or_path if cfg.model_name_or_path
+        logger.info("data2vec audio %s: %d layers x %d, %.1fM parameters; targets: top %d layers' %s outputs, %s norm; tau %s -> "
+                    "%s over %d updates; feature grad scale %s.", "continued from " + cfg.model_name_or_path if cfg.model_name_or_path
                     else "from scratch", config.num_hidden_layers, config.hidden_size, sum(p.numel() for p in student.parameters()) / 1e6,
-                    cfg.average_top_k_layers, cfg.target_layer_norm, cfg.ema_decay, cfg.ema_end_decay, cfg.ema_anneal_end_step,
+                    cfg.average_top_k_layers, cfg.target_source, cfg.target_layer_norm, cfg.ema_decay, cfg.ema_end_decay, cfg.ema_anneal_end_step,
                     cfg.feature_grad_scale)
         return student
 

@@ -15,7 +15,7 @@ fairseq does with its skip keys (text: the embeddings; speech: the positional co
 from __future__ import annotations
 
 import copy
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch.distributed.tensor import DTensor
@@ -33,13 +33,13 @@ class EMATeacher:
         student: the module to copy (its parameter names are the teacher's).
         blocks: module -> its transformer blocks in order (e.g. `lambda m: m.encoder.layer`).
         feed_forward: block -> the submodule whose output is the block's feed-forward output before the last
-            residual connection (e.g. `lambda b: b.output.dense`).
+            residual connection (e.g. `lambda b: b.output.dense`); None: the block's own output is the target.
         top_k: how many of the last blocks give targets.
         copied: parameter-name prefixes copied from the student instead of averaged.
     """
 
     def __init__(self, student: torch.nn.Module, blocks: Callable[[torch.nn.Module], Sequence[torch.nn.Module]],
-                 feed_forward: Callable[[torch.nn.Module], torch.nn.Module], top_k: int, copied: tuple[str, ...] = (),
+                 feed_forward: Optional[Callable[[torch.nn.Module], torch.nn.Module]], top_k: int, copied: tuple[str, ...] = (),
                  device: torch.device | str = "cpu"):
         self.module = copy.deepcopy(student).requires_grad_(False).eval().to(device)
         names = [n for n, _ in self.module.named_parameters()]
@@ -48,7 +48,10 @@ class EMATeacher:
         self._outputs: list[torch.Tensor] = []
         # Hooks stay registered (no per-call registration that a compiled graph would see change).
         for block in list(blocks(self.module))[-top_k:]:
-            feed_forward(block).register_forward_hook(lambda module, args, output: self._outputs.append(output))
+            source = block if feed_forward is None else feed_forward(block)
+            # a block may return (hidden_states, attentions, ...): the hidden states (B, T, H) come first
+            source.register_forward_hook(lambda module, args, output: self._outputs.append(
+                output[0] if isinstance(output, tuple) else output))
 
     @torch.no_grad()
     def top_outputs(self, **inputs) -> list[torch.Tensor]:
@@ -89,15 +92,21 @@ BERT_LAYOUT = (lambda m: m.encoder.layer, lambda b: b.output.dense)
 TEXT_LAYOUTS = {"modernbert": (lambda m: m.layers, lambda b: b.mlp)}
 
 
-def text_teacher(encoder: torch.nn.Module, top_k: int, device: torch.device | str = "cpu") -> EMATeacher:
+def text_teacher(encoder: torch.nn.Module, top_k: int, device: torch.device | str = "cpu",
+                 source: str = "feed_forward") -> EMATeacher:
     """The teacher of a text encoder (BERT layout or ModernBERT): the feed-forward outputs of the top blocks before
-    the residual; the embeddings are copied (fairseq ema_transformer_layers_only)."""
+    the residual (source 'feed_forward') or the blocks' outputs ('block'); the embeddings are copied (fairseq
+    ema_transformer_layers_only)."""
     blocks, feed_forward = TEXT_LAYOUTS.get(encoder.config.model_type, BERT_LAYOUT)
-    return EMATeacher(encoder, blocks=blocks, feed_forward=feed_forward, top_k=top_k, copied=("embeddings.",), device=device)
+    return EMATeacher(encoder, blocks=blocks, feed_forward=feed_forward if source == "feed_forward" else None, top_k=top_k,
+                      copied=("embeddings.",), device=device)
 
 
-def audio_teacher(student: torch.nn.Module, top_k: int, device: torch.device | str = "cpu") -> EMATeacher:
+def audio_teacher(student: torch.nn.Module, top_k: int, device: torch.device | str = "cpu",
+                  source: str = "feed_forward") -> EMATeacher:
     """The teacher of a Data2VecAudioModel: an EMA of its transformer (`encoder`), block.feed_forward's output before
-    the residual; the positional convolution is copied (fairseq ema_transformer_only + ema_layers_only)."""
-    return EMATeacher(student.encoder, blocks=lambda m: m.layers, feed_forward=lambda b: b.feed_forward, top_k=top_k,
+    the residual (source 'feed_forward') or the block's output ('block'); the positional convolution is copied
+    (fairseq ema_transformer_only + ema_layers_only)."""
+    return EMATeacher(student.encoder, blocks=lambda m: m.layers,
+                      feed_forward=(lambda b: b.feed_forward) if source == "feed_forward" else None, top_k=top_k,
                       copied=("pos_conv_embed.",), device=device)
