@@ -21,8 +21,8 @@ class Data2VecArguments:
                              "after every update).", 0.999)
     ema_end_decay: float = _help("tau_e: EMA decay reached after ema_anneal_end_step updates, then kept.", 0.9999)
     ema_anneal_end_step: int = _help("tau_n: updates over which tau rises linearly from ema_decay to ema_end_decay.", 30000)
-    average_top_k_layers: int = _help("K: the target is the mean of the teacher's top K blocks (each block's feed-forward "
-                                      "output before its last residual connection).", 8)
+    average_top_k_layers: int = _help("K: the target is the mean of the teacher's top K blocks (which output of each: "
+                                      "target_source).", 8)
     target_source: Literal["feed_forward", "block"] = _help(
         "Which output of each of the K teacher blocks is averaged: 'feed_forward' (its feed-forward output before the last "
         "residual connection; the paper) or 'block' (the block's output: on a pre-LN block such as ModernBERT's the "
