@@ -160,3 +160,24 @@ def test_modernbert_encoder_learns_and_fine_tunes(tmp_path, capsys):
     assert main([str(a) for a in args]) == 0, capsys.readouterr().err[-2000:]
     assert math.isfinite(json.loads((target / "eval_results.json").read_text())["eval_loss"])
     assert json.loads((target / "config.json").read_text())["architectures"] == ["ModernBertForSequenceClassification"]
+
+
+def test_target_source_reaches_the_run_and_its_model_card(tmp_path):
+    """The recipe's `target_source` switches what the teacher hands the loss (same seed, same batch: another first-update
+    loss and target spread) and the model card says which targets were used."""
+    runs = {}
+    for source in ("feed_forward", "block"):
+        out = tmp_path / source
+        _in_process([ROOT / "recipes" / "data2vec" / "text-tiny-cpu.yaml", "--train_file", CORPUS,
+                     "--tokenizer_name", FIXTURES / "text" / "tokenizer", "--max_seq_length", 32, "--config_overrides",
+                     "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64,max_position_embeddings=32,"
+                     "local_attention=32", "--average_top_k_layers", 2, "--target_source", source,
+                     "--per_device_train_batch_size", 8, "--warmup_steps", 1, "--max_steps", 2, "--save_steps", 0,
+                     "--logging_steps", 1, "--eval_steps", 0, "--max_eval_batches", 1, "--output_dir", out])
+        runs[source] = _rows(out)[0]
+        card = (out / "README.md").read_text()
+        assert ("top 2 block outputs" in card) == (source == "block")
+        assert ("top 2 feed-forward outputs" in card) == (source == "feed_forward")
+    assert runs["feed_forward"]["num_targets"] == runs["block"]["num_targets"] > 0  # the same masked batch
+    assert runs["feed_forward"]["target_var"] != pytest.approx(runs["block"]["target_var"], rel=0.05)
+    assert runs["feed_forward"]["loss"] != pytest.approx(runs["block"]["loss"], rel=0.05)
