@@ -107,7 +107,7 @@ class SpeechPretrainConfig(SpeechModelArguments, AudioDataArguments, TrainingArg
         super().__post_init__()  # TrainingArguments: types and loop settings
         self._check_audio_sources()
         self._check_speech_model()
-        if not 0 < self.feature_grad_scale <= 1:
+        if self.feature_grad_scale is not None and not 0 < self.feature_grad_scale <= 1:  # None: wav2vec2, by layout
             raise ConfigError("feature_grad_scale must be in (0, 1].")
 
 

@@ -229,6 +229,28 @@ def objective(tmp_path_factory):
     return Wav2Vec2Objective(cfg)
 
 
+@pytest.mark.parametrize("norm, penalty, scale", [("group", 10.0, 0.1), ("layer", 0.0, 1.0)])
+def test_unset_loss_weights_are_fairseqs_for_the_feature_encoder_layout(tmp_path, norm, penalty, scale):
+    # fairseq base (group norm): penalty 10, gradient x0.1; large (layer norm): 0, x1.0. Base's weights on the
+    # layer-norm layout collapsed the codebook of a 2-minute GPU run.
+    cfg = load_config([str(ROOT / "recipes" / "wav2vec2" / "tiny-cpu.yaml"), "--train_dir", str(UNLABELED),
+                       "--output_dir", str(tmp_path), "--feature_penalty_weight", "none", "--feature_grad_scale", "none",
+                       "--config_overrides", f"feat_extract_norm={norm},do_stable_layer_norm={norm == 'layer'}"])
+    assert (cfg.feature_penalty_weight, cfg.feature_grad_scale) == (None, None)
+    model = Wav2Vec2Objective(cfg).model
+    assert model.model.config.feat_extract_norm == norm
+    assert (model.feature_penalty_weight, model.feature_grad_scale) == (penalty, scale)
+    assert (cfg.feature_penalty_weight, cfg.feature_grad_scale) == (penalty, scale)  # what hfssl_config.yaml records
+
+
+def test_loss_weights_given_are_kept_on_either_layout(tmp_path):
+    cfg = load_config([str(ROOT / "recipes" / "wav2vec2" / "tiny-cpu.yaml"), "--train_dir", str(UNLABELED),
+                       "--output_dir", str(tmp_path), "--feature_penalty_weight", "2.5", "--feature_grad_scale", "0.5"])
+    model = Wav2Vec2Objective(cfg).model
+    assert model.model.config.feat_extract_norm == "layer"
+    assert (model.feature_penalty_weight, model.feature_grad_scale) == (2.5, 0.5)
+
+
 def test_gumbel_schedule_values():
     cfg = load_config(["--objective", "wav2vec2", "--train_dir", str(UNLABELED)])
     assert gumbel_temperature(cfg, 0) == 2.0
