@@ -100,15 +100,37 @@ class SpeechModelArguments:
 class SpeechPretrainConfig(SpeechModelArguments, AudioDataArguments, TrainingArguments):
     """Loop settings + audio data + model source and masking, with what every speech objective has."""
 
-    feature_grad_scale: float = _help("Gradient scale into the conv feature encoder (fairseq base: 0.1; large: 1.0).", 0.1)
+    feature_grad_scale: Optional[float] = _help(
+        "Gradient scale into the conv feature encoder, in (0, 1]. Unset: fairseq's value for the model's feature "
+        "encoder, 0.1 for the group-norm (base) layout, 1.0 for the layer-norm (large) layout.", None)
     do_normalize: bool = _help("Normalize each (cropped) utterance to zero mean, unit variance; saved in preprocessor_config.json (fairseq: false for base, true for large).", True)
 
     def __post_init__(self) -> None:
         super().__post_init__()  # TrainingArguments: types and loop settings
         self._check_audio_sources()
         self._check_speech_model()
-        if self.feature_grad_scale is not None and not 0 < self.feature_grad_scale <= 1:  # None: wav2vec2, by layout
+        if self.feature_grad_scale is not None and not 0 < self.feature_grad_scale <= 1:  # None: by the layout
             raise ConfigError("feature_grad_scale must be in (0, 1].")
+
+
+# fairseq's feature_grad_mult per feature-encoder layout, the same for wav2vec 2.0 and HuBERT (*_base_librispeech.yaml:
+# group norm, 0.1; wav2vec2_large_librivox.yaml, hubert_large_librivox.yaml: layer norm, 1.0).
+FEATURE_GRAD_SCALE_BY_LAYOUT = {"group": 0.1, "layer": 1.0}
+
+
+def resolve_layout_defaults(cfg: SpeechPretrainConfig, feat_extract_norm: str, by_layout: dict[str, dict[str, float]]) -> list[str]:
+    """Set each unset (None) setting of `by_layout` ({key: {"group": value, "layer": value}}) to its value for the
+    model's feature-encoder layout (`feat_extract_norm`), in `cfg` itself so the saved hfssl_config.yaml has it;
+    returns "key value" for each one set, and logs them."""
+    filled = []
+    for key, values in by_layout.items():
+        if getattr(cfg, key) is None:
+            setattr(cfg, key, values[feat_extract_norm])
+            filled.append(f"{key} {values[feat_extract_norm]}")
+    if filled:
+        logger.info("%s: fairseq's values for the %s-norm feature encoder (the %s layout).", ", ".join(filled),
+                    feat_extract_norm, "base" if feat_extract_norm == "group" else "large")
+    return filled
 
 
 def speech_model_config(cfg: SpeechPretrainConfig, model_type: str, default_config, conv_front_end: bool = True):

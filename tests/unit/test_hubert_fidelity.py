@@ -68,6 +68,16 @@ def test_iteration1_targets_are_kaldi_mfcc_kmeans_by_default(tmp_path):
     assert obj.kmeans.metadata["n_init"] == obj.cfg.kmeans_inits and obj.cfg.feature_penalty_weight == 10.0
 
 
+@pytest.mark.parametrize("norm, scale", [("group", 0.1), ("layer", 1.0)])
+def test_unset_feature_grad_scale_is_fairseqs_for_the_feature_encoder_layout(tmp_path, norm, scale):
+    # hubert_base_librispeech.yaml (group norm): feature_grad_mult 0.1; hubert_large_librivox.yaml (layer norm): 1.0
+    obj = _objective(tmp_path, "a", find_audio_files(SPEECH)[:4], "--feature_grad_scale", "none", "--config_overrides",
+                     f"feat_extract_norm={norm},do_stable_layer_norm={norm == 'layer'}")
+    assert obj.model.hubert.config.feat_extract_norm == norm
+    assert obj.model.feature_grad_scale == scale and obj.cfg.feature_grad_scale == scale
+    assert obj.model.feature_penalty_weight == 10.0  # fairseq keeps HuBERT's penalty on both layouts
+
+
 def test_feature_penalty_is_added_per_target_and_the_forward_is_hubertmodels():
     from transformers import HubertConfig, HubertModel
 

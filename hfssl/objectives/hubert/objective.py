@@ -8,7 +8,8 @@ Model (`model.py`): `HubertModel` (fresh from `config_name`/`config_overrides`, 
 HuBERT base, or `model_name_or_path`) + `final_proj` (hidden -> final_dim) + `label_embeddings` (K, final_dim).
 logits = cos(final_proj(h_t), e_c) / logit_temperature over all K clusters (fairseq's HuBERT logits).
 The collator's span masks go to HubertModel as `mask_time_indices` (it puts `masked_spec_embed` there).
-Gradients into the conv feature encoder are scaled by `feature_grad_scale` (fairseq: 0.1 for base).
+Gradients into the conv feature encoder are scaled by `feature_grad_scale` (unset: fairseq's 0.1 for the group-norm
+base layout, 1.0 for the layer-norm large one).
 
 Loss (`loss.py`): masked_loss_weight * sum of CE over masked real frames + unmasked_loss_weight * sum of
 CE over unmasked real frames + feature_penalty_weight * (mean squared conv features) * targets (fairseq's
@@ -39,7 +40,8 @@ from hfssl.objectives.hubert.config import HubertPretrainConfig
 from hfssl.objectives.hubert.labels import KMEANS_FILE, HubertTargets, LabeledAudio
 from hfssl.objectives.hubert.loss import count_targets
 from hfssl.objectives.hubert.model import HubertForMaskedPrediction
-from hfssl.objectives.speech_base import SpeechObjective, matching_head, speech_model_config
+from hfssl.objectives.speech_base import (FEATURE_GRAD_SCALE_BY_LAYOUT, SpeechObjective, matching_head, resolve_layout_defaults,
+                                          speech_model_config)
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +101,7 @@ class HubertObjective(SpeechObjective):
         from transformers import HubertConfig, HubertModel
 
         config = speech_model_config(self.cfg, "hubert", HubertConfig())  # default: HuBERT base
+        resolve_layout_defaults(self.cfg, config.feat_extract_norm, {"feature_grad_scale": FEATURE_GRAD_SCALE_BY_LAYOUT})
         if self.cfg.initial_weights():
             model = HubertModel.from_pretrained(self.cfg.initial_weights(), config=config)
         else:

@@ -7,7 +7,7 @@ from typing import Literal, Optional
 
 from hfssl.config import _help
 from hfssl.errors import ConfigError
-from hfssl.objectives.speech_base import SpeechPretrainConfig
+from hfssl.objectives.speech_base import FEATURE_GRAD_SCALE_BY_LAYOUT, SpeechPretrainConfig
 
 
 @dataclass
@@ -22,9 +22,6 @@ class Wav2Vec2PretrainConfig(SpeechPretrainConfig):
     feature_penalty_weight: Optional[float] = _help(
         "Weight of the L2 penalty on feature-encoder outputs. Unset: fairseq's value for the model's feature encoder, "
         "10 for the group-norm (base) layout, 0 for the layer-norm (large, XLS-R) layout.", None)
-    feature_grad_scale: Optional[float] = _help(
-        "Gradient scale into the conv feature encoder, in (0, 1]. Unset: fairseq's value for the model's feature "
-        "encoder, 0.1 for the group-norm (base) layout, 1.0 for the layer-norm (large, XLS-R) layout.", None)
     gumbel_temperature_start: float = _help("Gumbel-softmax temperature at the start.", 2.0)
     gumbel_temperature_end: float = _help("Lowest Gumbel temperature.", 0.5)
     gumbel_temperature_decay: float = _help("Temperature multiplied by this after every update.", 0.999995)
@@ -50,18 +47,4 @@ class Wav2Vec2PretrainConfig(SpeechPretrainConfig):
 # fairseq's loss weights per feature-encoder layout (wav2vec2_base_librispeech.yaml: group norm, loss_weights
 # [0.1, 10], feature_grad_mult 0.1; wav2vec2_large_librivox.yaml: layer norm, [0.1, 0], 1.0). Base's penalty on
 # the layer-norm layout collapses the codebook (docs/performance.md, "Codebook collapse in the 2-minute run").
-LAYOUT_LOSS_DEFAULTS = {
-    "group": {"feature_penalty_weight": 10.0, "feature_grad_scale": 0.1},
-    "layer": {"feature_penalty_weight": 0.0, "feature_grad_scale": 1.0},
-}
-
-
-def resolve_layout_defaults(cfg: Wav2Vec2PretrainConfig, feat_extract_norm: str) -> list[str]:
-    """Fill the unset feature penalty and gradient scale with fairseq's values for the model's feature-encoder
-    layout (`feat_extract_norm`: "group" or "layer"); returns "key value" for each one filled."""
-    filled = []
-    for key, value in LAYOUT_LOSS_DEFAULTS[feat_extract_norm].items():
-        if getattr(cfg, key) is None:
-            setattr(cfg, key, value)
-            filled.append(f"{key} {value}")
-    return filled
+LAYOUT_DEFAULTS = {"feature_penalty_weight": {"group": 10.0, "layer": 0.0}, "feature_grad_scale": FEATURE_GRAD_SCALE_BY_LAYOUT}

@@ -25,8 +25,8 @@ from hfssl.data.batching import batch_seed
 from hfssl.errors import ConfigError
 from hfssl.masking.spans import expected_masked_fraction, span_mask_stats
 from hfssl.objectives.collapse import CollapseGuard
-from hfssl.objectives.speech_base import SpeechObjective, speech_model_config
-from hfssl.objectives.wav2vec2.config import Wav2Vec2PretrainConfig, resolve_layout_defaults
+from hfssl.objectives.speech_base import SpeechObjective, resolve_layout_defaults, speech_model_config
+from hfssl.objectives.wav2vec2.config import LAYOUT_DEFAULTS, Wav2Vec2PretrainConfig
 from hfssl.objectives.wav2vec2.loss import gumbel_temperature
 from hfssl.objectives.wav2vec2.model import Wav2Vec2Pretraining
 
@@ -78,10 +78,7 @@ class Wav2Vec2Objective(SpeechObjective):
         config = speech_model_config(cfg, "wav2vec2", Wav2Vec2Config())
         if config.feat_extract_norm not in ("group", "layer"):
             raise ConfigError(f"feat_extract_norm must be 'group' or 'layer', got '{config.feat_extract_norm}'.")
-        filled = resolve_layout_defaults(cfg, config.feat_extract_norm)
-        if filled:
-            logger.info("%s: fairseq's values for the %s-norm feature encoder (the %s layout).", ", ".join(filled),
-                        config.feat_extract_norm, "base" if config.feat_extract_norm == "group" else "large")
+        resolve_layout_defaults(cfg, config.feat_extract_norm, LAYOUT_DEFAULTS)
         config.num_negatives = cfg.num_negatives
         config.contrastive_logits_temperature = cfg.contrastive_logits_temperature
         config.diversity_loss_weight = cfg.diversity_loss_weight
