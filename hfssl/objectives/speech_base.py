@@ -125,6 +125,9 @@ def resolve_layout_defaults(cfg: SpeechPretrainConfig, feat_extract_norm: str, b
     filled = []
     for key, values in by_layout.items():
         if getattr(cfg, key) is None:
+            if feat_extract_norm not in values:
+                raise ConfigError(f"feat_extract_norm must be 'group' or 'layer', got '{feat_extract_norm}' (config_overrides "
+                                  f"or the model's config.json).")
             setattr(cfg, key, values[feat_extract_norm])
             filled.append(f"{key} {values[feat_extract_norm]}")
     if filled:

@@ -78,6 +78,17 @@ def test_unset_feature_grad_scale_is_fairseqs_for_the_feature_encoder_layout(tmp
     assert obj.model.feature_penalty_weight == 10.0  # fairseq keeps HuBERT's penalty on both layouts
 
 
+def test_an_unknown_feature_encoder_layout_is_a_config_error():
+    from hfssl.errors import ConfigError
+    from hfssl.objectives import load_config
+    from hfssl.objectives.speech_base import FEATURE_GRAD_SCALE_BY_LAYOUT, resolve_layout_defaults
+
+    cfg = load_config([str(ROOT / "recipes" / "hubert" / "tiny-cpu-iter1.yaml"), "--feature_grad_scale", "none"])
+    with pytest.raises(ConfigError, match="feat_extract_norm must be 'group' or 'layer', got 'batch'"):
+        resolve_layout_defaults(cfg, "batch", {"feature_grad_scale": FEATURE_GRAD_SCALE_BY_LAYOUT})
+    assert cfg.feature_grad_scale is None
+
+
 def test_feature_penalty_is_added_per_target_and_the_forward_is_hubertmodels():
     from transformers import HubertConfig, HubertModel
 
