@@ -118,10 +118,10 @@ class SpeechPretrainConfig(SpeechModelArguments, AudioDataArguments, TrainingArg
 FEATURE_GRAD_SCALE_BY_LAYOUT = {"group": 0.1, "layer": 1.0}
 
 
-def resolve_layout_defaults(cfg: SpeechPretrainConfig, feat_extract_norm: str, by_layout: dict[str, dict[str, float]]) -> list[str]:
+def resolve_layout_defaults(cfg: SpeechPretrainConfig, feat_extract_norm: str, by_layout: dict[str, dict[str, float]]) -> None:
     """Set each unset (None) setting of `by_layout` ({key: {"group": value, "layer": value}}) to its value for the
-    model's feature-encoder layout (`feat_extract_norm`), in `cfg` itself so the saved hfssl_config.yaml has it;
-    returns "key value" for each one set, and logs them."""
+    model's feature-encoder layout (`feat_extract_norm`), in `cfg` itself so the saved hfssl_config.yaml has it,
+    and log the ones set."""
     filled = []
     for key, values in by_layout.items():
         if getattr(cfg, key) is None:
@@ -133,7 +133,6 @@ def resolve_layout_defaults(cfg: SpeechPretrainConfig, feat_extract_norm: str, b
     if filled:
         logger.info("%s: fairseq's values for the %s-norm feature encoder (the %s layout).", ", ".join(filled),
                     feat_extract_norm, "base" if feat_extract_norm == "group" else "large")
-    return filled
 
 
 def speech_model_config(cfg: SpeechPretrainConfig, model_type: str, default_config, conv_front_end: bool = True):
