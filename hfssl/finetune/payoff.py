@@ -12,7 +12,8 @@ Protocol, per label budget and per side (pretrained, scratch):
 - The learning rate is chosen on the validation split only: best mean `eval_<metric>` over the seeds
   (ties: lower mean eval loss, then the smaller rate). The reported numbers are the test metric of the
   runs at that rate: no extra runs, and test scores never influence the choice. A multi-point grid
-  without a validation split is refused (ConfigError).
+  without a validation split is refused (ConfigError). payoff.md flags a side whose chosen rate is an end of
+  its grid: its best rate may lie outside, and an under-tuned side biases the gain.
 - A seed sets everything seeded for both sides (head init, data order, dropout, the held-out validation
   split, the label-budget subsample); the pretrained and scratch runs with the same seed are a pair.
 - Per cell: mean and sample standard deviation (ddof=1) over seeds, n. Gain: the paired per-seed
@@ -186,7 +187,7 @@ def summarize_runs(task: str, records: list[dict]) -> dict:
             per_seed[init] = {r["seed"]: r.get(key) for r in chosen}
             values = [v for v in per_seed[init].values() if v is not None]
             row[init] = {**summarize(values), "learning_rate": lr, "seeds": list(per_seed[init]), "values": list(per_seed[init].values()),
-                         "learning_rate_grid": grid}
+                         "learning_rate_grid": grid, "grid_edge": grid_edge(lr, [g["learning_rate"] for g in grid])}
             sizes |= {r.get("train_samples") for r in chosen}
         row["train_samples"] = sizes.pop() if len(sizes) == 1 else sorted(s for s in sizes if s is not None) or None
         row["gain"] = paired_gain(per_seed["pretrained"], per_seed["scratch"], higher)
@@ -194,6 +195,18 @@ def summarize_runs(task: str, records: list[dict]) -> dict:
     grids = {init: sorted({float(r["learning_rate"]) for r in records if r["init"] == init}) for init in INITS}
     return {"task": task, "metric": key, "validation_metric": f"eval_{metric}", "higher_is_better": higher,
             "seeds": sorted({r["seed"] for r in records}), "learning_rate_grids": grids, "table": table}
+
+
+def grid_edge(chosen: float, grid: list[float]) -> str | None:
+    """'lowest' or 'highest' when validation chose an end of a grid of two or more rates, else None.
+
+    At an end the side's best rate may lie outside the grid, and a side whose optimum is cut off is
+    under-tuned. On the Debian topics, random init scored best on test at the top of {3e-4, 1e-3, 3e-3}
+    with each of four tokenizers, and fell to 20-31% at 1e-2, so there the top of the grid was near it.
+    """
+    if len(grid) < 2:
+        return None
+    return "lowest" if chosen == min(grid) else "highest" if chosen == max(grid) else None
 
 
 def write_report(out: Path, task: str, records: list[dict], source: str = "") -> dict:
@@ -236,6 +249,11 @@ def _markdown(s: dict) -> str:
         lrs = " / ".join("n/a" if row[i] is None else f"{row[i]['learning_rate']:g}" for i in INITS)
         lines.append(f"| {row['label_fraction']:g} | {row['train_samples']} | {cells[0]} | {cells[1]} | {_num(g['mean'], True)} | "
                      f"{ci} | {lrs} | {g['n']} ({', '.join(str(x) for x in g['seeds'])}) |")
+    edges = [(row["label_fraction"], init, row[init]) for row in s["table"] for init in INITS if (row[init] or {}).get("grid_edge")]
+    if edges:
+        lines += [""] + [f"Note: at label budget {f:g} the {init} side chose its {side['grid_edge']} rate ({side['learning_rate']:g}): its "
+                         f"best rate may lie outside the grid; extend `{'learning_rates' if init == 'pretrained' else 'scratch_learning_rates'}` "
+                         f"{'down' if side['grid_edge'] == 'lowest' else 'up'} to rule out an under-tuned side." for f, init, side in edges]
     lines += ["", "Learning-rate selection (mean over seeds on the validation split; * = chosen):", "",
               f"| label budget | init | learning rate | {s['validation_metric']} | eval_loss | runs |", "|---:|---|---:|---:|---:|---:|"]
     for row in s["table"]:

@@ -326,3 +326,27 @@ def test_ablation_warns_when_parallel_runs_oversubscribe_the_cores():
     assert oversubscribed(2, 1, 2) is None and oversubscribed(1, 2, 2) is None
     assert "use OMP_NUM_THREADS=1" in oversubscribed(2, 2, 2)
     assert "use OMP_NUM_THREADS=4" in oversubscribed(2, 8, 8)
+
+
+def test_report_flags_a_rate_chosen_at_the_end_of_its_grid():
+    # _grid_records: validation picks 1e-3, the top of {1e-4, 3e-4, 1e-3}, on both sides.
+    summary = payoff.summarize_runs("text-classification", _grid_records())
+    row = summary["table"][0]
+    assert row["pretrained"]["grid_edge"] == row["scratch"]["grid_edge"] == "highest"
+    text = payoff._markdown({**summary, "pretrained_model": "m"})
+    assert "the scratch side chose its highest rate (0.001)" in text and "extend `scratch_learning_rates` up" in text
+    assert "extend `learning_rates` up" in text
+    assert payoff.grid_edge(3e-4, [3e-4, 1e-3, 3e-3]) == "lowest"
+    assert payoff.grid_edge(1e-3, [3e-4, 1e-3, 3e-3]) is None
+    assert payoff.grid_edge(1e-3, [1e-3]) is None  # a one-point grid chose nothing
+    inner = [r for r in _grid_records() if r["learning_rate"] != 1e-4]
+    for r in inner:  # validation now prefers the middle rate of {3e-4, 1e-3, 3e-3}
+        if r["learning_rate"] == 1e-3:
+            r["learning_rate"] = 3e-3
+        elif r["learning_rate"] == 3e-4:
+            r["learning_rate"], r["eval_accuracy"] = 1e-3, 0.9
+    inner += [{**r, "learning_rate": 3e-4, "eval_accuracy": 0.5} for r in inner if r["learning_rate"] == 3e-3]
+    summary = payoff.summarize_runs("text-classification", inner)
+    assert summary["table"][0]["scratch"]["learning_rate"] == 1e-3
+    assert summary["table"][0]["scratch"]["grid_edge"] is None
+    assert "Note:" not in payoff._markdown({**summary, "pretrained_model": "m"})
