@@ -339,13 +339,8 @@ def test_report_flags_a_rate_chosen_at_the_end_of_its_grid():
     assert payoff.grid_edge(3e-4, [3e-4, 1e-3, 3e-3]) == "lowest"
     assert payoff.grid_edge(1e-3, [3e-4, 1e-3, 3e-3]) is None
     assert payoff.grid_edge(1e-3, [1e-3]) is None  # a one-point grid chose nothing
-    inner = [r for r in _grid_records() if r["learning_rate"] != 1e-4]
-    for r in inner:  # validation now prefers the middle rate of {3e-4, 1e-3, 3e-3}
-        if r["learning_rate"] == 1e-3:
-            r["learning_rate"] = 3e-3
-        elif r["learning_rate"] == 3e-4:
-            r["learning_rate"], r["eval_accuracy"] = 1e-3, 0.9
-    inner += [{**r, "learning_rate": 3e-4, "eval_accuracy": 0.5} for r in inner if r["learning_rate"] == 3e-3]
+    inner = [r for init in ("pretrained", "scratch") for s in (1, 2, 3)  # validation prefers the middle of the grid
+             for lr, val in ((3e-4, 0.5), (1e-3, 0.9), (3e-3, 0.7)) for r in _runs({s: (val, 0.5)}, init, lr=lr)]
     summary = payoff.summarize_runs("text-classification", inner)
     assert summary["table"][0]["scratch"]["learning_rate"] == 1e-3
     assert summary["table"][0]["scratch"]["grid_edge"] is None
