@@ -137,7 +137,7 @@ def _setup(cfg, objective, accelerator, run_dir: RunDir) -> _Run:
         objective.enable_gradient_checkpointing()
     constant_graph_layerdrop(objective.model)  # every parameter in every graph: DDP and FSDP need it
     wrap_transformer_blocks(accelerator, objective.model)
-    optimizer = build_optimizer(cfg, objective.model)
+    optimizer = build_optimizer(cfg, objective.model, accelerator.device)
     if objective.streaming:
         steps_per_epoch = cfg.max_steps
     else:
