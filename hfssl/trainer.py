@@ -258,8 +258,12 @@ def _optimizer_step(run: _Run, loss: float, n_targets: dict, micro: list[dict]) 
         grad_norm = float(accelerator.clip_grad_norm_(run.model.parameters(), cfg.max_grad_norm or float("inf")))
         finite = math.isfinite(grad_norm) or accelerator.scaler is not None
     if finite:
+        scale = loss_scale(accelerator)
         run.optimizer.step()  # with a scaler: scaler.step (skipped on inf/NaN gradients) + scaler.update
-        if accelerator.optimizer_step_was_skipped:
+        # An overflow is read from the scale, which `scaler.update` lowers only then. Accelerate's
+        # `optimizer_step_was_skipped` cannot see it with a fused AdamW: the scaler then always calls
+        # step and the kernel itself skips the update (its `found_inf` argument).
+        if scale is not None and loss_scale(accelerator) < scale:
             _overflow(run)
             grad_norm = None  # measured at a scale that overflowed: says nothing
         else:
