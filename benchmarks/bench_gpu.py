@@ -16,7 +16,8 @@ Workloads (`--workloads`, default all but `w2v_long`):
   w2v_long    hfssl's wav2vec 2.0 base loop for `--long_seconds` (default 120) in bf16: non-finite updates,
               codebook perplexity at the start and the end (minimum 1 per group; maximum codes per group).
   mlm_bf16    the `mlm` model in fp32 and bf16 autocast: stock `Trainer` (fp32, bf16, bf16 + compile), hfssl's loop
-              (fp32, bf16, bf16 + eager attention, bf16 + eager + compile). With `--preset cpu-recipe` (README
+              (fp32, bf16, bf16 + eager attention, bf16 + eager + compile, the last with the foreach AdamW
+              instead of the fused one). With `--preset cpu-recipe` (README
               command 1's ModernBERT and batch), what recipes/mlm/tiny-cpu.yaml's `auto` settings buy on a CPU.
   syncs       CUDA only: device-to-host synchronizations per update in hfssl's loop (sync debug mode).
 
@@ -147,7 +148,10 @@ RUNNERS = {
                  ("hfssl_fp32", lambda p: hfssl_mlm(p, compile=False, varlen=False, precision="no")),
                  ("hfssl_bf16", lambda p: hfssl_mlm(p, compile=False, varlen=False, precision="bf16")),
                  ("hfssl_bf16_eager", lambda p: hfssl_mlm(p, compile=False, varlen=False, attention="eager", precision="bf16")),
-                 ("hfssl_bf16_eager_compile", lambda p: hfssl_mlm(p, compile=True, varlen=False, attention="eager", precision="bf16"))],
+                 ("hfssl_bf16_eager_compile", lambda p: hfssl_mlm(p, compile=True, varlen=False, attention="eager", precision="bf16")),
+                 # the same with the per-tensor (foreach) AdamW that hfssl used off CUDA until 2026-12-05
+                 ("hfssl_bf16_eager_compile_foreach", lambda p: hfssl_mlm(p, compile=True, varlen=False, attention="eager",
+                                                                          precision="bf16", fused_adamw=False))],
     "mlm_varlen": [("hf_trainer", lambda p: stock_mlm(p, compile=False, varlen=True)),
                    ("hfssl", lambda p: hfssl_mlm(p, compile=False, varlen=True)),
                    ("hfssl_padded", lambda p: hfssl_mlm(p, compile=False, varlen=True, packed=False)),

@@ -9,11 +9,13 @@ workers it is the compute itself, which other jobs on a shared machine do not in
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -324,10 +326,11 @@ def _objective_class():
 
 
 def hfssl_mlm(p: dict, compile: bool, varlen: bool, packed: bool = True, attention=None, precision: str | None = None,
-              rows_multiple_of: int = 1) -> dict:
+              rows_multiple_of: int = 1, fused_adamw: bool = True) -> dict:
     """hfssl's loop, SparseMaskedLM, MLMCollator (the preset's masking rate, 15% by default; padding-free for
     varying lengths unless `packed` is False; rows rounded up to `rows_multiple_of`), the attention default (or
-    `attention`), the preset's precision (or `precision`)."""
+    `attention`), the preset's precision (or `precision`); `fused_adamw` False: the foreach AdamW instead of
+    the fused one the loop picks wherever torch has it."""
 
     from hfssl.attention import packed_layout, use_attn_implementation
     from hfssl.collators import MLMCollator
@@ -349,8 +352,10 @@ def hfssl_mlm(p: dict, compile: bool, varlen: bool, packed: bool = True, attenti
         return _objective_class()(cfg, "mlm", "tokens", SparseMaskedLM(mlm), collator, [{"input_ids": r} for r in rows])
 
     precision = precision or p["precision"]
-    objective, log = _train_hfssl({**p, "precision": precision}, build, compile, p["steps"], per_device_train_batch_size=p["batch"],
-                                  learning_rate=1e-4)
+    kernels = contextlib.nullcontext() if fused_adamw else mock.patch("hfssl.schedules._get_fused_kernels_supported_devices", list)
+    with kernels:
+        objective, log = _train_hfssl({**p, "precision": precision}, build, compile, p["steps"], per_device_train_batch_size=p["batch"],
+                                      learning_rate=1e-4)
     timed, dt = p["steps"] - p["warm"], _elapsed(objective.clock, p["warm"])
     plan = shuffled_batches(len(rows), p["batch"], 0, 0)  # the loop's epoch-0 plan: update s trains plan[s]
     lengths = np.array([len(r) for r in rows])

@@ -14,9 +14,10 @@ Both sides:
     0.8/0.1/0.1 replacement, batch 32, gradient accumulation 1; fp32 (or --bf16 on both).
 
 The difference that is the point: hfssl runs the MLM head on masked positions only
-(SparseMaskedLM); stock BertForMaskedLM computes (B, T, V) logits everywhere. One that is not:
-stock Trainer's default optimizer is `adamw_torch_fused` (torch >= 2.8) while hfssl's loop uses
-the foreach AdamW off CUDA; `--trainer_optim adamw_torch` removes it.
+(SparseMaskedLM); stock BertForMaskedLM computes (B, T, V) logits everywhere. Optimizer differences:
+none since 2026-12-05: stock Trainer's default optimizer is `adamw_torch_fused` (torch >= 2.8), and hfssl's
+loop now uses the fused AdamW on the CPU too (before: the foreach one off CUDA). `--trainer_optim adamw_torch`
+gives Trainer the foreach one.
 
 Timing excludes start-up on both sides. A loop iteration is timed from one "checkpoint" to the
 next, the same point of consecutive updates: hfssl, entry to its collator (its loop fetches each
