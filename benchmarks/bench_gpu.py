@@ -16,7 +16,7 @@ Workloads (`--workloads`, default all but `w2v_long`):
   w2v_long    hfssl's wav2vec 2.0 base loop for `--long_seconds` (default 120) in bf16: non-finite updates,
               codebook perplexity at the start and the end (minimum 1 per group; maximum codes per group).
   mlm_bf16    the `mlm` model in fp32 and bf16 autocast: stock `Trainer` (fp32, bf16, bf16 + compile), hfssl's loop
-              (fp32, bf16, bf16 + eager attention, bf16 + eager + compile, the last with the foreach AdamW
+              (fp32, bf16, bf16 + eager attention, bf16 + eager + compile, the last with the single-tensor AdamW
               instead of the fused one). With `--preset cpu-recipe` (README
               command 1's ModernBERT and batch), what recipes/mlm/tiny-cpu.yaml's `auto` settings buy on a CPU.
   syncs       CUDA only: device-to-host synchronizations per update in hfssl's loop (sync debug mode).
@@ -80,6 +80,7 @@ def parse_args(argv=None):
     p.add_argument("--workloads", default="mlm,mlm_varlen,w2v", help="comma-separated: mlm, mlm_varlen, w2v, w2v_long, syncs")
     p.add_argument("--variants", default=None, help="comma-separated variants to run, by name (in every workload) or as workload:name (default: all)")
     p.add_argument("--long_seconds", type=float, default=120.0, help="w2v_long: training time")
+    p.add_argument("--vocab_size", type=int, default=0, help="the text model's vocabulary (0: the preset's)")
     p.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
     p.add_argument("--output", default=None, help="JSON path (default: $OUT or benchmarks/results, dated)")
     return p.parse_args(argv)
@@ -149,8 +150,8 @@ RUNNERS = {
                  ("hfssl_bf16", lambda p: hfssl_mlm(p, compile=False, varlen=False, precision="bf16")),
                  ("hfssl_bf16_eager", lambda p: hfssl_mlm(p, compile=False, varlen=False, attention="eager", precision="bf16")),
                  ("hfssl_bf16_eager_compile", lambda p: hfssl_mlm(p, compile=True, varlen=False, attention="eager", precision="bf16")),
-                 # the same with the per-tensor (foreach) AdamW that hfssl used off CUDA until 2026-12-05
-                 ("hfssl_bf16_eager_compile_foreach", lambda p: hfssl_mlm(p, compile=True, varlen=False, attention="eager",
+                 # the same with the single-tensor AdamW hfssl used off CUDA until 2026-12-05 (a CPU has no foreach kernels)
+                 ("hfssl_bf16_eager_compile_unfused", lambda p: hfssl_mlm(p, compile=True, varlen=False, attention="eager",
                                                                           precision="bf16", fused_adamw=False))],
     "mlm_varlen": [("hf_trainer", lambda p: stock_mlm(p, compile=False, varlen=True)),
                    ("hfssl", lambda p: hfssl_mlm(p, compile=False, varlen=True)),
@@ -210,10 +211,13 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     name = "tiny" if args.tiny else args.preset or ("gpu" if torch.cuda.is_available() else "cpu")
     preset = PRESETS[name]
+    if args.vocab_size:
+        preset = {**preset, "bert": {**preset["bert"], "vocab_size": args.vocab_size}}
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(preset["device"])
-    info = {**machine(device), "preset": name, "settings": {k: v for k, v in preset.items() if not isinstance(v, dict)}}
+    info = {**machine(device), "preset": name, "settings": {k: v for k, v in preset.items() if not isinstance(v, dict)},
+            "text_model": preset["bert"]}
     peaks = {"measured": float(f"{measured_peak_tflops(device):.4g}"), "datasheet": info.get("datasheet_bf16_tflops")}
     info["peak_tflops"] = peaks
     print(json.dumps(info), flush=True)

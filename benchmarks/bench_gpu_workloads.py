@@ -329,8 +329,8 @@ def hfssl_mlm(p: dict, compile: bool, varlen: bool, packed: bool = True, attenti
               rows_multiple_of: int = 1, fused_adamw: bool = True) -> dict:
     """hfssl's loop, SparseMaskedLM, MLMCollator (the preset's masking rate, 15% by default; padding-free for
     varying lengths unless `packed` is False; rows rounded up to `rows_multiple_of`), the attention default (or
-    `attention`), the preset's precision (or `precision`); `fused_adamw` False: the foreach AdamW instead of
-    the fused one the loop picks wherever torch has it."""
+    `attention`), the preset's precision (or `precision`); `fused_adamw` False: torch's default AdamW kernel
+    instead of the fused one the loop picks wherever torch has it (on a CPU the default is the single-tensor loop)."""
 
     from hfssl.attention import packed_layout, use_attn_implementation
     from hfssl.collators import MLMCollator

@@ -16,8 +16,8 @@ Both sides:
 The difference that is the point: hfssl runs the MLM head on masked positions only
 (SparseMaskedLM); stock BertForMaskedLM computes (B, T, V) logits everywhere. Optimizer differences:
 none since 2026-12-05: stock Trainer's default optimizer is `adamw_torch_fused` (torch >= 2.8), and hfssl's
-loop now uses the fused AdamW on the CPU too (before: the foreach one off CUDA). `--trainer_optim adamw_torch`
-gives Trainer the foreach one.
+loop now uses the fused AdamW on the CPU too (before: torch's default off CUDA, which on a CPU is the
+single-tensor loop). `--trainer_optim adamw_torch` gives Trainer that default.
 
 Timing excludes start-up on both sides. A loop iteration is timed from one "checkpoint" to the
 next, the same point of consecutive updates: hfssl, entry to its collator (its loop fetches each
