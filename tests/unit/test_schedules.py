@@ -80,3 +80,20 @@ def test_plateau_without_an_eval_set_stops_before_training(tmp_path):
 
     with pytest.raises(TrainingStopped, match="no evaluation set"):
         train(_cfg(tmp_path, lr_scheduler_type="reduce_lr_on_plateau", eval_steps=2), ToyObjective())
+
+
+def test_adamw_is_fused_on_the_cpu_and_wherever_torch_has_the_kernel():
+    """The fused kernel (one pass over all parameters) on the training device, the CPU included; torch's
+    default elsewhere. The model may still be on the CPU when the optimizer is built for a GPU run."""
+    import torch
+
+    from hfssl.schedules import build_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    cfg = TrainingArguments(output_dir="unused", weight_decay=0.01)
+    assert build_optimizer(cfg, model, "cpu").defaults["fused"] is True
+    assert build_optimizer(cfg, model, torch.device("cuda", 1)).defaults["fused"] is True
+    assert not build_optimizer(cfg, model, "meta").defaults["fused"]  # no fused kernel on this device type
+    decay, no_decay = build_optimizer(cfg, model, "cpu").param_groups
+    assert [p.shape for p in decay["params"]] == [(4, 4)] and decay["weight_decay"] == 0.01
+    assert len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0.0  # bias, norm weight and bias
