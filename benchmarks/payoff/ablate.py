@@ -12,8 +12,9 @@ file already exists, so a grid can be extended or resumed. Fine-tuning uses the 
 --recipe (default: recipes/finetune/debian-topics-payoff.yaml) with `--compare_with_scratch false`;
 the scratch side is `--config_name WORK/NAME/model` (same architecture and tokenizer, random init).
 
-Fairness: each side's learning rate is the one with the best MEAN VALIDATION accuracy over the seeds
-(test accuracy is never looked at to choose); the report then gives that learning rate's test accuracy
+Fairness: each side's learning rate is the one with the best MEAN VALIDATION accuracy over the seeds,
+ties to the lower mean validation loss, then the smaller rate (`hfssl.finetune.stats.select_learning_rate`,
+the payoff command's own rule; test accuracy is never looked at to choose); the report then gives that learning rate's test accuracy
 per seed, mean and sample standard deviation, and the gain with a 95% paired-t interval (the seed fixes
 the validation split, label subset and data order, which both sides share).
 """
@@ -31,7 +32,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from hfssl.finetune.stats import ROUND_DIGITS
+from hfssl.finetune.stats import select_learning_rate
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RECIPE = "recipes/finetune/debian-topics-payoff.yaml"
@@ -93,7 +94,7 @@ def _finetune_one(work: Path, name: str, side: str, lr: float, seed: int, recipe
     out = run / "out"
     val = json.loads((out / "eval_results.json").read_text())
     test = json.loads((out / "test_results.json").read_text())
-    record = {"side": side, "learning_rate": lr, "seed": seed, "val_accuracy": val["eval_accuracy"],
+    record = {"side": side, "learning_rate": lr, "seed": seed, "val_accuracy": val["eval_accuracy"], "val_loss": val["eval_loss"],
               "test_accuracy": test["test_accuracy"], "wall_s": round(time.time() - start, 1)}
     done.write_text(json.dumps(record, indent=1))
     return record
@@ -126,12 +127,20 @@ def finetune(work: Path, name: str, sides, lrs, seeds, recipe: str, jobs: int, e
 
 
 def _results(work: Path, name: str, side: str) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((work / name / "ft").glob(f"{side}-*/result.json"))]
+    records = []
+    for path in sorted((work / name / "ft").glob(f"{side}-*/result.json")):
+        record = json.loads(path.read_text())
+        if "val_loss" not in record:  # runs recorded before the loss was: it is in the run's eval results
+            evals = path.parent / "out" / "eval_results.json"
+            record["val_loss"] = json.loads(evals.read_text()).get("eval_loss") if evals.is_file() else None
+        records.append(record)
+    return records
 
 
 def select(records: list[dict]) -> dict:
-    """One side: the learning rate with the best mean validation accuracy (ties: the smaller rate);
-    its test accuracies per seed. Test scores play no part in the choice."""
+    """One side: the payoff command's choice of learning rate (best mean validation accuracy; ties: the lower
+    mean validation loss, then the smaller rate); its test accuracies per seed. Test scores play no part in
+    the choice."""
     by_lr: dict[float, list[dict]] = {}
     for r in records:
         by_lr.setdefault(r["learning_rate"], []).append(r)
@@ -139,7 +148,9 @@ def select(records: list[dict]) -> dict:
     complete = set.intersection(*({r["seed"] for r in rs} for rs in by_lr.values()))
     by_lr = {lr: [r for r in rs if r["seed"] in complete] for lr, rs in by_lr.items()}
     val_means = {lr: statistics.mean(r["val_accuracy"] for r in rs) for lr, rs in by_lr.items()}
-    best = min(by_lr, key=lambda lr: (-round(val_means[lr], ROUND_DIGITS), lr))  # rounded: a last-bit difference is a tie
+    best, _ = select_learning_rate([{"learning_rate": r["learning_rate"], "eval_accuracy": r["val_accuracy"],
+                                     "eval_loss": r.get("val_loss")} for rs in by_lr.values() for r in rs],
+                                   "accuracy", higher_is_better=True)
     chosen = sorted(by_lr[best], key=lambda r: r["seed"])
     tests = [r["test_accuracy"] for r in chosen]
     return {"learning_rate": best, "val_mean_by_lr": {f"{lr:g}": round(v, 4) for lr, v in sorted(val_means.items())},

@@ -313,12 +313,23 @@ def _ablate():
 
 
 def test_ablation_rate_choice_treats_a_last_bit_difference_as_a_tie():
-    """ablate.py's own choice (ties: the smaller rate) is not decided by how the seeds' scores add up: 0+0+5 and
-    0+2+3 right answers of 30 have means one bit apart as floats."""
+    """ablate.py's choice (without validation losses: ties to the smaller rate) is not decided by how the seeds'
+    scores add up: 0+0+5 and 0+2+3 right answers of 30 have means one bit apart as floats."""
     runs = [{"learning_rate": lr, "seed": s, "val_accuracy": k / 30, "test_accuracy": 0.5}
             for lr, counts in ((3e-4, (0, 0, 5)), (1e-3, (0, 2, 3))) for s, k in zip((42, 43, 44), counts)]
     assert statistics.mean([0 / 30, 2 / 30, 3 / 30]) > statistics.mean([0 / 30, 0 / 30, 5 / 30])
     assert _ablate().select(runs)["learning_rate"] == 3e-4
+
+
+def test_ablation_rate_choice_is_the_payoff_commands_rule():
+    """A tie in validation accuracy goes to the lower mean validation loss (here the larger rate), as in the
+    payoff command; test accuracy (best at the third rate) is never looked at."""
+    runs = [{"learning_rate": lr, "seed": s, "val_accuracy": acc, "val_loss": loss, "test_accuracy": test}
+            for lr, acc, loss, test in ((3e-4, 0.6, 2.0, 0.5), (1e-3, 0.6, 1.9, 0.4), (3e-3, 0.5, 1.0, 0.9)) for s in (42, 43, 44)]
+    chosen = _ablate().select(runs)
+    assert chosen["learning_rate"] == 1e-3 and chosen["test"] == [0.4, 0.4, 0.4]
+    without_losses = [{k: v for k, v in r.items() if k != "val_loss"} for r in runs]
+    assert _ablate().select(without_losses)["learning_rate"] == 3e-4
 
 
 def test_ablation_warns_when_parallel_runs_oversubscribe_the_cores():
