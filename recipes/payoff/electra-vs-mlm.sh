@@ -35,8 +35,9 @@ if [ "${FP32:-0}" = 1 ]; then
     DATA2VEC_STEPS=${DATA2VEC_STEPS:-1370}
     DATA2VEC_MB_STEPS=${DATA2VEC_MB_STEPS:-2200}
     fp32=(--mixed_precision no --torch_compile false)  # the MLM and ELECTRA recipes say auto: bf16 and compiled on AMX CPUs
+    # --vocab_size 8192: the small recipe's vocabulary then (16,384 since 2026-12-05)
     /usr/bin/time -f "mlm pretraining: %e s" python run_pretrain.py recipes/mlm/small-cpu-modernbert.yaml "${common[@]}" \
-        "${fp32[@]}" --attn_implementation none --max_steps "$MLM_STEPS" --output_dir "$OUT/mlm" > "$OUT.mlm.log" 2>&1
+        "${fp32[@]}" --attn_implementation none --vocab_size 8192 --eval_steps 600 --max_steps "$MLM_STEPS" --output_dir "$OUT/mlm" > "$OUT.mlm.log" 2>&1
     /usr/bin/time -f "electra pretraining: %e s" python run_pretrain.py recipes/electra/tiny-cpu.yaml "${common[@]}" \
         "${fp32[@]}" --attn_implementation none --embedding_sharing tied --tokenizer_name "$OUT/mlm" --max_steps "$ELECTRA_STEPS" \
         --output_dir "$OUT/electra" > "$OUT.electra.log" 2>&1

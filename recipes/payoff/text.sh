@@ -12,9 +12,10 @@
 #   bash recipes/payoff/text.sh                 # everything (run time: see RUN TIME below)
 #   SEEDS=42,43 LRS=1e-3,3e-3 bash recipes/payoff/text.sh   # quicker, fewer runs
 #
-# RUN TIME on an idle 2-core CPU with AMX, from measured parts (2026-12-03), not timed end to end: README command 1
-# 453 s (3600 updates, bf16, compiled); its 18 fine-tunings (3 rates x 3 seeds x 2 sides, two at a time) about
-# 14 min; the small recipe 744 s (6000 updates); its 18 fine-tunings about 14 min: about 48 minutes in all. Without
+# RUN TIME on an idle 2-core CPU with AMX, from measured parts (2026-12-03 and 2026-12-05), not timed end to end:
+# README command 1 453 s (3600 updates, bf16, compiled); its 18 fine-tunings (3 rates x 3 seeds x 2 sides, two at a
+# time) about 14 min; the small recipe 884-907 s (6000 updates, vocabulary 16,384; measured on a slower machine than
+# the 453 s); its 18 fine-tunings about 14 min: about 50 minutes in all. Without
 # native bf16 the pretrainings run in fp32, about twice as long (about 68 minutes). On a busy machine it takes longer.
 # Finished runs are skipped, so an interrupted run resumes where it stopped.
 set -euo pipefail
