@@ -13,10 +13,11 @@ file already exists, so a grid can be extended or resumed. Fine-tuning uses the 
 the scratch side is `--config_name WORK/NAME/model` (same architecture and tokenizer, random init).
 
 Fairness: each side's learning rate is the one with the best MEAN VALIDATION accuracy over the seeds,
-ties to the lower mean validation loss, then the smaller rate (`hfssl.finetune.stats.select_learning_rate`,
-the payoff command's own rule; test accuracy is never looked at to choose); the report then gives that learning rate's test accuracy
-per seed, mean and sample standard deviation, and the gain with a 95% paired-t interval (the seed fixes
-the validation split, label subset and data order, which both sides share).
+ties to the lower mean validation loss, then the smaller rate (the payoff command's own rule,
+`hfssl.finetune.stats.select_learning_rate`; test accuracy is never looked at to choose); the report
+then gives that learning rate's test accuracy per seed, mean and sample standard deviation, and the gain
+with a 95% paired-t interval (the seed fixes the validation split, label subset and data order, which both
+sides share).
 """
 
 from __future__ import annotations

@@ -115,10 +115,10 @@ def _rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines() if '"loss"' in line]
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["fused-adamw", "foreach-adamw"])
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-adamw", "unfused-adamw"])
 def test_overflow_skips_the_update_lowers_the_scale_and_matches_a_skipped_batch(tmp_path, caplog, monkeypatch, fused):
-    """Both AdamW kernels: the fused one (CPU and GPU) skips an overflowed update inside the kernel, the
-    foreach one is not called by the scaler; the loop must see the overflow either way."""
+    """Both AdamW kernels: the fused one (what the loop uses on CPU and GPU) skips an overflowed update inside
+    the kernel; an unfused one is not called by the scaler. The loop must see the overflow either way."""
     if not fused:
         monkeypatch.setattr("hfssl.schedules._get_fused_kernels_supported_devices", lambda: [])
     caplog.set_level(logging.INFO, logger="hfssl")
