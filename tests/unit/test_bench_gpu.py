@@ -8,11 +8,12 @@ from conftest import run_cli
 def test_bench_gpu_tiny_mode_runs_every_workload(tmp_path):
     out = tmp_path / "bench.json"
     run_cli("benchmarks/bench_gpu.py", ["--tiny", "--workloads", "mlm,mlm_varlen,w2v,w2v_long,mlm_bf16", "--long_seconds", "1",
-                                        "--variants", "hf_trainer,hfssl,hf_loop,hf_trainer_bf16,hfssl_bf16_eager", "--output", out],
+                                        "--vocab_size", "600", "--variants", "hf_trainer,hfssl,hf_loop,hf_trainer_bf16,hfssl_bf16_eager", "--output", out],
             env={"OMP_NUM_THREADS": "1"}, timeout=300)
     report = json.loads(out.read_text())
     assert {"torch", "transformers", "preset", "peak_tflops"} <= set(report["machine"])
     assert len(report["machine"]["code_sha1"]) == 12
+    assert report["machine"]["text_model"]["vocab_size"] == 600  # --vocab_size over the preset's 500
     results = report["results"]
     for workload, variants, unit in (("mlm", ("hf_trainer", "hfssl"), "tokens_per_s"), ("mlm_varlen", ("hf_trainer", "hfssl"), "tokens_per_s"),
                                      ("w2v", ("hf_loop", "hfssl"), "audio_s_per_s"),
