@@ -142,7 +142,7 @@ def test_modernbert_encoder_learns_and_fine_tunes(tmp_path, capsys):
                  "--tokenizer_name", FIXTURES / "text" / "tokenizer", "--max_seq_length", 32, "--config_overrides",
                  "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64,max_position_embeddings=32,"
                  "local_attention=32,classifier_pooling=mean", "--average_top_k_layers", 2, "--target_source", "feed_forward",
-                 "--per_device_train_batch_size", 8,
+                 "--per_device_train_batch_size", 8, "--learning_rate", 1e-3, "--mixed_precision", "no", "--torch_compile", "false",
                  "--warmup_steps", 4, "--max_steps", 16, "--save_steps", 0, "--logging_steps", 4, "--eval_steps", 0,
                  "--max_eval_batches", 1, "--output_dir", out])
     rows = _rows(out)
@@ -172,7 +172,8 @@ def test_target_source_reaches_the_run_and_its_model_card(tmp_path):
                      "--tokenizer_name", FIXTURES / "text" / "tokenizer", "--max_seq_length", 32, "--config_overrides",
                      "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64,max_position_embeddings=32,"
                      "local_attention=32", "--average_top_k_layers", 2, "--target_source", source,
-                     "--per_device_train_batch_size", 8, "--warmup_steps", 1, "--max_steps", 2, "--save_steps", 0,
+                     "--per_device_train_batch_size", 8, "--mixed_precision", "no", "--torch_compile", "false",
+                     "--warmup_steps", 1, "--max_steps", 2, "--save_steps", 0,
                      "--logging_steps", 1, "--eval_steps", 0, "--max_eval_batches", 1, "--output_dir", out])
         runs[source] = _rows(out)[0]
         card = (out / "README.md").read_text()
