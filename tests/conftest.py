@@ -43,8 +43,11 @@ def run_cli(script: str, args: list[str], env: dict | None = None, timeout: int 
 
 
 def read_log(output_dir) -> list[dict]:
+    """The log's complete rows. Tests poll the log of a run still writing it, so a last line without
+    its newline is a row half written (not yet a row) and is left out."""
     path = Path(output_dir) / "training_log.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    complete = path.read_text().split("\n")[:-1]
+    return [json.loads(line) for line in complete if line.strip()]
 
 
 def train_losses(output_dir) -> dict[int, float]:
