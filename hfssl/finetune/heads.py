@@ -157,8 +157,9 @@ class SpeechEncoderMixin:
 
     def _encode(self, inputs: dict, hidden_states: bool = False):
         x, mask_time_indices, mask_feature_indices = inputs[self._input], inputs.get("mask_time_indices"), inputs.get("mask_feature_indices")
-        if mask_time_indices is None and self.training:
-            # No SpecAugment this batch: an all-False mask keeps the model from drawing its own.
+        if mask_time_indices is None and self.training and hasattr(self.model.base_model, "masked_spec_embed"):
+            # No SpecAugment this batch: an all-False mask keeps the model from drawing its own. A model built
+            # with mask_time_prob = mask_feature_prob = 0 has no mask embedding and draws none: pass nothing.
             T = int(self._to_frames(x.shape[1]))
             mask_time_indices = torch.zeros(x.shape[0], T, dtype=torch.bool, device=x.device)
         if mask_feature_indices is not None and mask_feature_indices.any():
