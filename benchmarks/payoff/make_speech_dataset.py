@@ -109,17 +109,22 @@ def sentences(min_words: int = 5, max_words: int = 16) -> list[str]:
 
 def make_unlabeled(out: Path, tmp: Path, voices: list[Voice], texts: list[str], seconds: float,
                    rng: random.Random) -> list[float]:
-    """Sentences (shuffled) spoken by voices drawn at random from the train pool until `seconds` of audio."""
-    texts = texts[:]
-    rng.shuffle(texts)
-    durations = []
-    for i, text in enumerate(texts):
-        if sum(durations) >= seconds:
-            break
-        voice = rng.choice(voices)
-        durations.append(synthesize(text, voice, out / "unlabeled" / voice.name / f"utt_{i:04d}.flac", tmp))
-    if sum(durations) < seconds:
-        print(f"note: only {sum(durations):.0f} s of unlabeled audio from {len(texts)} sentences", file=sys.stderr)
+    """Sentences (shuffled) spoken by voices drawn at random from the train pool until `seconds` of audio.
+
+    Past one pass over the sentences (about 30 minutes), every further pass reshuffles them and draws the voices
+    again, so more minutes means the same texts in more voices; the first pass is the same for any `seconds`."""
+    if not texts:
+        raise ValueError("no sentences to speak")
+    durations, i = [], 0
+    while sum(durations) < seconds:
+        order = texts[:]
+        rng.shuffle(order)
+        for text in order:
+            if sum(durations) >= seconds:
+                break
+            voice = rng.choice(voices)
+            durations.append(synthesize(text, voice, out / "unlabeled" / voice.name / f"utt_{i:04d}.flac", tmp))
+            i += 1
     return durations
 
 
