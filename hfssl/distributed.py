@@ -28,7 +28,7 @@ from typing import Callable, Iterator, Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, ProjectConfiguration
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, ProjectConfiguration
 
 from hfssl.errors import CheckpointError, OutputDirError, TrainingStopped
 
@@ -55,8 +55,11 @@ def make_accelerator(cfg) -> Accelerator:
     # otherwise every process of `torchrun` on a GPU-less machine would silently train alone.
     cpu = launched > 1 and not torch.cuda.is_available()
     project = ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "runs"))
+    # A fine-tuning run that freezes its encoder for the first updates (freeze_encoder_steps) leaves the encoder's
+    # parameters without gradients then: DDP must be told, or it waits for them at the next update.
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if getattr(cfg, "freeze_encoder_steps", 0) else []
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.trackers or None,
-                              project_config=project, cpu=cpu)
+                              project_config=project, cpu=cpu, kwargs_handlers=handlers)
     if accelerator.num_processes != launched:
         raise TrainingStopped(
             f"{launched} processes were launched but Accelerate set up {accelerator.num_processes}: each would train "

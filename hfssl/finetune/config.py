@@ -64,6 +64,9 @@ class FinetuneConfig(TrainingArguments, AudioDataArguments):
     # --- audio
     max_length_seconds: float = _help("Audio classification: random crop of training clips to this length (evaluation uses whole clips).", 1.0)
     freeze_feature_encoder: bool = _help("Keep the convolutional feature encoder frozen (log-mel encoders such as Wav2Vec2Bert have none).", True)
+    freeze_encoder_steps: int = _help("Speech tasks: train only the new output layers for the first N updates, the whole model after "
+                                      "(fairseq's freeze_finetune_updates: a random head does not pull the pretrained encoder "
+                                      "around while it is still wrong). 0: everything trains from the first update.", 0)
     # --- CTC
     chars_to_ignore: str = _help("Characters removed from transcripts before building the vocabulary and scoring: the contents of a "
                                  "regex character class (escape '-' as \\- or put it last). Apostrophes are kept, as in LibriSpeech scoring.",
@@ -154,6 +157,12 @@ class FinetuneConfig(TrainingArguments, AudioDataArguments):
                               f"special characters such as ] \\ ^ with a backslash.") from None
         if len(self.word_delimiter_token) != 1:
             raise ConfigError(f"word_delimiter_token must be one character, got '{self.word_delimiter_token}'.")
+        if self.freeze_encoder_steps < 0:
+            raise ConfigError(f"freeze_encoder_steps must be >= 0, got {self.freeze_encoder_steps}.")
+        if self.freeze_encoder_steps and (not audio or self.probe):
+            raise ConfigError("freeze_encoder_steps freezes the encoder of a fine-tuned speech model (audio-classification, "
+                              "speech-recognition-ctc) for its first updates; a probe's encoder is always frozen, and text tasks "
+                              "do not take it. Unset it.")
         if self.probe and self.probe_hidden_size < 0:
             raise ConfigError("probe_hidden_size must be >= 0.")
         attention.check_attn_implementation(self.attn_implementation, self.mixed_precision)

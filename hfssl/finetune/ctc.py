@@ -119,6 +119,7 @@ class CTCTask(SpeechTask):
             if cfg.freeze_feature_encoder:
                 self._freeze_feature_encoder(model)
             self.model = CTCRecognizer(model, blank, cfg.ctc_zero_infinity)
+            self._start_frozen()
         self.collator = self._collator(True, None)
         self._datasets(lambda values, split: [encode(t) for t in texts[split]])
         if self.train_dataset is not None:

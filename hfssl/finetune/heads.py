@@ -8,6 +8,8 @@ wrapped model stays a plain transformers model, saved with its own `save_pretrai
 
 from __future__ import annotations
 
+import contextlib
+
 from typing import Callable, Optional
 
 import torch
@@ -139,6 +141,8 @@ class SpeechEncoderMixin:
     Wav2Vec2Bert, whose attention mask counts the encoder's frames).
     """
 
+    encoder_frozen: bool = False  # set by the task during its first freeze_encoder_steps updates
+
     def _setup_encoder(self, model):
         base = model.base_model
         # The model must not draw masks of its own: time masks come in as mask_time_indices and
@@ -164,8 +168,11 @@ class SpeechEncoderMixin:
             mask_time_indices = torch.zeros(x.shape[0], T, dtype=torch.bool, device=x.device)
         if mask_feature_indices is not None and mask_feature_indices.any():
             self._feature_mask.mask = mask_feature_indices
-        return self.model.base_model(x, attention_mask=inputs.get("attention_mask"), mask_time_indices=mask_time_indices,
-                                     output_hidden_states=hidden_states)
+        # encoder_frozen (freeze_encoder_steps): no graph through the encoder, so its weights get no gradient and the
+        # optimizer leaves them (and their Adam moments) untouched; dropout and SpecAugment still apply.
+        with torch.no_grad() if self.encoder_frozen and self.training else contextlib.nullcontext():
+            return self.model.base_model(x, attention_mask=inputs.get("attention_mask"), mask_time_indices=mask_time_indices,
+                                         output_hidden_states=hidden_states)
 
     def _frame_lengths(self, inputs: dict):
         x, attention_mask = inputs[self._input], inputs.get("attention_mask")

@@ -115,6 +115,26 @@ class SpeechTask(Task):
                               "from a SeamlessM4TFeatureExtractor (saved with hfssl's BEST-RQ outputs).")
         return extractor
 
+    def _start_frozen(self) -> None:
+        """freeze_encoder_steps: the fine-tuned model starts with its encoder frozen (not a probe: always frozen)."""
+        if not self.is_probe:
+            self.model.encoder_frozen = self.cfg.freeze_encoder_steps > 0
+
+    def on_update(self, step: int, total_steps: int) -> dict:
+        n = self.cfg.freeze_encoder_steps
+        if n and not self.is_probe:
+            if self.model.encoder_frozen and step >= n:
+                logger.info("Update %d: the encoder trains from here on (freeze_encoder_steps %d).", step, n)
+            self.model.encoder_frozen = step < n
+        return {}
+
+    def state_dict(self) -> dict:
+        return {"encoder_frozen": bool(getattr(self.model, "encoder_frozen", False))}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "encoder_frozen" in state and not self.is_probe:
+            self.model.encoder_frozen = bool(state["encoder_frozen"])
+
     def _num_frames(self, num_samples: int) -> int:
         return int(self.fbank.num_frames(num_samples) if self.fbank is not None else self.frames(num_samples))
 
@@ -281,6 +301,7 @@ class AudioClassificationTask(SpeechTask):
             if cfg.freeze_feature_encoder:
                 self._freeze_feature_encoder(clf)
             self.model = AudioClassifier(clf)
+            self._start_frozen()
         self.collator = self._collator(False, int(cfg.max_length_seconds * self.sr))
         ids = self.labels.label2id
         self._datasets(lambda values, split: [ids[fdata.label_key(v)] for v in values])

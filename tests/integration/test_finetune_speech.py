@@ -3,12 +3,15 @@ recognition and audio classification / a frozen-upstream probe -> metrics files 
 
 import csv
 import json
+import math
 import shutil
+import sys
 
 import pytest
 import soundfile as sf
+import torch
 
-from conftest import FIXTURES, ROOT, run_cli
+from conftest import FIXTURES, ROOT, read_log, run_cli
 
 SPEECH = FIXTURES / "speech"
 KEYWORDS = {"yes", "no", "up", "down", "stop"}
@@ -135,3 +138,65 @@ def test_empty_transcript_and_unknown_column_are_errors(w2v2, tmp_path, capsys):
     assert main([*base, "--transcription_column_name", "text", "--output_dir", str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err
     assert "transcription_column_name 'text' is not a column" in err and "available columns: transcription" in err
+
+
+def _encoder_state(folder):
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(str(folder)).state_dict()
+
+
+def test_freeze_encoder_steps_trains_only_the_head_first(w2v2, tmp_path, capsys):
+    """freeze_encoder_steps N: updates 1..N leave every encoder weight as pretrained (and the resumed state says
+    so); from update N + 1 the encoder trains. Text tasks and probes refuse it."""
+    from hfssl.finetune.run import main
+    from hfssl.config import load_config
+    from hfssl.finetune.config import FinetuneConfig
+    from hfssl.finetune.speech import AudioClassificationTask
+
+    recipe = str(ROOT / "recipes" / "finetune" / "audio-classification-tiny-cpu.yaml")
+    common = [recipe, "--model_name_or_path", str(w2v2), "--train_dir", str(SPEECH / "keywords"), "--freeze_encoder_steps", "3",
+              "--freeze_feature_encoder", "false", "--eval_steps", "0"]
+    pretrained = _encoder_state(w2v2)
+    for steps, frozen in ((3, True), (5, False)):
+        out = tmp_path / f"steps{steps}"
+        assert main([*common, "--max_steps", str(steps), "--output_dir", str(out)]) == 0, capsys.readouterr().err[-2000:]
+        tuned = _encoder_state(out)
+        same = [k for k in pretrained if torch.equal(pretrained[k], tuned[k])]
+        if frozen:
+            assert same == list(pretrained)  # every encoder tensor, the conv front end included
+        else:
+            assert len(same) < len(pretrained) // 2
+        log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+        assert len([r for r in log if "loss" in r]) == steps and all(math.isfinite(r["loss"]) for r in log if "loss" in r)
+
+    cfg = load_config([*map(str, common), "--max_steps", "5", "--output_dir", str(tmp_path / "state")], {"finetune": FinetuneConfig}, "finetune")
+    task = AudioClassificationTask(cfg)
+    assert task.model.encoder_frozen and task.state_dict() == {"encoder_frozen": True}
+    task.on_update(2, 5)
+    assert task.model.encoder_frozen
+    task.on_update(3, 5)
+    assert not task.model.encoder_frozen
+    again = AudioClassificationTask(cfg)  # a run resumed after update 3 must not freeze again
+    again.load_state_dict(task.state_dict())
+    assert not again.model.encoder_frozen
+
+    for extra in (["--probe", "true"], ["--freeze_encoder_steps", "-1"]):
+        with pytest.raises(SystemExit) as exit_:  # a config error: refused before any work
+            main([*common, *extra, "--output_dir", str(tmp_path / "bad")])
+        assert exit_.value.code == 2 and "freeze_encoder_steps" in capsys.readouterr().err
+
+
+def test_freeze_encoder_steps_under_two_processes(w2v2, tmp_path):
+    """DDP: the frozen encoder's parameters get no gradient in the first updates; the run must go on past them
+    (DDP is told to expect unused parameters) and then train the encoder on both processes alike."""
+    out = tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541"]
+    run_cli("run_finetune.py", [ROOT / "recipes" / "finetune" / "audio-classification-tiny-cpu.yaml", "--model_name_or_path", w2v2,
+                                "--train_dir", SPEECH / "keywords", "--freeze_encoder_steps", "2", "--freeze_feature_encoder", "false",
+                                "--max_steps", "4", "--eval_steps", "0", "--per_device_train_batch_size", "4", "--output_dir", out],
+            launcher=torchrun, env={"OMP_NUM_THREADS": "1"})
+    losses = [r["loss"] for r in read_log(out) if "loss" in r]
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
+    pretrained, tuned = _encoder_state(w2v2), _encoder_state(out)
+    assert sum(not torch.equal(pretrained[k], tuned[k]) for k in pretrained) > len(pretrained) // 2
