@@ -115,16 +115,16 @@ class SpeechTask(Task):
                               "from a SeamlessM4TFeatureExtractor (saved with hfssl's BEST-RQ outputs).")
         return extractor
 
+    # freeze_encoder_steps N (never with a probe: the config refuses it): the fine-tuned model's encoder is frozen
+    # for updates 1..N. The flag is also checkpointed, so a run resumed after update N does not freeze again.
     def _start_frozen(self) -> None:
-        """freeze_encoder_steps: the fine-tuned model starts with its encoder frozen (not a probe: always frozen)."""
-        if not self.is_probe:
-            self.model.encoder_frozen = self.cfg.freeze_encoder_steps > 0
+        self.model.encoder_frozen = self.cfg.freeze_encoder_steps > 0
 
     def on_update(self, step: int, total_steps: int) -> dict:
         n = self.cfg.freeze_encoder_steps
-        if n and not self.is_probe:
-            if self.model.encoder_frozen and step >= n:
-                logger.info("Update %d: the encoder trains from here on (freeze_encoder_steps %d).", step, n)
+        if n:
+            if step == n:
+                logger.info("Update %d: the encoder trains from here on (freeze_encoder_steps %d).", step + 1, n)
             self.model.encoder_frozen = step < n
         return {}
 
@@ -132,8 +132,8 @@ class SpeechTask(Task):
         return {"encoder_frozen": bool(getattr(self.model, "encoder_frozen", False))}
 
     def load_state_dict(self, state: dict) -> None:
-        if "encoder_frozen" in state and not self.is_probe:
-            self.model.encoder_frozen = bool(state["encoder_frozen"])
+        if self.cfg.freeze_encoder_steps:
+            self.model.encoder_frozen = bool(state.get("encoder_frozen", self.model.encoder_frozen))
 
     def _num_frames(self, num_samples: int) -> int:
         return int(self.fbank.num_frames(num_samples) if self.fbank is not None else self.frames(num_samples))
