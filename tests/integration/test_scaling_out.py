@@ -351,6 +351,25 @@ def test_ctc_fine_tuning_under_fsdp_keeps_the_frozen_feature_encoder(w2v2_runs, 
 
 
 @pytest.mark.slow  # see the module docstring
+def test_freeze_encoder_steps_under_fsdp(w2v2_runs, tmp_path):
+    """freeze_encoder_steps under FSDP2: the frozen encoder's shards get no gradient and stay as pretrained
+    through update N; from N + 1 they train."""
+    from transformers import Wav2Vec2Model
+
+    upstream = Wav2Vec2Model.from_pretrained(w2v2_runs["fsdp"]).state_dict()
+    for steps, port in ((2, 29653), (4, 29654)):
+        out = tmp_path / f"steps{steps}"
+        run_cli(FSDP_SCRIPT, ["finetune", ROOT / "recipes" / "finetune" / "audio-classification-tiny-cpu.yaml",
+                              "--model_name_or_path", w2v2_runs["fsdp"], "--train_dir", FIXTURES / "speech" / "keywords",
+                              "--freeze_encoder_steps", "2", "--freeze_feature_encoder", "false", "--max_steps", steps,
+                              "--eval_steps", "0", "--per_device_train_batch_size", "4", "--output_dir", out],
+                launcher=_two(port), env=FSDP_ENV)
+        tuned = Wav2Vec2Model.from_pretrained(out).state_dict()
+        changed = sum(not torch.equal(upstream[k], tuned[k]) for k in upstream)
+        assert changed == 0 if steps == 2 else changed > len(upstream) // 2, (steps, changed)
+
+
+@pytest.mark.slow  # see the module docstring
 def test_hubert_layerdrop_ddp_and_fsdp_equal_one_process_with_accumulation(tmp_path):
     recipe = _layerdrop_recipe(tmp_path, "hubert/tiny-cpu-iter1.yaml")
     args = [recipe, "--train_dir", FIXTURES / "speech" / "unlabeled", "--max_steps", "4", "--save_steps", "0", "--eval_steps", "2",
