@@ -148,10 +148,10 @@ def _encoder_state(folder):
 
 def test_freeze_encoder_steps_trains_only_the_head_first(w2v2, tmp_path, capsys):
     """freeze_encoder_steps N: updates 1..N leave every encoder weight as pretrained (and the resumed state says
-    so); from update N + 1 the encoder trains. Text tasks and probes refuse it."""
-    from hfssl.finetune.run import main
+    so); from update N + 1 the encoder trains. Probes and negative values are refused before any work."""
     from hfssl.config import load_config
     from hfssl.finetune.config import FinetuneConfig
+    from hfssl.finetune.run import main
     from hfssl.finetune.speech import AudioClassificationTask
 
     recipe = str(ROOT / "recipes" / "finetune" / "audio-classification-tiny-cpu.yaml")
@@ -182,7 +182,7 @@ def test_freeze_encoder_steps_trains_only_the_head_first(w2v2, tmp_path, capsys)
     assert not again.model.encoder_frozen
 
     for extra in (["--probe", "true"], ["--freeze_encoder_steps", "-1"]):
-        with pytest.raises(SystemExit) as exit_:  # a config error: refused before any work
+        with pytest.raises(SystemExit) as exit_:
             main([*common, *extra, "--output_dir", str(tmp_path / "bad")])
         assert exit_.value.code == 2 and "freeze_encoder_steps" in capsys.readouterr().err
 

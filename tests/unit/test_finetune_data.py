@@ -331,7 +331,7 @@ def test_audio_classifier_trains_without_specaugment(arch):
 
     torch.manual_seed(0)
     small = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_labels=3,
-                 mask_time_prob=0.0, mask_feature_prob=0.0, classifier_proj_size=8)
+                 mask_time_prob=0.0, mask_feature_prob=0.0, classifier_proj_size=8, layerdrop=0.0)
     if arch == "wav2vec2":
         model = Wav2Vec2ForSequenceClassification(Wav2Vec2Config(
             conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=8,
@@ -341,15 +341,12 @@ def test_audio_classifier_trains_without_specaugment(arch):
         model = Wav2Vec2BertForSequenceClassification(Wav2Vec2BertConfig(feature_projection_input_dim=20, conv_depthwise_kernel_size=3, **small))
         inputs = {"input_features": torch.randn(2, 12, 20), "attention_mask": torch.ones(2, 12, dtype=torch.long)}
     assert not hasattr(model.base_model, "masked_spec_embed")
-    wrapper = AudioClassifier(model).train()
-    model.eval()  # the same weights without any masking: dropout off on both
-    wrapper.eval()
-    with torch.no_grad():
-        reference = wrapper._logits(**inputs)
-    wrapper.train()
-    for m in wrapper.modules():  # training mode, dropout off: the step must equal the unmasked forward
+    wrapper = AudioClassifier(model)
+    for m in wrapper.modules():  # dropout off: a training step must then equal the evaluation forward (nothing masked)
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
-    out = wrapper(labels=torch.tensor([0, 2]), **inputs)
+    with torch.no_grad():
+        reference = wrapper.eval()._logits(**inputs)
+    out = wrapper.train()(labels=torch.tensor([0, 2]), **inputs)
     expected = torch.nn.functional.cross_entropy(reference, torch.tensor([0, 2]), reduction="sum")
     assert out["loss_sum"].item() == pytest.approx(expected.item(), rel=1e-5)
