@@ -549,3 +549,23 @@ def test_streamed_dataset_with_a_validation_split_needs_no_torchcodec(tmp_path):
     assert report["validation"]["kept"] == 2 and len(validation) == 2
     expected = load_audio(clips[4], 16000)
     assert np.allclose(validation.decode(0), expected)  # the first validation clip, decoded from its bytes
+
+
+def test_log_counts_long_files_among_those_kept_for_training(tmp_path, caplog):
+    """The 'N of them longer than' count is over the training files left after the hold-out, not over all
+    files scanned (it read 378 of 340 on the payoff set)."""
+    import logging
+
+    from hfssl.objectives.wav2vec2.config import Wav2Vec2PretrainConfig
+    from hfssl.data.audio.splits import build_audio_splits
+
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    for i in range(10):  # every file is 0.5 s, longer than the 0.1 s crop
+        sf.write(folder / f"u{i}.wav", np.full(8000, 0.1, dtype=np.float32), 16000)
+    cfg = Wav2Vec2PretrainConfig(train_dir=str(folder), max_steps=1, validation_split_percentage=20,
+                                 max_duration_in_seconds=0.1, output_dir=str(tmp_path / "out"))
+    with caplog.at_level(logging.INFO, logger="hfssl.data.audio.splits"):
+        train, validation, report = build_audio_splits(cfg, None, min_samples=400)
+    assert len(train) == 8 and len(validation) == 2 and report["train"]["long"] == 10
+    assert "Training audio: 8 files (0.00 h), 8 of them longer than 0.1 s" in caplog.text

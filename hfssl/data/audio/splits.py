@@ -203,8 +203,10 @@ def _scanned_splits(listed: _Listed, cfg, output_dir, min_samples: int, where: s
         validation = AudioDataset(vgood, sr, listed.validation_source, cfg.audio_column_name) if vgood else None
     elif cfg.validation_split_percentage > 0 and len(train) >= 2:
         train, validation = _hold_out(train, cfg, report)
+    # Counted on the files kept for training (the scan's count also has the held-out ones).
+    num_long = int((train.lengths > cfg.max_duration_in_seconds * sr).sum())
     logger.info("Training audio: %d files (%.2f h), %d of them longer than %.1f s (randomly cropped)%s; validation: %s.",
-                len(train), train.hours, report["train"]["long"], cfg.max_duration_in_seconds,
+                len(train), train.hours, num_long, cfg.max_duration_in_seconds,
                 f", {report['train']['held_out']} held out for validation" if "held_out" in report["train"] else "",
                 f"{len(validation)} files ({validation.hours * 60:.1f} min)" if validation is not None else "none")
     return train, validation, report
