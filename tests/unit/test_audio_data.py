@@ -265,6 +265,21 @@ def test_list_audio_dir_class_folders_and_plain(tmp_path):
     assert all(set(r) == {"path"} for r in list_audio_dir(tmp_path / "cls"))
 
 
+def test_list_audio_dir_follows_symlinked_class_folders_once(tmp_path):
+    """A class folder linked in from elsewhere is listed with its label (os.walk skips links unless told);
+    a link back up the tree is not walked twice."""
+    store = tmp_path / "store" / "dog"
+    store.mkdir(parents=True)
+    _write_good(store / "d.wav")
+    (tmp_path / "cls" / "cat").mkdir(parents=True)
+    _write_good(tmp_path / "cls" / "cat" / "c.wav")
+    (tmp_path / "cls" / "dog").symlink_to(store, target_is_directory=True)
+    (tmp_path / "cls" / "cat" / "loop").symlink_to(tmp_path / "cls", target_is_directory=True)
+    rows = list_audio_dir(tmp_path / "cls")
+    assert [(os.path.relpath(r["path"], tmp_path / "cls"), r.get("label")) for r in rows] == [
+        ("cat/c.wav", "cat"), ("dog/d.wav", "dog")]
+
+
 # ----------------------------------------------------------------------------- committed fixtures
 
 
@@ -552,8 +567,8 @@ def test_streamed_dataset_with_a_validation_split_needs_no_torchcodec(tmp_path):
 
 
 def test_log_counts_long_files_among_those_kept_for_training(tmp_path, caplog):
-    """The 'N of them longer than' count is over the training files left after the hold-out, not over all
-    files scanned (it read 378 of 340 on the payoff set)."""
+    """The 'N of them longer than' count and the report's long / hours are over the training files left after
+    the hold-out, not over all files scanned (the log read "340 files, 378 of them longer" on the payoff set)."""
     import logging
 
     from hfssl.objectives.wav2vec2.config import Wav2Vec2PretrainConfig
@@ -567,5 +582,8 @@ def test_log_counts_long_files_among_those_kept_for_training(tmp_path, caplog):
                                  max_duration_in_seconds=0.1, output_dir=str(tmp_path / "out"))
     with caplog.at_level(logging.INFO, logger="hfssl.data.audio.splits"):
         train, validation, report = build_audio_splits(cfg, None, min_samples=400)
-    assert len(train) == 8 and len(validation) == 2 and report["train"]["long"] == 10
+    assert len(train) == 8 and len(validation) == 2
+    assert report["train"]["kept"] == 10 and report["train"]["held_out"] == 2  # the scan's count, and how many of them
+    assert report["train"]["long"] == 8 and report["train"]["hours"] == pytest.approx(8 * 0.5 / 3600)  # what is trained on
+    assert report["validation"]["long"] == 2 and report["validation"]["hours"] == pytest.approx(2 * 0.5 / 3600)
     assert "Training audio: 8 files (0.00 h), 8 of them longer than 0.1 s" in caplog.text

@@ -298,8 +298,8 @@ def scan_audio_split(paths: Sequence[str | os.PathLike], sampling_rate: int, min
     return result
 
 
-def write_skipped_report(bad: Sequence[tuple[str, str]], output_dir: str | os.PathLike) -> str:
-    """Write ``output_dir/skipped_audio.tsv`` and return its path.
+def write_skipped_report(bad: Sequence[tuple[str, str]], output_dir: str | os.PathLike, filename: str = "skipped_audio.tsv") -> str:
+    """Write ``output_dir/<filename>`` (default skipped_audio.tsv) and return its path.
 
     Format: a summary comment line ``# skipped N audio file(s)``, a ``path<TAB>reason`` header,
     then one row per bad file. Tabs/newlines inside values are replaced by spaces so every
@@ -308,7 +308,7 @@ def write_skipped_report(bad: Sequence[tuple[str, str]], output_dir: str | os.Pa
     """
     output_dir = os.fspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
-    out = os.path.join(output_dir, "skipped_audio.tsv")
+    out = os.path.join(output_dir, filename)
 
     def clean(s: str) -> str:
         return " ".join(str(s).replace("\t", " ").splitlines())

@@ -33,8 +33,15 @@ def find_audio_files(root: str | os.PathLike) -> list[str]:
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise NotADirectoryError(f"audio root is not a directory: {root}")
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    found, seen = [], set()
+    # Symlinked folders are followed (a class folder linked in from elsewhere is data too); each real
+    # folder is read once, so a link back up the tree cannot loop.
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         found.extend(os.path.join(dirpath, f) for f in filenames if not f.startswith(".") and _is_audio(f))
     return sorted(found)

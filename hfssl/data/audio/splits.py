@@ -68,7 +68,9 @@ def build_audio_splits(cfg, output_dir: str | os.PathLike | None, min_samples: i
     Returns:
         (train, validation, report): ``AudioDataset`` (or ``AudioStream``), ``AudioDataset`` or None,
         and ``{"train": {"total", "kept", "skipped", "long", "hours"}, "validation": {...} or None,
-        "skipped_report": path or None}`` with kept + skipped = total per split.
+        "skipped_report": path or None}`` with kept + skipped = total per split. When validation files are
+        held out of train, train also has ``held_out`` (of its kept files), and its long / hours count only the
+        files left for training.
     """
     try:
         if cfg.dataset_name:
@@ -203,10 +205,8 @@ def _scanned_splits(listed: _Listed, cfg, output_dir, min_samples: int, where: s
         validation = AudioDataset(vgood, sr, listed.validation_source, cfg.audio_column_name) if vgood else None
     elif cfg.validation_split_percentage > 0 and len(train) >= 2:
         train, validation = _hold_out(train, cfg, report)
-    # Counted on the files kept for training (the scan's count also has the held-out ones).
-    num_long = int((train.lengths > cfg.max_duration_in_seconds * sr).sum())
     logger.info("Training audio: %d files (%.2f h), %d of them longer than %.1f s (randomly cropped)%s; validation: %s.",
-                len(train), train.hours, num_long, cfg.max_duration_in_seconds,
+                len(train), train.hours, report["train"]["long"], cfg.max_duration_in_seconds,
                 f", {report['train']['held_out']} held out for validation" if "held_out" in report["train"] else "",
                 f"{len(validation)} files ({validation.hours * 60:.1f} min)" if validation is not None else "none")
     return train, validation, report
@@ -221,7 +221,9 @@ def _hold_out(train: AudioDataset, cfg, report: dict) -> tuple[AudioDataset, Aud
     long = int((validation.lengths > cfg.max_duration_in_seconds * cfg.sampling_rate).sum())
     report["validation"] = {"total": n_val, "kept": n_val, "skipped": 0, "long": long, "hours": validation.hours,
                             "held_out_from_train": True}
-    report["train"]["held_out"] = n_val
+    # long and hours describe what is trained on; kept (+ skipped = total) stays the scan's count, held_out of them
+    report["train"].update(held_out=n_val, hours=train.hours,
+                           long=int((train.lengths > cfg.max_duration_in_seconds * cfg.sampling_rate).sum()))
     return train, validation
 
 
