@@ -145,6 +145,19 @@ class FinetuneConfig(TrainingArguments, AudioDataArguments):
             raise ConfigError("max_seq_length must be >= 4.")
         if self.max_length_seconds <= 0:
             raise ConfigError("max_length_seconds must be > 0.")
+        # Keys shared with pretraining's audio data arguments that fine-tuning does not read: refused, not ignored.
+        if self.max_duration_in_seconds != 15.6:
+            raise ConfigError("max_duration_in_seconds is pretraining's crop length; fine-tuning crops audio-classification clips to "
+                              "max_length_seconds and keeps speech-recognition-ctc utterances whole (bound a batch with "
+                              "max_batch_seconds). Unset it.")
+        if self.dataset_train_split != "train" or self.dataset_validation_split is not None:
+            raise ConfigError("dataset_train_split / dataset_validation_split name pretraining's splits; fine-tuning names the "
+                              "train, validation and test splits of dataset_name with dataset_split_names, e.g. "
+                              "'train,validation,test'. Unset them.")
+        if audio and self.task == "audio-classification" and self.max_batch_seconds is not None \
+                and self.max_batch_seconds < self.max_length_seconds:
+            raise ConfigError(f"max_batch_seconds ({self.max_batch_seconds}) must hold at least one training crop "
+                              f"(max_length_seconds={self.max_length_seconds}).")
         for key in ("mask_time_prob", "mask_feature_prob"):
             if not 0 <= getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be in [0, 1), got {getattr(self, key)}.")

@@ -10,6 +10,8 @@ import re
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from hfssl.errors import DataError
 from hfssl.finetune.heads import CTCRecognizer
 from hfssl.finetune.speech import SpeechTask, label_budget
@@ -102,6 +104,13 @@ class CTCTask(SpeechTask):
                 if not keep:
                     raise DataError("Every training transcript is too long for its audio: CTC cannot align any of them.")
                 self.splits["train"], texts["train"] = ds.select(keep), [texts["train"][i] for i in keep]
+            if cfg.max_batch_seconds is not None:  # utterances are never cropped: each must fit a batch on its own
+                ds = self.splits["train"]
+                longest = int(np.argmax(ds.lengths))
+                if ds.lengths[longest] > cfg.max_batch_seconds * self.sr:
+                    raise DataError(f"max_batch_seconds {cfg.max_batch_seconds} is shorter than the training file "
+                                    f"{ds.rows[longest]['path']} ({ds.lengths[longest] / self.sr:.1f} s); CTC keeps utterances whole, "
+                                    f"so raise max_batch_seconds to at least {ds.lengths[longest] / self.sr:.1f} or drop that file.")
             chosen = label_budget(["all"] * len(texts["train"]), cfg)
             if chosen is not None:
                 self.splits["train"], texts["train"] = self.splits["train"].select(chosen), [texts["train"][i] for i in chosen]

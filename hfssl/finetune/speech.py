@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Callable, Optional
 
 import numpy as np
@@ -20,11 +21,10 @@ from hfssl.collators.finetune import AudioCollator
 from hfssl.errors import ConfigError
 from hfssl.data.audio.batching import audio_batch_plan
 from hfssl.data.audio.datasets import AudioDataset
-from hfssl.data.audio.decode import AudioScanError, scan_audio_split
 from hfssl.data.audio.files import list_audio_dir, read_manifest
 from hfssl.data.audio.fbank import FbankFrontend
 from hfssl.data.audio.geometry import ConvFrames, receptive_field
-from hfssl.data.audio.splits import build_audio_splits
+from hfssl.data.audio.splits import build_audio_splits, hub_split_rows, scan_eval_split
 from hfssl.errors import DataError
 from hfssl.finetune import data as fdata
 from hfssl.finetune.heads import AudioClassifier, LayerProbe, save_probe
@@ -151,7 +151,12 @@ class SpeechTask(Task):
         if cfg.do_train:
             carve = self.stratified_validation and cfg.validation_split_percentage > 0 and not (cfg.validation_dir or cfg.validation_file)
             source = dataclasses.replace(cfg, validation_split_percentage=0) if carve else cfg
-            train, validation, _ = build_audio_splits(source, cfg.output_dir if main else None, self.min_samples, accelerator)
+            # Fine-tuning names its Hub splits with dataset_split_names, as text classification does.
+            train_name, validation_name, _ = self._hub_names(cfg)
+            hub = (train_name or "train", validation_name if validation_name not in ("", "validation") else None)
+            # What the log and data report call cropped: classification crops to max_length_seconds, CTC keeps utterances whole.
+            crop = cfg.max_length_seconds if cfg.task == "audio-classification" else math.inf
+            train, validation, _ = build_audio_splits(source, cfg.output_dir if main else None, self.min_samples, accelerator, crop, hub)
             if not isinstance(train, AudioDataset):
                 raise ConfigError("Fine-tuning needs a map-style audio set; streaming is for pretraining.")
             if carve and validation is None:  # no validation split came with the data: a stratified one from train
@@ -161,28 +166,43 @@ class SpeechTask(Task):
             splits["train"] = train
             if validation is not None:
                 splits["validation"] = validation
-        elif cfg.validation_dir or cfg.validation_file:
-            splits["validation"] = self._scan(cfg, cfg.validation_dir, cfg.validation_file, "validation", accelerator)
-        if cfg.test_dir or cfg.test_file:
-            splits["test"] = self._scan(cfg, cfg.test_dir, cfg.test_file, "test", accelerator)
+        else:
+            split = self._scan(cfg, cfg.validation_dir, cfg.validation_file, "validation", accelerator)
+            if split is not None:
+                splits["validation"] = split
+        test = self._scan(cfg, cfg.test_dir, cfg.test_file, "test", accelerator)
+        if test is not None:
+            splits["test"] = test
+        if not splits:  # do_train false, and the Hub dataset had neither split
+            raise DataError(f"Nothing to evaluate: dataset '{cfg.dataset_name}' has no split named "
+                            f"{' or '.join(repr(n) for n in self._hub_names(cfg)[1:])}; set dataset_split_names (train,validation,test).")
         return splits
 
-    def _scan(self, cfg, folder, manifest, split, accelerator) -> AudioDataset:
-        try:
-            rows = list_audio_dir(folder) if folder else read_manifest(manifest, cfg.audio_column_name)
-        except (NotADirectoryError, ValueError) as e:
-            raise DataError(str(e)) from e
+    @staticmethod
+    def _hub_names(cfg) -> list[str]:
+        """dataset_split_names as [train, validation, test] ('' where not given)."""
+        return ([n.strip() for n in cfg.dataset_split_names.split(",")] + ["", "", ""])[:3]
+
+    def _scan(self, cfg, folder, manifest, split, accelerator) -> Optional[AudioDataset]:
+        """An evaluation split from its folder or manifest, else from the Hub dataset's split of that name (None
+        when it has none), every file checked before training (see `scan_eval_split`)."""
+        source = None
+        if folder or manifest:
+            where = folder or manifest
+            try:
+                rows = list_audio_dir(folder) if folder else read_manifest(manifest, cfg.audio_column_name)
+            except (NotADirectoryError, ValueError) as e:
+                raise DataError(str(e)) from e
+        else:
+            name = self._hub_names(cfg)[1 if split == "validation" else 2]
+            found = hub_split_rows(cfg, name) if cfg.dataset_name and name else None
+            if found is None:
+                return None
+            (rows, source), where = found, f"{cfg.dataset_name}[{name}]"
         if not rows:
-            raise DataError(f"No audio files found for the {split} split in '{folder or manifest}'.")
-        try:
-            result = scan_audio_split([r["path"] for r in rows], self.sr, self.min_samples, accelerator,
-                                      on_bad_audio=cfg.on_bad_audio, num_workers=cfg.preprocessing_num_workers)
-        except AudioScanError as e:
-            raise DataError(str(e)) from e
-        lengths = dict(result.good)
-        if result.bad:
-            logger.warning("%s: skipped %d bad audio file(s), e.g. %s: %s", split, len(result.bad), *result.bad[0])
-        return AudioDataset([{**r, "num_samples": lengths[r["path"]]} for r in rows if r["path"] in lengths], self.sr)
+            raise DataError(f"No audio files found for the {split} split in '{where}'.")
+        main = accelerator is None or accelerator.is_main_process
+        return scan_eval_split(rows, cfg, self.min_samples, split, where, cfg.output_dir if main else None, source, accelerator)
 
     def _column(self, ds: AudioDataset, column: str, key: str, split: str) -> list:
         available = sorted({k for r in ds.rows for k in r} - {"path", "num_samples", "_index"})

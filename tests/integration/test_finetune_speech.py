@@ -200,3 +200,66 @@ def test_freeze_encoder_steps_under_two_processes(w2v2, tmp_path):
     assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
     pretrained, tuned = _encoder_state(w2v2), _encoder_state(out)
     assert sum(not torch.equal(pretrained[k], tuned[k]) for k in pretrained) > len(pretrained) // 2
+
+
+def _keyword_hub(folder, splits: dict, broken_in=None):
+    """A local Hub-style dataset (parquet shards, audio embedded as bytes) of the keyword fixtures: each split takes
+    the clips whose index modulo 3 is in its set; `broken_in` gets one clip of undecodable bytes as well."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    clips = sorted((SPEECH / "keywords").rglob("*.flac"))
+    meta = {"info": {"features": {"audio": {"_type": "Audio"}, "label": {"dtype": "string", "_type": "Value"}}}}
+    (folder / "data").mkdir(parents=True)
+    for split, keep in splits.items():
+        part = [p for i, p in enumerate(clips) if i % 3 in keep]
+        audio = [{"bytes": p.read_bytes(), "path": p.name} for p in part]
+        labels = [p.parent.name for p in part]
+        if split == broken_in:
+            audio, labels = audio + [{"bytes": b"not audio", "path": "broken.flac"}], labels + ["yes"]
+        table = pa.table({"audio": audio, "label": labels}).replace_schema_metadata({"huggingface": json.dumps(meta)})
+        pq.write_table(table, folder / "data" / f"{split}-00000-of-00001.parquet")
+    return folder, {split: sum(i % 3 in keep for i in range(len(clips))) for split, keep in splits.items()}
+
+
+def test_audio_splits_of_a_dataset_are_evaluated(w2v2, tmp_path, capsys):
+    """dataset_name for audio: its test split is evaluated after training, and with do_train false its validation
+    and test splits are (before, nothing was evaluated and the run exited 0). Bad test clips are skipped and listed
+    under on_bad_audio skip; a dataset with nothing to evaluate is an error."""
+    from hfssl.finetune.run import main
+
+    hub, sizes = _keyword_hub(tmp_path / "hub", {"train": {0, 1}, "test": {2}}, broken_in="test")
+    recipe = str(ROOT / "recipes" / "finetune" / "audio-classification-tiny-cpu.yaml")
+    out = tmp_path / "trained"
+    args = [recipe, "--model_name_or_path", str(w2v2), "--dataset_name", str(hub), "--max_steps", "2", "--on_bad_audio", "skip"]
+    assert main([*args, "--output_dir", str(out)]) == 0, capsys.readouterr().err[-2000:]
+    assert json.loads((out / "test_results.json").read_text())["test_samples"] == sizes["test"]  # 20 good clips, broken one out
+    assert json.loads((out / "eval_results.json").read_text())["eval_samples"] == 10  # 20% of train, stratified
+    listed = (out / "skipped_audio_test.tsv").read_text().splitlines()
+    assert listed[0] == "# skipped 1 audio file(s)" and listed[2].startswith(f"{hub}[test][{sizes['test']}] (broken.flac)\t")
+    assert main([*args, "--on_bad_audio", "error", "--output_dir", str(tmp_path / "strict")]) == 2
+    assert "broken.flac" in capsys.readouterr().err
+
+    evals, _ = _keyword_hub(tmp_path / "evals", {"validation": {0}, "test": {1, 2}})
+    out2 = tmp_path / "evaluated"
+    assert main([recipe, "--model_name_or_path", str(out), "--do_train", "false", "--dataset_name", str(evals),
+                 "--output_dir", str(out2)]) == 0, capsys.readouterr().err[-2000:]
+    assert json.loads((out2 / "eval_results.json").read_text())["eval_samples"] == 20
+    assert json.loads((out2 / "test_results.json").read_text())["test_samples"] == 40
+
+    only_train, _ = _keyword_hub(tmp_path / "only_train", {"train": {0, 1, 2}})
+    assert main([recipe, "--model_name_or_path", str(out), "--do_train", "false", "--dataset_name", str(only_train),
+                 "--output_dir", str(tmp_path / "nothing")]) == 2
+    assert "Nothing to evaluate" in capsys.readouterr().err
+
+
+def test_ctc_batch_budget_shorter_than_an_utterance_is_an_error(w2v2, tmp_path, capsys):
+    """CTC keeps utterances whole: a max_batch_seconds that cannot hold the longest one is refused before training,
+    naming the file (it was a traceback from the batch planner)."""
+    from hfssl.finetune.run import main
+
+    code = main([str(ROOT / "recipes" / "finetune" / "speech-recognition-ctc-tiny-cpu.yaml"), "--model_name_or_path", str(w2v2),
+                 "--train_dir", str(SPEECH / "digits"), "--max_batch_seconds", "0.5", "--max_steps", "1",
+                 "--output_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "max_batch_seconds 0.5 is shorter than the training file" in err and str(SPEECH / "digits") in err

@@ -151,6 +151,10 @@ def test_probe_weights_softmax_and_frozen_upstream():
     (["--config_name", "m", "--train_file", str(TOPICS / "train.csv"), "--compare_with_scratch", "true"], "compare_with_scratch needs model_name_or_path"),
     (["--config_name", "m", "--scratch_learning_rate", "1e30"], "scratch_learning_rate must be in"),
     (["--config_name", "m", "--scratch_learning_rate", "inf"], "scratch_learning_rate: expected a finite number"),
+    # pretraining's audio keys that fine-tuning does not read are refused, not ignored
+    (["--config_name", "m", "--task", "speech-recognition-ctc", "--max_duration_in_seconds", "20"], "max_duration_in_seconds is pretraining's crop length"),
+    (["--config_name", "m", "--task", "audio-classification", "--dataset_train_split", "train.clean"], "fine-tuning names the train, validation and test splits"),
+    (["--config_name", "m", "--task", "audio-classification", "--max_length_seconds", "2", "--max_batch_seconds", "1"], r"max_batch_seconds \(1.0\) must hold at least one training crop"),
 ])
 def test_config_errors(args, message):
     with pytest.raises(ConfigError, match=message):

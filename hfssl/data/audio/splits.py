@@ -8,6 +8,7 @@ set a seeded share of the training files is held out.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 
@@ -41,7 +42,8 @@ class _Listed:
     validation_source: object = None
 
 
-def build_audio_splits(cfg, output_dir: str | os.PathLike | None, min_samples: int, accelerator=None):
+def build_audio_splits(cfg, output_dir: str | os.PathLike | None, min_samples: int, accelerator=None,
+                       crop_seconds: float | None = None, hub_splits: tuple[str, str | None] | None = None):
     """Training and validation audio from ``cfg`` (``AudioDataArguments``), validated before training.
 
     Sources: ``train_dir`` (``list_audio_dir``: plain folders, ``<label>/`` folders, or an audiofolder
@@ -65,6 +67,9 @@ def build_audio_splits(cfg, output_dir: str | os.PathLike | None, min_samples: i
     sharded by the caller), checked as examples arrive; only the validation files are scanned before
     training. Files on disk are listed (cheap) but not decoded in advance, in one seeded order.
 
+    ``crop_seconds`` (default ``cfg.max_duration_in_seconds``; ``math.inf``: nothing is cropped) is what the
+    log and report count as long; ``hub_splits`` (train, validation or None) overrides the dataset's split names.
+
     Returns:
         (train, validation, report): ``AudioDataset`` (or ``AudioStream``), ``AudioDataset`` or None,
         and ``{"train": {"total", "kept", "skipped", "long", "hours"}, "validation": {...} or None,
@@ -74,7 +79,7 @@ def build_audio_splits(cfg, output_dir: str | os.PathLike | None, min_samples: i
     """
     try:
         if cfg.dataset_name:
-            train_raw, val_raw = _hub_splits(cfg)
+            train_raw, val_raw = _hub_splits(cfg, *(hub_splits or (cfg.dataset_train_split, cfg.dataset_validation_split)))
             if cfg.streaming:
                 return _stream_hub(train_raw, val_raw, cfg, output_dir, min_samples, accelerator)
             listed = _hub_rows(train_raw, val_raw, cfg)
@@ -89,16 +94,16 @@ def build_audio_splits(cfg, output_dir: str | os.PathLike | None, min_samples: i
         raise DataError(f"No audio files found in '{where}' (extensions: {', '.join(AUDIO_EXTENSIONS)}).")
     if cfg.streaming:
         return _stream_files(listed.train, listed.validation, cfg, output_dir, min_samples, where, accelerator)
-    return _scanned_splits(listed, cfg, output_dir, min_samples, where, accelerator)
+    crop = cfg.max_duration_in_seconds if crop_seconds is None else crop_seconds
+    return _scanned_splits(listed, cfg, output_dir, min_samples, where, accelerator, crop)
 
 
 # ----------------------------------------------------------------------------- sources
 
 
-def _hub_splits(cfg):
-    """(train, validation or None) of ``cfg.dataset_name``, audio column cast to ``Audio(decode=False)``."""
-    import datasets
-
+def _hub_splits(cfg, train_split: str, validation_split: str | None):
+    """(train, validation or None) of ``cfg.dataset_name``, audio column cast to ``Audio(decode=False)``;
+    validation_split None: the dataset's 'validation' split when it has one."""
     name = cfg.dataset_name
     kw = {"streaming": bool(cfg.streaming)}
     if cfg.dataset_config_name:
@@ -108,15 +113,50 @@ def _hub_splits(cfg):
         # is read directly with soundfile instead, with the same metadata columns.
         raise DataError(f"dataset_name '{name}' is a local folder of audio files: use --train_dir {name} "
                         "(read with soundfile, same audiofolder metadata) instead of dataset_name.")
+    raw = _load_hub(name, kw)
+    train = _pick_split(raw, train_split, True, cfg)
+    if validation_split:
+        return train, _pick_split(raw, validation_split, True, cfg)
+    return train, _pick_split(raw, "validation", False, cfg)
+
+
+def _load_hub(name: str, kw: dict):
+    import datasets
+
     try:
-        raw = datasets.load_dataset(name, **kw)
+        return datasets.load_dataset(name, **kw)
     except (ImportError, OSError, ValueError, datasets.exceptions.DatasetGenerationError) as e:
         cause = e.__cause__ or e
         raise DataError(f"Could not load dataset '{name}': {type(cause).__name__}: {cause}") from e
-    train = _pick_split(raw, cfg.dataset_train_split, True, cfg)
-    if cfg.dataset_validation_split:
-        return train, _pick_split(raw, cfg.dataset_validation_split, True, cfg)
-    return train, _pick_split(raw, "validation", False, cfg)
+
+
+def hub_split_rows(cfg, expr: str):
+    """(rows, source) of split(s) ``expr`` of ``cfg.dataset_name`` (audio not decoded), or None when the
+    dataset has no such split: an evaluation split loaded apart from training (see `scan_eval_split`)."""
+    kw = {"name": cfg.dataset_config_name} if cfg.dataset_config_name else {}
+    part = _pick_split(_load_hub(cfg.dataset_name, kw), expr, False, cfg)
+    if part is None:
+        return None
+    return _rows_from_hf(part, cfg.audio_column_name, f"{cfg.dataset_name}[{expr}]"), part
+
+
+def scan_eval_split(rows: list[dict], cfg, min_samples: int, split: str, where: str, output_dir=None, source=None,
+                    accelerator=None) -> AudioDataset:
+    """A validation or test split given apart from training (``rows`` of files, or of ``source``, a
+    ``datasets.Dataset``), every file decoded and checked as the training files are. ``on_bad_audio``
+    error: raises `DataError` naming each bad file; skip: drops them and lists them in
+    ``output_dir/skipped_audio_<split>.tsv`` (pass ``output_dir=None`` on non-main processes)."""
+    good, bad, _ = _scan_rows(rows, cfg, min_samples, source, accelerator)
+    if bad and cfg.on_bad_audio == "error":
+        error = AudioScanError(bad, len(rows))
+        raise DataError(str(error)) from error
+    if bad:
+        listed = write_skipped_report(bad, output_dir, f"skipped_audio_{split}.tsv") if output_dir is not None else None
+        logger.warning("%s audio (%s): skipped %d of %d file(s)%s, e.g. %s: %s", split, where, len(bad), len(rows),
+                       f", listed in {listed}" if listed else "", *bad[0])
+    if not good:
+        raise DataError(f"All {len(rows)} {split} audio files in '{where}' are bad.")
+    return AudioDataset(good, cfg.sampling_rate, source, cfg.audio_column_name)
 
 
 def _pick_split(raw, expr: str, required: bool, cfg):
@@ -183,15 +223,15 @@ def _rows_from_hf(ds, column: str, name: str) -> list[dict]:
 # ----------------------------------------------------------------------------- scanned splits
 
 
-def _scanned_splits(listed: _Listed, cfg, output_dir, min_samples: int, where: str, accelerator=None):
+def _scanned_splits(listed: _Listed, cfg, output_dir, min_samples: int, where: str, accelerator, crop: float):
     """Every training and validation file decoded and checked before training."""
     sr = cfg.sampling_rate
-    good, bad, num_long = _scan_rows(listed.train, cfg, min_samples, listed.train_source, accelerator)
+    good, bad, num_long = _scan_rows(listed.train, cfg, min_samples, listed.train_source, accelerator, crop)
     report: dict = {"train": _split_report(len(listed.train), good, bad, num_long, sr), "validation": None,
                     "skipped_report": None}
     all_bad, total = list(bad), len(listed.train)
     if listed.validation is not None:
-        vgood, vbad, vlong = _scan_rows(listed.validation, cfg, min_samples, listed.validation_source, accelerator)
+        vgood, vbad, vlong = _scan_rows(listed.validation, cfg, min_samples, listed.validation_source, accelerator, crop)
         report["validation"] = _split_report(len(listed.validation), vgood, vbad, vlong, sr)
         all_bad += vbad
         total += len(listed.validation)
@@ -204,26 +244,27 @@ def _scanned_splits(listed: _Listed, cfg, output_dir, min_samples: int, where: s
     if listed.validation is not None:
         validation = AudioDataset(vgood, sr, listed.validation_source, cfg.audio_column_name) if vgood else None
     elif cfg.validation_split_percentage > 0 and len(train) >= 2:
-        train, validation = _hold_out(train, cfg, report)
-    logger.info("Training audio: %d files (%.2f h), %d of them longer than %.1f s (randomly cropped)%s; validation: %s.",
-                len(train), train.hours, report["train"]["long"], cfg.max_duration_in_seconds,
+        train, validation = _hold_out(train, cfg, report, crop)
+    cropped = (f"{report['train']['long']} of them longer than {crop:.1f} s (randomly cropped)" if math.isfinite(crop)
+               else "kept whole (not cropped)")
+    logger.info("Training audio: %d files (%.2f h), %s%s; validation: %s.", len(train), train.hours, cropped,
                 f", {report['train']['held_out']} held out for validation" if "held_out" in report["train"] else "",
                 f"{len(validation)} files ({validation.hours * 60:.1f} min)" if validation is not None else "none")
     return train, validation, report
 
 
-def _hold_out(train: AudioDataset, cfg, report: dict) -> tuple[AudioDataset, AudioDataset]:
+def _hold_out(train: AudioDataset, cfg, report: dict, crop: float) -> tuple[AudioDataset, AudioDataset]:
     """(train, validation): a seeded ``validation_split_percentage`` of the good training files, the
     same on every process and on resume; recorded in ``report``."""
     order, n_val = _held_out_order(len(train), cfg)
     val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
     validation, train = train.select(val_idx), train.select(train_idx)
-    long = int((validation.lengths > cfg.max_duration_in_seconds * cfg.sampling_rate).sum())
+    long = int((validation.lengths > crop * cfg.sampling_rate).sum())
     report["validation"] = {"total": n_val, "kept": n_val, "skipped": 0, "long": long, "hours": validation.hours,
                             "held_out_from_train": True}
     # long and hours describe what is trained on; kept (+ skipped = total) stays the scan's count, held_out of them
     report["train"].update(held_out=n_val, hours=train.hours,
-                           long=int((train.lengths > cfg.max_duration_in_seconds * cfg.sampling_rate).sum()))
+                           long=int((train.lengths > crop * cfg.sampling_rate).sum()))
     return train, validation
 
 
@@ -234,11 +275,12 @@ def _held_out_order(n: int, cfg) -> tuple[np.ndarray, int]:
     return order, min(n - 1, max(1, round(n * cfg.validation_split_percentage / 100)))
 
 
-def _scan_rows(rows: list[dict], cfg, min_samples: int, source=None, accelerator=None) -> tuple[list[dict], list[tuple[str, str]], int]:
+def _scan_rows(rows: list[dict], cfg, min_samples: int, source=None, accelerator=None,
+               crop: float | None = None) -> tuple[list[dict], list[tuple[str, str]], int]:
     """Validate rows (files or embedded bytes); returns (good rows with num_samples, bad, num_long).
     Files are divided over the processes of `accelerator` (`scan_audio_split`)."""
     min_d = _min_duration(cfg)
-    max_d = cfg.max_duration_in_seconds
+    max_d = cfg.max_duration_in_seconds if crop is None else crop  # only counted (num_long), never dropped
     sr = cfg.sampling_rate
     on_files = [r for r in rows if "_index" not in r]
     result = scan_audio_split([r["path"] for r in on_files], sr, min_samples=min_samples, min_duration_in_seconds=min_d,
