@@ -178,6 +178,9 @@ class TrainingArguments:
             raise ConfigError(f"plateau_factor must be in (0, 1), got {self.plateau_factor}.")
         if self.plateau_patience is not None and self.plateau_patience < 0:
             raise ConfigError(f"plateau_patience must be >= 0, got {self.plateau_patience}.")
+        if kind == "constant" and self.warmup_steps:
+            raise ConfigError(f"lr_scheduler_type constant has no warmup (warmup_steps {self.warmup_steps} would be ignored): "
+                              "use constant_with_warmup, or set warmup_steps 0.")
         if kind == "reduce_lr_on_plateau":
             if not self.eval_steps:
                 raise ConfigError("lr_scheduler_type reduce_lr_on_plateau lowers the learning rate when the eval loss stops "

@@ -44,7 +44,7 @@ def save_loop_checkpoint(run) -> None:
     tensors = {k: v for k, v in objective.items() if isinstance(v, torch.Tensor)}
     state = {**run.state.__dict__, "world_size": W, "sharded": is_fsdp(run.accelerator), "global_batch_size": cfg.per_device_train_batch_size * W * cfg.gradient_accumulation_steps,
              "per_device_train_batch_size": cfg.per_device_train_batch_size, "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
-             "seed": cfg.seed, "scheduler": run.scheduler.state_dict(),
+             "max_batch_seconds": getattr(cfg, "max_batch_seconds", None), "seed": cfg.seed, "scheduler": run.scheduler.state_dict(),
              "objective": {k: v for k, v in objective.items() if k not in tensors}}
     if run.objective.streaming:  # where each process's stream goes on (JSON), so that resuming seeks instead of re-reading
         mine = run.data.state_dict() if run.data is not None else None
@@ -80,13 +80,26 @@ def resume_loop(run, path: Path) -> LoopState:
 
 
 def check_same_run_geometry(saved: dict, path: Path, cfg, W: int) -> None:
-    """Exact resume needs the checkpoint's global batch and seed, and a streamed run its process count."""
-    global_batch = cfg.per_device_train_batch_size * W * cfg.gradient_accumulation_steps
-    if saved["global_batch_size"] != global_batch:
+    """Exact resume needs the checkpoint's global batch (duration-bucketed batches: its max_batch_seconds, which
+    then decides a batch instead of per_device_train_batch_size) and seed, and a streamed run its process count."""
+    seconds = getattr(cfg, "max_batch_seconds", None)
+    if "max_batch_seconds" in saved and saved["max_batch_seconds"] != seconds:  # older checkpoints did not record it
+        raise TrainingStopped(
+            f"Checkpoint {path} was written with max_batch_seconds {saved['max_batch_seconds']}; this run has {seconds}. "
+            f"Exact resume replays the same duration-bucketed batches, which it decides: resume with --max_batch_seconds "
+            f"{saved['max_batch_seconds']}.")
+    if seconds is not None:  # per_device_train_batch_size plays no part; batches per update still must match
+        if saved["world_size"] * saved["gradient_accumulation_steps"] != W * cfg.gradient_accumulation_steps:
+            raise TrainingStopped(
+                f"Checkpoint {path} was written with {saved['world_size']} processes x {saved['gradient_accumulation_steps']} "
+                f"accumulation = {saved['world_size'] * saved['gradient_accumulation_steps']} batches per update; this run has "
+                f"{W * cfg.gradient_accumulation_steps}. Exact resume needs the same: change gradient_accumulation_steps to match.")
+    elif saved["global_batch_size"] != cfg.per_device_train_batch_size * W * cfg.gradient_accumulation_steps:
         raise TrainingStopped(
             f"Checkpoint {path} was written with global batch size {saved['global_batch_size']} (per device "
             f"{saved['per_device_train_batch_size']} x {saved['world_size']} processes x {saved['gradient_accumulation_steps']} "
-            f"accumulation); this run has {global_batch}. Exact resume needs the same global batch: change "
+            f"accumulation); this run has {cfg.per_device_train_batch_size * W * cfg.gradient_accumulation_steps}. Exact "
+            f"resume needs the same global batch: change "
             f"per_device_train_batch_size/gradient_accumulation_steps to match.")
     if saved["seed"] != cfg.seed:
         raise TrainingStopped(

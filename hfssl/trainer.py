@@ -249,11 +249,12 @@ def _optimizer_step(run: _Run, loss: float, n_targets: dict, micro: list[dict]) 
     fp16 (a loss scaler): the optimizer is always stepped, so the scaler decides. With gradients that
     overflowed at this scale it skips the update and lowers the scale (`scaler.update` always runs):
     logged as an overflow, the scheduler does not step, it is not a bad update. Otherwise a non-finite
-    loss or gradient norm skips the update (no weight changes), reported with its sample ids;
-    max_bad_steps in a row stop the run."""
+    loss or gradient norm, or an update with no targets, skips the update (no weight changes), reported
+    with its reason and sample ids; max_bad_steps in a row stop the run."""
     cfg, state, accelerator = run.cfg, run.state, run.accelerator
     grad_norm = None
-    finite = math.isfinite(loss) and sum(n_targets.values()) > 0
+    empty = sum(n_targets.values()) == 0  # nothing to predict (e.g. nothing masked): no gradient, skipped too
+    finite = math.isfinite(loss) and not empty
     if finite:  # max_grad_norm 0: measure the norm (logged, checked) without clipping
         grad_norm = float(accelerator.clip_grad_norm_(run.model.parameters(), cfg.max_grad_norm or float("inf")))
         finite = math.isfinite(grad_norm) or accelerator.scaler is not None
@@ -273,9 +274,11 @@ def _optimizer_step(run: _Run, loss: float, n_targets: dict, micro: list[dict]) 
     else:
         ids = sorted(i for b in micro for i in b["sample_ids"])
         state.bad_in_a_row += 1
-        state.skipped_updates.append({"step": state.step + 1, "loss": loss, "grad_norm": grad_norm, "sample_ids": ids[:64]})
-        logger.warning("Update %d skipped: non-finite loss/gradient (loss=%s, grad_norm=%s, %d targets); samples %s",
-                       state.step + 1, loss, grad_norm, int(sum(n_targets.values())), ids[:64])
+        reason = "no targets" if empty else "non-finite loss/gradient"
+        state.skipped_updates.append({"step": state.step + 1, "loss": loss, "grad_norm": grad_norm, "sample_ids": ids[:64],
+                                      "reason": reason})
+        logger.warning("Update %d skipped: %s (loss=%s, grad_norm=%s, %d targets); samples %s",
+                       state.step + 1, reason, loss, grad_norm, int(sum(n_targets.values())), ids[:64])
     run.optimizer.zero_grad(set_to_none=True)
     return grad_norm
 
@@ -316,10 +319,18 @@ def _health_check(run: _Run) -> bool:
     with its reason, or roll back to the checkpoint it names (with fresh masks and noise; returns True)."""
     state = run.state
     if state.bad_in_a_row >= run.cfg.max_bad_steps:
+        recent = state.skipped_updates[-state.bad_in_a_row:]
+        if all(u.get("reason") == "no targets" for u in recent):
+            raise TrainingStopped(
+                f"{state.bad_in_a_row} updates in a row had no targets (nothing to predict in their batches; last at step "
+                f"{state.step}, samples {recent[-1]['sample_ids']}). Check the masking settings against the examples' "
+                f"lengths (mlm_probability; mask_time_prob / mask_time_length / mask_time_min_masks for short clips) "
+                f"or the data; the last checkpoint is in {run.out}.")
+        what = "had a non-finite loss or gradient" if all(u.get("reason") != "no targets" for u in recent) else \
+            "were skipped (a non-finite loss or gradient, or no targets)"
         raise TrainingStopped(
-            f"{state.bad_in_a_row} updates in a row had a non-finite loss or gradient (last at step {state.step}; "
-            f"samples {state.skipped_updates[-1]['sample_ids']}). Lower the learning rate, use bf16 instead of fp16, "
-            f"or check the data; the last checkpoint is in {run.out}.")
+            f"{state.bad_in_a_row} updates in a row {what} (last at step {state.step}; samples {recent[-1]['sample_ids']}). "
+            f"Lower the learning rate, use bf16 instead of fp16, or check the data; the last checkpoint is in {run.out}.")
     try:
         problem = run.objective.check_health(run.window)
     except RollbackRequested as request:

@@ -77,7 +77,7 @@ class SpeechModelArguments:
     model_name_or_path: Optional[str] = _help("Continue pretraining from this checkpoint folder or Hub id.", None)
     config_name: Optional[str] = _help("Build a fresh model from this config (folder, config.json or Hub id).", None)
     config_overrides: dict = _help("Config fields for the model, e.g. {num_hidden_layers: 4, feat_extract_norm: layer}.", {})
-    mask_time_prob: float = _help("Chance per frame of starting a masked span (wav2vec 2.0 semantics; not the 0.05 fine-tuning default).", 0.65)
+    mask_time_prob: float = _help("Masked share of the frames before spans overlap: mask_time_prob x frames / mask_time_length spans are drawn, so 0.65 with spans of 10 starts one per ~15 frames and masks about half (wav2vec 2.0 / fairseq semantics; not the 0.05 fine-tuning default).", 0.65)
     mask_time_length: int = _help("Frames per masked span.", 10)
     mask_time_min_masks: int = _help("At least this many spans per utterance.", 2)
     attn_implementation: Optional[Literal["sdpa", "flash_attention_2", "eager"]] = _help(attention.HELP, None)

@@ -182,3 +182,29 @@ def test_target_source_reaches_the_run_and_its_model_card(tmp_path):
     assert runs["feed_forward"]["num_targets"] == runs["block"]["num_targets"] > 0  # the same masked batch
     assert runs["feed_forward"]["target_var"] != pytest.approx(runs["block"]["target_var"], rel=0.05)
     assert runs["feed_forward"]["loss"] != pytest.approx(runs["block"]["loss"], rel=0.05)
+
+
+@pytest.mark.parametrize("recipe, data", [
+    ("data2vec/text-tiny-cpu.yaml", ["--train_file", CORPUS, "--tokenizer_name", FIXTURES / "text" / "tokenizer"]),
+    ("data2vec/speech-tiny-cpu.yaml", ["--train_dir", SPEECH / "unlabeled"]),
+    ("best_rq/tiny-cpu.yaml", ["--train_dir", SPEECH / "unlabeled"]),
+])
+def test_attn_implementation_reaches_the_model(recipe, data, tmp_path):
+    """attn_implementation was checked and then dropped by these three builders (the encoder kept sdpa)."""
+    from hfssl.objectives import build_objective, load_config
+
+    for requested in ("eager", "sdpa"):
+        cfg = load_config([str(ROOT / "recipes" / recipe), *map(str, data), "--attn_implementation", requested,
+                           "--output_dir", str(tmp_path / requested)])
+        objective = build_objective(cfg)
+        encoder = getattr(objective.model, "encoder", None) or objective.model.student  # data2vec speech: the student
+        assert encoder.config._attn_implementation == requested
+
+
+def test_data2vec_text_refuses_padding_free():
+    from hfssl.errors import ConfigError
+    from hfssl.objectives import load_config
+
+    with pytest.raises(ConfigError, match="padding_free: data2vec_text takes padded batches"):
+        load_config([str(ROOT / "recipes" / "data2vec" / "text-tiny-cpu.yaml"), "--train_file", str(CORPUS), "--line_by_line", "true",
+                     "--padding_free", "true"])

@@ -587,3 +587,30 @@ def test_log_counts_long_files_among_those_kept_for_training(tmp_path, caplog):
     assert report["train"]["long"] == 8 and report["train"]["hours"] == pytest.approx(8 * 0.5 / 3600)  # what is trained on
     assert report["validation"]["long"] == 2 and report["validation"]["hours"] == pytest.approx(2 * 0.5 / 3600)
     assert "Training audio: 8 files (0.00 h), 8 of them longer than 0.1 s" in caplog.text
+
+
+def test_resume_checks_max_batch_seconds_not_the_unused_batch_size(tmp_path):
+    """Duration-bucketed batches (max_batch_seconds) are decided by that budget: resuming with another one would
+    silently replay other batches, so it is refused; per_device_train_batch_size plays no part then, so changing it
+    is not (it was the other way round)."""
+    from types import SimpleNamespace
+
+    from hfssl.errors import TrainingStopped
+    from hfssl.loop_state import check_same_run_geometry
+
+    saved = {"step": 4, "seed": 1, "global_batch_size": 8, "per_device_train_batch_size": 8, "world_size": 1,
+             "gradient_accumulation_steps": 1, "max_batch_seconds": 60.0}
+
+    def cfg(**kw):
+        return SimpleNamespace(**{"seed": 1, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
+                                  "max_batch_seconds": 60.0, **kw})
+
+    check_same_run_geometry(saved, tmp_path, cfg(per_device_train_batch_size=4), 1)  # unused: accepted
+    with pytest.raises(TrainingStopped, match="max_batch_seconds 60.0; this run has 30.0.*--max_batch_seconds 60.0"):
+        check_same_run_geometry(saved, tmp_path, cfg(max_batch_seconds=30.0), 1)
+    with pytest.raises(TrainingStopped, match="1 batches per update; this run has 2"):
+        check_same_run_geometry(saved, tmp_path, cfg(gradient_accumulation_steps=2), 1)
+    check_same_run_geometry({**saved, "world_size": 2}, tmp_path, cfg(gradient_accumulation_steps=2), 1)  # 2 x 1 = 1 x 2
+    older = {k: v for k, v in saved.items() if k != "max_batch_seconds"}  # checkpoints written before it was recorded
+    with pytest.raises(TrainingStopped, match="global batch size 8"):
+        check_same_run_geometry(older, tmp_path, cfg(per_device_train_batch_size=4, max_batch_seconds=None), 1)

@@ -12,12 +12,13 @@ from hfssl.errors import ConfigError
 from hfssl.trainer import train
 from test_trainer_guards import ToyObjective, _cfg
 
-# The settings each schedule needs; 8 updates, 2 of warmup (none for plateau).
+# The settings each schedule needs; 8 updates, 2 of warmup (none for plateau and constant, which have none).
 SETTINGS = {
     "cosine_with_min_lr": {"min_lr": 0.01},
     "warmup_stable_decay": {"num_decay_steps": 3, "min_lr": 0.01},
     "cosine_with_restarts": {"num_cycles": 2},
     "reduce_lr_on_plateau": {"eval_steps": 2, "warmup_steps": 0, "plateau_patience": 0, "plateau_factor": 0.5},
+    "constant": {"warmup_steps": 0},
 }
 
 
@@ -65,6 +66,8 @@ def test_scheduler_settings_are_checked_at_load():
         TrainingArguments(lr_scheduler_type="reduce_lr_on_plateau")
     with pytest.raises(ConfigError, match="has no warmup"):
         TrainingArguments(lr_scheduler_type="reduce_lr_on_plateau", eval_steps=10, warmup_steps=5)
+    with pytest.raises(ConfigError, match="constant has no warmup .* use constant_with_warmup"):  # transformers drops it
+        TrainingArguments(lr_scheduler_type="constant", warmup_steps=5)
     with pytest.raises(ConfigError, match="min_lr is a setting of cosine_with_min_lr and warmup_stable_decay, not of lr_scheduler_type linear"):
         TrainingArguments(min_lr=1e-6)
     with pytest.raises(ConfigError, match=r"min_lr must be in \[0, learning_rate"):

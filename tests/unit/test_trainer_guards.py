@@ -73,6 +73,31 @@ def test_k_bad_updates_in_a_row_stop_the_run(tmp_path):
         train(_cfg(tmp_path, max_bad_steps=3), objective)
 
 
+class EmptyObjective(ToyObjective):
+    """Batches whose samples listed in `empty` leave nothing to predict (num_targets 0, as a batch with nothing masked)."""
+
+    def __init__(self, empty=()):
+        super().__init__()
+        self.empty = set(empty)
+
+    def collator(self, rows, seed, progress):
+        batch = super().collator(rows, seed, progress)
+        if any(r["x"] * 16 in self.empty for r in rows):
+            batch.update(x=batch["x"][:0], y=batch["y"][:0], num_targets=0)
+        return batch
+
+
+def test_update_without_targets_is_skipped_and_named_as_such(tmp_path, caplog):
+    """An update with nothing to predict is not a non-finite one: it is skipped with its own reason, and K of them in
+    a row stop the run saying so (before, both read "non-finite loss/gradient")."""
+    objective = EmptyObjective(empty={5})
+    summary = train(_cfg(tmp_path), objective)
+    assert summary["skipped_updates"] == 1 and all(torch.equal(a, b) for a, b in zip(*objective.snapshots[:2]))
+    assert "Update 2 skipped: no targets" in caplog.text and "non-finite" not in caplog.text
+    with pytest.raises(TrainingStopped, match=r"3 updates in a row had no targets .*samples \[8, 9, 10, 11\]"):
+        train(_cfg(tmp_path / "k", max_bad_steps=3), EmptyObjective(empty={1, 5, 9}))
+
+
 class CollapsingObjective(ToyObjective):
     """Asks for one rollback to checkpoint-4 at step 6, as wav2vec2's on_collapse=rollback does."""
 

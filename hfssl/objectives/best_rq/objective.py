@@ -33,6 +33,7 @@ from hfssl.data.audio.fbank import FbankFrontend
 from hfssl.data.audio.geometry import conv_geometry, num_frames, receptive_field
 from hfssl.data.audio.splits import build_audio_splits
 from hfssl.data.batching import batch_seed
+from hfssl.attention import use_attn_implementation
 from hfssl.errors import ConfigError
 from hfssl.masking.spans import expected_masked_fraction, span_mask_stats
 from hfssl.objectives.best_rq.collators import BestRQCollator, BestRQWaveCollator
@@ -103,6 +104,7 @@ class BestRQObjective(SpeechObjective):
         if config.add_adapter:
             raise ConfigError("add_adapter is a fine-tuning option (it shortens the frame sequence); pretraining needs add_adapter false.")
         model = Wav2Vec2BertModel.from_pretrained(cfg.model_name_or_path, config=config) if cfg.model_name_or_path else Wav2Vec2BertModel(config)
+        use_attn_implementation(model, cfg.attn_implementation, cfg.mixed_precision)
         model.config.architectures = ["Wav2Vec2BertModel"]
         logger.info("BEST-RQ encoder %s: Wav2Vec2Bert %d layers x %d, %.1fM parameters, %d-dim input (%d mel x %d frames, %d ms).",
                     "continued from " + cfg.model_name_or_path if cfg.model_name_or_path else "from scratch",
@@ -113,7 +115,6 @@ class BestRQObjective(SpeechObjective):
     def _wav2vec2_encoder(self):
         from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-        from hfssl.attention import use_attn_implementation
         from hfssl.objectives.wav2vec2.model import GradMultiply
 
         cfg = self.cfg

@@ -84,6 +84,9 @@ class Data2VecTextPretrainConfig(Data2VecArguments, TextPretrainConfig):
         if self.mask_replace_prob <= 0:
             raise ConfigError("mask_replace_prob must be > 0: data2vec regresses the teacher's targets at the positions the "
                               "student sees as [MASK].")
+        if self.padding_free:
+            raise ConfigError("padding_free: data2vec_text takes padded batches (its teacher and student read the same padded "
+                              "rows). Unset padding_free.")
 
 
 @dataclass

@@ -24,6 +24,7 @@ from typing import Optional
 
 import torch
 
+from hfssl.attention import use_attn_implementation
 from hfssl.errors import ConfigError
 from hfssl.objectives.base import Objective
 from hfssl.objectives.collapse import CollapseGuard
@@ -165,9 +166,10 @@ class Data2VecTextObjective(Data2VecObjective):
                               f"feed-forward outputs); {cfg.model_name_or_path or 'model_type'} is '{config.model_type}'.")
         # No pooler: it would get no gradient (DDP rejects unused parameters) and fine-tuning heads do not use it.
         no_pooler = {"add_pooling_layer": False} if config.model_type in BERT_LAYOUT_TYPES else {}
-        if cfg.model_name_or_path:
-            return AutoModel.from_pretrained(cfg.model_name_or_path, **no_pooler)
-        return AutoModel.from_config(config, **no_pooler)
+        model = AutoModel.from_pretrained(cfg.model_name_or_path, **no_pooler) if cfg.model_name_or_path else \
+            AutoModel.from_config(config, **no_pooler)
+        use_attn_implementation(model, cfg.attn_implementation, cfg.mixed_precision)
+        return model
 
     def ema_source(self) -> torch.nn.Module:
         return self.model.encoder
@@ -248,6 +250,7 @@ class Data2VecAudioObjective(Data2VecObjective, SpeechObjective):
         self._check_top_k(config.num_hidden_layers)
         student = Data2VecAudioModel.from_pretrained(cfg.model_name_or_path, config=config) if cfg.model_name_or_path \
             else Data2VecAudioModel(config)
+        use_attn_implementation(student, cfg.attn_implementation, cfg.mixed_precision)
         logger.info("data2vec audio %s: %d layers x %d, %.1fM parameters; targets: top %d layers' %s outputs, %s norm; tau %s -> "
                     "%s over %d updates; feature grad scale %s.", "continued from " + cfg.model_name_or_path if cfg.model_name_or_path
                     else "from scratch", config.num_hidden_layers, config.hidden_size, sum(p.numel() for p in student.parameters()) / 1e6,

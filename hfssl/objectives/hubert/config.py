@@ -15,7 +15,7 @@ class HubertPretrainConfig(SpeechPretrainConfig):
     """HuBERT masked prediction of k-means cluster targets (iteration 1: MFCC; iteration 2: model features)."""
 
     objective: Literal["hubert"] = _help("Pretraining objective.", "hubert")
-    mask_time_prob: float = _help("Chance per frame of starting a masked span (HuBERT: 0.8; not the 0.05 fine-tuning default).", 0.8)
+    mask_time_prob: float = _help("Masked share of the frames before spans overlap: mask_time_prob x frames / mask_time_length spans are drawn (HuBERT: 0.8; not the 0.05 fine-tuning default).", 0.8)
     iteration: int = _help("1: targets from MFCC k-means; 2+: targets from k-means on features of label_model.", 1)
     mfcc_type: Literal["kaldi", "torchaudio"] = _help("Iteration-1 MFCCs: 'kaldi' = torchaudio.compliance.kaldi.mfcc (fairseq's dump_mfcc_feature.py: "
                                                       "Povey window, pre-emphasis, DC removal, liftering); 'torchaudio' = torchaudio.transforms.MFCC "
