@@ -61,6 +61,7 @@ def push_to_hub(output_dir: str, repo_id: Optional[str] = None, private: bool = 
     api = HfApi(token=token)
     repo_id = repo_id or Path(output_dir).resolve().name
     url = api.create_repo(repo_id, private=private, exist_ok=True)
+    repo_id = url.repo_id  # with the namespace: a bare name is created under the user's account, and uploads need both
     files = files_to_upload(output_dir)
     logger.info("Uploading %d files to %s", len(files), url)
     commit = api.upload_folder(folder_path=output_dir, repo_id=repo_id, allow_patterns=files,

@@ -83,9 +83,11 @@ def test_empty_corpus_is_rejected(tmp_path):
 def test_push_to_hub_uploads_the_model_folder(tiny_mlm):
     from unittest import mock
 
+    from huggingface_hub import RepoUrl
+
     from hfssl.hub import push_to_hub
 
-    with mock.patch("huggingface_hub.HfApi.create_repo", return_value="https://huggingface.co/me/tiny") as create, \
+    with mock.patch("huggingface_hub.HfApi.create_repo", return_value=RepoUrl("https://huggingface.co/me/tiny")) as create, \
          mock.patch("huggingface_hub.HfApi.upload_folder", return_value="commit-url") as upload:
         assert push_to_hub(str(tiny_mlm), "me/tiny") == "commit-url"
     create.assert_called_once()

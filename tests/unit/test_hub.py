@@ -101,8 +101,15 @@ def test_uploaded_files_load_back(model_dir):
     assert model.config.vocab_size == len(tok) and tok.mask_token == "[MASK]"
 
 
+def _repo_url(repo_id):
+    """What HfApi.create_repo returns: a URL string that also carries the full repo id."""
+    from huggingface_hub import RepoUrl
+
+    return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+
 def test_push_to_hub_uploads_exactly_the_model_files(model_dir):
-    with mock.patch("huggingface_hub.HfApi.create_repo", return_value="https://hf.co/me/tiny") as create, \
+    with mock.patch("huggingface_hub.HfApi.create_repo", return_value=_repo_url("me/tiny")) as create, \
          mock.patch("huggingface_hub.HfApi.upload_folder", return_value="https://hf.co/me/tiny/commit/abc") as upload:
         result = push_to_hub(str(model_dir), repo_id="me/tiny", private=True)
     assert result == "https://hf.co/me/tiny/commit/abc"
@@ -117,7 +124,11 @@ def test_push_to_hub_uploads_exactly_the_model_files(model_dir):
 
 
 def test_push_to_hub_defaults_repo_to_folder_name(model_dir):
-    with mock.patch("huggingface_hub.HfApi.create_repo") as create, mock.patch("huggingface_hub.HfApi.upload_folder") as upload:
+    """A bare name is created under the user's account; the upload must then name that account too (the Hub
+    returns the full id from create_repo), or it targets a top-level repo that is not the user's."""
+    created = _repo_url(f"someone/{model_dir.name}")
+    with mock.patch("huggingface_hub.HfApi.create_repo", return_value=created) as create, \
+            mock.patch("huggingface_hub.HfApi.upload_folder") as upload:
         push_to_hub(str(model_dir))
     assert create.call_args.args[0] == model_dir.name
-    assert upload.call_args.kwargs["repo_id"] == model_dir.name
+    assert upload.call_args.kwargs["repo_id"] == f"someone/{model_dir.name}"

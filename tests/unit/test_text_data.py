@@ -367,6 +367,26 @@ def test_load_csv_with_text_column_name(tmp_path):
     assert raw["train"]["text"] == DOCS
 
 
+def test_streamed_txt_splits_lines_as_the_loaded_file_does(tmp_path):
+    """Only line ends separate .txt documents, streamed or loaded: form feeds, U+2028 and the like stay inside a line
+    (the streaming reader used str.splitlines, which split there too: 4 documents against the loaded file's 2)."""
+    path = tmp_path / "corpus.txt"
+    path.write_text("first doc\x0csame doc\r\nsecond doc \u2028 still second\x85 and still\n", encoding="utf-8")
+    loaded = load_text_datasets(_cfg(path))["train"]["text"]
+    streamed = [ex["text"] for ex in load_text_datasets(_cfg(path, streaming=True, max_steps=5))["train"]]
+    assert streamed == loaded == ["first doc\x0csame doc", "second doc \u2028 still second\x85 and still"]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_text_column_name_beside_another_column_called_text(tmp_path, streaming):
+    """--text_column_name body with a 'text' column too: trains on body (renaming body onto the existing 'text'
+    column was a raw ValueError)."""
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"text": f"title {i}", "body": d}) + "\n" for i, d in enumerate(DOCS)))
+    raw = load_text_datasets(_cfg(path, text_column_name="body", **({"streaming": True, "max_steps": 5} if streaming else {})))
+    assert [ex["text"] for ex in raw["train"]] == DOCS
+
+
 def test_load_jsonl_and_validation_file(tmp_path):
     train, val = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
     train.write_text("".join(json.dumps({"id": i, "text": d}) + "\n" for i, d in enumerate(DOCS)))

@@ -205,9 +205,6 @@ def _columns(ds) -> tuple[list[str], list[str]]:
 def _only_text(ds, column: str, source: str):
     if column not in (ds.column_names or [column]):
         raise DataError(f"{source}: a split lacks the text column '{column}' (it has: {', '.join(ds.column_names)}).")
-    if column != "text":
-        ds = ds.rename_column(column, "text")
-    if ds.column_names is None:  # stream with unknown features: keep just the text when read
-        return ds.select_columns(["text"])
-    extra = [c for c in ds.column_names if c != "text"]
-    return ds.remove_columns(extra) if extra else ds
+    # Keep just the chosen column first: another column may already be called "text" (e.g. --text_column_name body).
+    ds = ds.select_columns([column])
+    return ds.rename_column(column, "text") if column != "text" else ds
