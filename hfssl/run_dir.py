@@ -155,6 +155,12 @@ def _prepare(cfg, path: Path, train: bool) -> tuple[str, Optional[str]]:
     if resume:
         checkpoint = Path(resume)
         verify_checkpoint(checkpoint)
+        # A checkpoint from elsewhere into a folder that holds another run would mix the two: refused, nothing changed.
+        outside = path.resolve() not in checkpoint.resolve().parents
+        if outside and _earlier_files(path) and _read_run_id(path) != checkpoint_run_id(checkpoint):
+            raise OutputDirError(
+                f"output_dir '{path}' holds files of another run than the checkpoint {checkpoint}; resuming there would mix "
+                f"the two runs' logs, checkpoints and results. Choose another (or an empty) --output_dir, or move those files away.")
         return _continue(path, checkpoint), str(checkpoint)
     if _earlier_files(path):
         if not cfg.overwrite_output_dir:

@@ -133,6 +133,23 @@ def test_latest_skips_checkpoints_of_another_run(tmp_path, caplog):
         train(_cfg(tmp_path, max_steps=6, save_steps=2, resume_from_checkpoint="latest"), ToyObjective())
 
 
+def test_resuming_a_checkpoint_into_another_runs_folder_is_refused_or_moves_it_aside(tmp_path):
+    """--resume_from_checkpoint A/checkpoint-2 --output_dir B, where B holds another run: refused, B unchanged (B's log
+    rows and checkpoints were kept beside the resumed run's). Into an empty folder, or its own run's, it resumes."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    train(_cfg(a, max_steps=4, save_steps=2), ToyObjective())
+    train(_cfg(b, max_steps=4, save_steps=2), ToyObjective())
+    other = (b / "o" / "training_log.jsonl").read_text()
+    resume = dict(max_steps=4, save_steps=2, resume_from_checkpoint=str(a / "o" / "checkpoint-2"))
+    with pytest.raises(OutputDirError, match="holds files of another run than the checkpoint"):
+        train(_cfg(b, **resume), ToyObjective())
+    assert (b / "o" / "training_log.jsonl").read_text() == other  # nothing changed
+    assert train(_cfg(tmp_path / "c", **resume), ToyObjective())["steps"] == 4  # an empty folder
+    log = (tmp_path / "c" / "o" / "training_log.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in log] == [3, 4]  # the resumed run's rows only
+    assert train(_cfg(a, **resume), ToyObjective())["steps"] == 4  # its own run's folder
+
+
 def test_latest_without_a_good_checkpoint_refuses_and_changes_nothing(tmp_path):
     out = tmp_path / "o"
     train(_cfg(tmp_path, max_steps=4, save_steps=2), ToyObjective())
