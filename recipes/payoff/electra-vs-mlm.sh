@@ -73,5 +73,5 @@ fi
 tail -n 1 "$OUT".*.log
 for model in $models; do
     python run_finetune.py recipes/finetune/debian-topics-payoff.yaml --model_name_or_path "$OUT/$model" \
-        --label_fractions 1.0 --output_dir "$OUT/payoff-$model"
+        --label_fractions 1.0 --output_dir "$OUT/payoff-$model" --resume_from_checkpoint latest
 done

@@ -108,7 +108,7 @@ for task in $TASKS; do
       --train_dir "$DATA/$task/train" --validation_dir "$DATA/$task/validation" --test_dir "$DATA/$task/test" \
       --validation_split_percentage 0 --freeze_feature_encoder false \
       --compare_with_scratch true --seeds "$seeds" --learning_rates "$lrs" --label_fractions "$LABELS" \
-      --output_dir "$OUT/payoff-$task-$model"
+      --output_dir "$OUT/payoff-$task-$model" --resume_from_checkpoint latest  # keeps a rerun's finished runs, adds the rest
   done
 done
 echo "total $SECONDS s" | tee -a "$TIMES"
