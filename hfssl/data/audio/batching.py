@@ -137,7 +137,8 @@ def audio_batch_plan(
 
     ``balance_across=W`` plans evaluation batches that W processes share when each of them must run
     the same number of forwards (DDP fine-tuning): longest first, ``ceil(N / batch_size)`` batches
-    rounded up to a multiple of W when N >= W, with sizes that differ by at most one. It needs
+    rounded up to a multiple of W when N >= W, with sizes that differ by at most one, but never more
+    batches than items (N = 5, W = 4, batch_size 1: 5 batches; the caller pads the missing turns). It needs
     ``max_batch_seconds=None`` and ``shuffle=False``.
 
     Args:
