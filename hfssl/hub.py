@@ -17,11 +17,13 @@ logger = logging.getLogger(__name__)
 UPLOAD_IGNORE = ("checkpoint-*", ".tmp-*", "*.tmp", ".hfssl.lock", "hfssl_run.json", "runs", "runs/*", "tokenizer", "tokenizer/*")
 
 
-def write_model_card(output_dir: str, objective: str, pipeline_tag: str, summary: dict, details: dict[str, str],
+def write_model_card(output_dir: str, objective: str, pipeline_tag: Optional[str], summary: dict, details: dict[str, str],
                      datasets: Optional[list[str]] = None, config: Any = None, model_index: Optional[list] = None,
                      tags: Optional[list[str]] = None) -> Path:
-    """README.md with Hub metadata (library, pipeline tag, datasets, model-index) and a plain summary."""
-    meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": pipeline_tag, "tags": ["hfssl", *(tags or [])]}
+    """README.md with Hub metadata (library, pipeline tag, datasets, model-index) and a plain summary.
+    pipeline_tag None: the folder is not a transformers model (a probe), so the card claims neither."""
+    meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": pipeline_tag} if pipeline_tag else {}
+    meta["tags"] = ["hfssl", *(tags or [])]
     if datasets:
         meta["datasets"] = datasets
     if model_index:

@@ -108,6 +108,11 @@ class FinetuneConfig(TrainingArguments, AudioDataArguments):
             raise ConfigError("No model given: set model_name_or_path (a pretrained model) or config_name (same architecture, random init).")
         if not self.do_train and not self.model_name_or_path:
             raise ConfigError("do_train false evaluates an existing model: set model_name_or_path.")
+        if self.push_to_hub and (not self.do_train or self.compare_with_scratch or self.probe):
+            why = ("evaluation only writes no model" if not self.do_train else "a payoff report trains many models, none of them "
+                   "the one to share" if self.compare_with_scratch else "a probe's folder is not a transformers model")
+            raise ConfigError(f"push_to_hub uploads the fine-tuned model, and {why}. Unset push_to_hub (or run that model's "
+                              f"fine-tuning on its own).")
         if self.compare_with_scratch and not self.model_name_or_path:
             raise ConfigError("compare_with_scratch needs model_name_or_path (the pretrained model to compare with random init).")
         audio = self.task != "text-classification"

@@ -170,6 +170,24 @@ def check_labels_known(ds: datasets.Dataset, column: str, space: LabelSpace, sep
                         f"Known labels: {', '.join(space.names)}. Add training examples for them or remove these rows.")
 
 
+def drop_unlabeled_marks(ds: datasets.Dataset, column: str, split: str, source: str) -> datasets.Dataset:
+    """A ClassLabel column whose values are all negative marks an unlabeled split (GLUE's test splits hold -1):
+    the column is dropped, so the split gets predictions only; indexing the names with -1 would score every
+    example as the last class. Negative values elsewhere (some rows only, or a train or validation split) are an error."""
+    if column not in ds.column_names or not isinstance(ds.features[column], datasets.ClassLabel):
+        return ds
+    values = np.asarray(ds[column])
+    missing = int((values < 0).sum())
+    if missing == 0:
+        return ds
+    if missing == len(values) and split == "test":
+        logger.info("%s (%s): every '%s' value is %d (no label): predictions only, no metrics.", source, split, column, values[0])
+        return ds.remove_columns(column)
+    raise DataError(f"{source}: {missing} of {len(values)} '{column}' values in the {split} split are negative (no label, as "
+                    f"in GLUE's test splits); only a test split may be unlabeled, and then in every row. Remove those rows "
+                    f"or name other splits with dataset_split_names.")
+
+
 def class_label_names(ds: datasets.Dataset, column: str) -> Optional[list[str]]:
     feature = ds.features.get(column)
     return list(feature.names) if isinstance(feature, datasets.ClassLabel) else None

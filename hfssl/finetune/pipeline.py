@@ -121,6 +121,8 @@ def write_card(cfg, task, results: dict) -> None:
     if cfg.probe:
         details["Probe"] = "frozen upstream, softmax-weighted sum of hidden layers; layer weights " + \
             ", ".join(f"{w:.3f}" for w in results.get("probe_layer_weights", []))
-    write_model_card(cfg.output_dir, objective=f"fine-tuning ({cfg.task})", pipeline_tag=PIPELINE_TAGS[cfg.task],
+        details["Loading"] = (f"not a transformers model (no from_pretrained / pipeline): probe.safetensors holds the probe's "
+                              f"layer weights and head, layer_weights.json the weights; the frozen upstream is {source}")
+    write_model_card(cfg.output_dir, objective=f"fine-tuning ({cfg.task})", pipeline_tag=None if cfg.probe else PIPELINE_TAGS[cfg.task],
                      summary=results, details=details, datasets=[cfg.dataset_name] if cfg.dataset_name else None,
                      config=cfg, model_index=model_index)

@@ -70,7 +70,7 @@ class SpeechTask(Task):
     def __init__(self, cfg, accelerator=None):
         super().__init__(cfg, accelerator)
         self.source, self.pretrained = model_source(cfg)
-        self.config = load_config(self.source)
+        self.config = load_config(self.source, "model_name_or_path" if self.pretrained else "config_name")
         feature_input = self.config.model_type in FEATURE_INPUT_MODELS
         if not feature_input and not hasattr(self.config, "conv_kernel"):
             raise ConfigError(f"'{self.source}' is a {self.config.model_type} model, not a speech encoder this task fine-tunes "

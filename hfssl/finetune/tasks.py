@@ -9,7 +9,6 @@ A task provides: `model` (a wrapper from `hfssl.finetune.heads`), `collator`, `t
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -148,11 +147,11 @@ def apply_overrides(config, overrides: dict) -> None:
         setattr(config, key, value)
 
 
-def load_config(source: str):
+def load_config(source: str, key: str = "model_name_or_path"):
+    """The model config at `source`; `key` is the setting that named it, for the error."""
     from transformers import AutoConfig
 
     try:
         return AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as e:
-        where = "model_name_or_path" if Path(source).exists() or "/" in source else "config_name"
-        raise ConfigError(f"{where}: could not read a model config from '{source}': {e}") from None
+        raise ConfigError(f"{key}: could not read a model config from '{source}': {e}") from None

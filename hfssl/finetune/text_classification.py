@@ -33,6 +33,7 @@ class TextClassificationTask(Task):
         first_split = next((s for s in ("train", "validation", "test") if s in tables), None)
         if first_split is None:
             raise DataError("No data: give train_file/validation_file/test_file or dataset_name.")
+        tables = {split: fdata.drop_unlabeled_marks(ds, cfg.label_column_name, split, names[split]) for split, ds in tables.items()}
         first = tables[first_split]
         self.text_column = fdata.pick_text_column(first, cfg.text_column_name, names[first_split])
         for split, ds in tables.items():
@@ -44,7 +45,7 @@ class TextClassificationTask(Task):
                 if column is not None:
                     fdata.check_no_nulls(ds, column, f"{names[split]} ({split})")
 
-        config = load_config(source)
+        config = load_config(source, "model_name_or_path" if pretrained else "config_name")
         if cfg.do_train:
             space = fdata.build_label_space(tables["train"], cfg.label_column_name, cfg.multi_label, cfg.label_separator, names["train"])
         else:  # an existing classifier: its own labels

@@ -91,7 +91,11 @@ def test_audio_classification_and_probe(w2v2, tmp_path, capsys):
     assert len(weights) == layers + 1 and sum(weights) == pytest.approx(1.0, abs=1e-5)
     assert max(weights) - min(weights) > 1e-4  # the mixing weights trained (they start uniform)
     assert json.loads((probe / "layer_weights.json").read_text())["layer_weights"] == pytest.approx(weights)
-    assert (probe / "probe.safetensors").is_file() and "layer weights" in (probe / "README.md").read_text()
+    card = (probe / "README.md").read_text()
+    assert (probe / "probe.safetensors").is_file() and "layer weights" in card
+    # not a transformers model, and its card does not say it is (no library_name / pipeline_tag for the Hub widget)
+    assert not (probe / "config.json").exists() and "pipeline_tag" not in card and "library_name" not in card
+    assert "not a transformers model" in card
 
 
 def _digits_folder(tmp_path, rows):

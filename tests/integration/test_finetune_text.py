@@ -221,3 +221,39 @@ def test_text_probe_reports_layer_weights(tiny_mlm, tmp_path, capsys):
 
     state = load_file(out / "probe.safetensors")
     assert set(state) == {"layer_logits", "head.0.weight", "head.0.bias", "head.2.weight", "head.2.bias"}  # upstream not copied
+
+
+def _classlabel_hub(folder, test_labels):
+    """A local Hub-style dataset of the topic fixtures with a ClassLabel label column; the test split's labels are
+    `test_labels` (a function of the row index)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    splits = {s: list(csv.DictReader(open(TOPICS / f"{s}.csv"))) for s in ("train", "validation", "test")}
+    names = sorted({r["label"] for r in splits["train"]})
+    meta = {"info": {"features": {"text": {"dtype": "string", "_type": "Value"}, "label": {"names": names, "_type": "ClassLabel"}}}}
+    (folder / "data").mkdir(parents=True)
+    for split, rows in splits.items():
+        labels = [test_labels(i) for i in range(len(rows))] if split == "test" else [names.index(r["label"]) for r in rows]
+        table = pa.table({"text": [r["text"] for r in rows], "label": pa.array(labels, pa.int64())})
+        pq.write_table(table.replace_schema_metadata({"huggingface": json.dumps(meta)}), folder / "data" / f"{split}-00000-of-00001.parquet")
+    return folder, len(splits["test"])
+
+
+def test_a_test_split_labeled_minus_one_is_unlabeled_not_the_last_class(payoff, tmp_path, capsys):
+    """GLUE-style test splits hold -1 in a ClassLabel column: predictions only, no metrics (names[-1] scored every
+    example as the last class). -1 in some rows only is an error naming the split."""
+    from hfssl.finetune.run import main
+
+    model = str(payoff / RUNS["pretrained-1"])
+    hub, n_test = _classlabel_hub(tmp_path / "glue-like", lambda i: -1)
+    out = tmp_path / "eval"
+    assert main([str(RECIPE), "--model_name_or_path", model, "--do_train", "false", "--train_file", "none",
+                 "--dataset_name", str(hub), "--output_dir", str(out)]) == 0, capsys.readouterr().err[-2000:]
+    test = json.loads((out / "test_results.json").read_text())
+    assert "test_accuracy" not in test and test["test_samples"] == n_test
+    assert "eval_accuracy" in json.loads((out / "eval_results.json").read_text())  # the labeled validation split is scored
+    mixed, _ = _classlabel_hub(tmp_path / "mixed", lambda i: -1 if i % 2 else 0)
+    assert main([str(RECIPE), "--model_name_or_path", model, "--do_train", "false", "--train_file", "none",
+                 "--dataset_name", str(mixed), "--output_dir", str(tmp_path / "mixed-out")]) == 2
+    assert "20 of 40 'label' values in the test split are negative" in capsys.readouterr().err

@@ -151,6 +151,10 @@ def test_probe_weights_softmax_and_frozen_upstream():
     (["--config_name", "m", "--train_file", str(TOPICS / "train.csv"), "--compare_with_scratch", "true"], "compare_with_scratch needs model_name_or_path"),
     (["--config_name", "m", "--scratch_learning_rate", "1e30"], "scratch_learning_rate must be in"),
     (["--config_name", "m", "--scratch_learning_rate", "inf"], "scratch_learning_rate: expected a finite number"),
+    # push_to_hub where no single fine-tuned transformers model comes out: refused, not ignored
+    (["--model_name_or_path", "m", "--do_train", "false", "--push_to_hub", "true"], "push_to_hub uploads the fine-tuned model, and evaluation only"),
+    (["--model_name_or_path", "m", "--compare_with_scratch", "true", "--push_to_hub", "true"], "a payoff report trains many models"),
+    (["--model_name_or_path", "m", "--probe", "true", "--push_to_hub", "true"], "a probe's folder is not a transformers model"),
     # pretraining's audio keys that fine-tuning does not read are refused, not ignored
     (["--config_name", "m", "--task", "speech-recognition-ctc", "--max_duration_in_seconds", "20"], "max_duration_in_seconds is pretraining's crop length"),
     (["--config_name", "m", "--task", "audio-classification", "--dataset_train_split", "train.clean"], "fine-tuning names the train, validation and test splits"),
@@ -354,3 +358,13 @@ def test_audio_classifier_trains_without_specaugment(arch):
     out = wrapper.train()(labels=torch.tensor([0, 2]), **inputs)
     expected = torch.nn.functional.cross_entropy(reference, torch.tensor([0, 2]), reduction="sum")
     assert out["loss_sum"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("key", ["config_name", "model_name_or_path"])
+def test_unreadable_model_config_names_the_key_given(tmp_path, capsys, key):
+    """The error names the setting the user gave (it guessed from the string: a path read as model_name_or_path)."""
+    from hfssl.finetune.run import main
+
+    code = main(["--task", "text-classification", f"--{key}", str(tmp_path / "no-such-model"), "--train_file",
+                 str(TOPICS / "train.csv"), "--output_dir", str(tmp_path / "out")])
+    assert code == 2 and f"{key}: could not read a model config from '{tmp_path / 'no-such-model'}'" in capsys.readouterr().err
