@@ -149,8 +149,10 @@ def build_label_space(train: datasets.Dataset, column: str, multi_label: Optiona
     return LabelSpace(names, False)
 
 
-def check_labels_known(ds: datasets.Dataset, column: str, space: LabelSpace, separator: str, split: str, source: str) -> None:
-    """Labels of an evaluation split that the model cannot predict are an error, listed."""
+def check_labels_known(ds: datasets.Dataset, column: str, space: LabelSpace, separator: str, split: str, source: str,
+                       model: Optional[str] = None) -> None:
+    """Labels of an evaluation split that the model cannot predict are an error, listed. `model`: the fine-tuned
+    classifier being evaluated (do_train false), whose labels these are; None: the labels come from training data."""
     if column not in ds.column_names:
         raise DataError(f"label_column_name '{column}' is not a column of the {split} split ({source}); "
                         f"available columns: {', '.join(ds.column_names)}.")
@@ -165,6 +167,10 @@ def check_labels_known(ds: datasets.Dataset, column: str, space: LabelSpace, sep
             raise DataError(f"{source}: the {split} split has examples without a label in '{column}'.")
         seen.update(split_labels(v, separator) if space.multi_label else [label_key(v)])
     unseen = sorted(seen - known)
+    if unseen and model is not None:
+        raise DataError(f"The {split} split ({source}) has label(s) that the classifier {model} does not predict: "
+                        f"{', '.join(map(repr, unseen))}. Its labels: {', '.join(space.names)} (config.json id2label). "
+                        f"Map the split's labels to these names (they are compared as written, case included) or remove those rows.")
     if unseen:
         raise DataError(f"The {split} split ({source}) has label(s) never seen in training: {', '.join(map(repr, unseen))}. "
                         f"Known labels: {', '.join(space.names)}. Add training examples for them or remove these rows.")

@@ -58,7 +58,8 @@ class TextClassificationTask(Task):
         self.labels = space
         for split, ds in tables.items():
             if split != "train" and cfg.label_column_name in ds.column_names:
-                fdata.check_labels_known(ds, cfg.label_column_name, space, cfg.label_separator, split, names[split])
+                fdata.check_labels_known(ds, cfg.label_column_name, space, cfg.label_separator, split, names[split],
+                                         None if cfg.do_train else source)
 
         # Splits: carve validation from train if needed, then the label budget (train only).
         if "train" in tables:
