@@ -46,7 +46,7 @@ def test_unseen_validation_label_is_listed():
     with pytest.raises(DataError, match=r"never seen in training: 'c', 'd'.*Known labels: a, b"):
         fdata.check_labels_known(val, "label", space, ";", "validation", "val.csv")
     # Evaluating a fine-tuned classifier (nothing is trained): the message is about its labels, not training data.
-    with pytest.raises(DataError, match=r"labels? that the classifier out/clf does not predict: 'c', 'd'.*Its labels: a, b") as err:
+    with pytest.raises(DataError, match=r"label\(s\) that the classifier out/clf does not predict: 'c', 'd'.*Its labels: a, b") as err:
         fdata.check_labels_known(val, "label", space, ";", "validation", "val.csv", "out/clf")
     assert "training" not in str(err.value)
 
