@@ -151,7 +151,7 @@ class FinetuneConfig(TrainingArguments, AudioDataArguments):
         if self.max_length_seconds <= 0:
             raise ConfigError("max_length_seconds must be > 0.")
         # Keys shared with pretraining's audio data arguments that fine-tuning does not read: refused, not ignored.
-        if self.max_duration_in_seconds != 15.6:
+        if self.max_duration_in_seconds != AudioDataArguments.__dataclass_fields__["max_duration_in_seconds"].default:
             raise ConfigError("max_duration_in_seconds is pretraining's crop length; fine-tuning crops audio-classification clips to "
                               "max_length_seconds and keeps speech-recognition-ctc utterances whole (bound a batch with "
                               "max_batch_seconds). Unset it.")
@@ -159,8 +159,7 @@ class FinetuneConfig(TrainingArguments, AudioDataArguments):
             raise ConfigError("dataset_train_split / dataset_validation_split name pretraining's splits; fine-tuning names the "
                               "train, validation and test splits of dataset_name with dataset_split_names, e.g. "
                               "'train,validation,test'. Unset them.")
-        if audio and self.task == "audio-classification" and self.max_batch_seconds is not None \
-                and self.max_batch_seconds < self.max_length_seconds:
+        if self.task == "audio-classification" and self.max_batch_seconds is not None and self.max_batch_seconds < self.max_length_seconds:
             raise ConfigError(f"max_batch_seconds ({self.max_batch_seconds}) must hold at least one training crop "
                               f"(max_length_seconds={self.max_length_seconds}).")
         for key in ("mask_time_prob", "mask_feature_prob"):
