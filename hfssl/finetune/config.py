@@ -63,6 +63,11 @@ class FinetuneConfig(TrainingArguments, AudioDataArguments):
     label_fraction: float = _help("Keep this fraction of the training examples (stratified): the label budget.", 1.0)
     # --- audio
     max_length_seconds: float = _help("Audio classification: random crop of training clips to this length (evaluation uses whole clips).", 1.0)
+    # Pretraining's audio keys that fine-tuning does not read (refused in __post_init__): their help says so.
+    max_duration_in_seconds: float = _help("Pretraining only (its crop length); fine-tuning refuses it: classification crops to "
+                                           "max_length_seconds, CTC keeps utterances whole.", 15.6)
+    dataset_train_split: str = _help("Pretraining only; fine-tuning names its splits with dataset_split_names.", "train")
+    dataset_validation_split: Optional[str] = _help("Pretraining only; fine-tuning names its splits with dataset_split_names.", None)
     freeze_feature_encoder: bool = _help("Keep the convolutional feature encoder frozen (log-mel encoders such as Wav2Vec2Bert have none).", True)
     freeze_encoder_steps: int = _help("Speech tasks: train only the new output layers for the first N updates, the whole model after "
                                       "(fairseq's freeze_finetune_updates: a random head does not pull the pretrained encoder "
@@ -151,7 +156,7 @@ class FinetuneConfig(TrainingArguments, AudioDataArguments):
         if self.max_length_seconds <= 0:
             raise ConfigError("max_length_seconds must be > 0.")
         # Keys shared with pretraining's audio data arguments that fine-tuning does not read: refused, not ignored.
-        if self.max_duration_in_seconds != AudioDataArguments.__dataclass_fields__["max_duration_in_seconds"].default:
+        if self.max_duration_in_seconds != FinetuneConfig.__dataclass_fields__["max_duration_in_seconds"].default:
             raise ConfigError("max_duration_in_seconds is pretraining's crop length; fine-tuning crops audio-classification clips to "
                               "max_length_seconds and keeps speech-recognition-ctc utterances whole (bound a batch with "
                               "max_batch_seconds). Unset it.")
