@@ -272,6 +272,10 @@ def test_generator_config_follows_the_paper():
     base = generator_config(ElectraConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
                                           embedding_size=768), 1 / 3, 1.0)
     assert (base.hidden_size, base.num_attention_heads, base.intermediate_size) == (256, 4, 1024)
+    # 512 x 1/3 = 171 wide with 2 heads: the heads cannot split it (it crashed at the first forward); refused, named.
+    with pytest.raises(ConfigError, match="generator_size 0.333333 makes the generator 171 wide .* 2 heads"):
+        generator_config(ElectraConfig(hidden_size=512, num_hidden_layers=4, num_attention_heads=8, intermediate_size=2048,
+                                       embedding_size=128), 1 / 3, 1.0)
 
 
 def test_config_defaults_and_checks():

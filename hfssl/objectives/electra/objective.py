@@ -78,6 +78,11 @@ def generator_config(discriminator_config, size: float, layers: float):
     config.num_hidden_layers = depth
     config.hidden_size = max(1, round(discriminator_config.hidden_size * size))
     config.num_attention_heads = max(1, config.hidden_size // 64)
+    if config.hidden_size % config.num_attention_heads:  # transformers skips its own check when embedding_size is set
+        raise ConfigError(f"generator_size {size:g} makes the generator {config.hidden_size} wide (hidden_size "
+                          f"{discriminator_config.hidden_size} x {size:g}), which its {config.num_attention_heads} heads of "
+                          f"~64 (width // 64) do not divide: choose a generator_size whose width is a multiple of 64 or under "
+                          f"128 (e.g. 0.25 or 0.5 of {discriminator_config.hidden_size}).")
     config.intermediate_size = 4 * config.hidden_size
     config.architectures = ["ElectraForMaskedLM"]
     return config
