@@ -203,16 +203,40 @@ class SpeechObjective(Objective):
                                 sampling_rate=self.cfg.sampling_rate, max_length=self.max_samples, **order)
 
 
+def companion_file(model: Optional[str], filename: str) -> Optional[str]:
+    """A file hfssl saves beside a model (a BEST-RQ quantizer, a softmax head): its local path, from the model's
+    folder or, for a Hub id, downloaded from the model's repository; None when there is none (logged for a Hub id
+    that could not be reached, since what it would have given is then drawn or trained afresh)."""
+    if not model:
+        return None
+    if Path(model).is_dir():
+        path = Path(model) / filename
+        return str(path) if path.is_file() else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return hf_hub_download(model, filename)
+    except LocalEntryNotFoundError as e:  # offline and not cached (a subclass of EntryNotFoundError: caught first)
+        logger.warning("Could not fetch %s from %s (%s): continuing without it.", filename, model, type(e).__name__)
+        return None
+    except (EntryNotFoundError, RepositoryNotFoundError):
+        return None
+    except (HfHubHTTPError, OSError) as e:
+        logger.warning("Could not fetch %s from %s (%s): continuing without it.", filename, model, type(e).__name__)
+        return None
+
+
 def matching_head(folder: Optional[str], head_file: str, key: str, fingerprint: str) -> Optional[dict]:
-    """The saved head of an hfssl output folder being continued from, when its targets are the same ones
-    (metadata `key` equals `fingerprint`): {name: tensor}. None when there is no head file, or (logged) when
-    it was trained on other targets, whose classes would mean something else."""
-    if not folder or not (Path(folder) / head_file).is_file():
+    """The saved head of an hfssl output (a folder or a Hub id) being continued from, when its targets are the
+    same ones (metadata `key` equals `fingerprint`): {name: tensor}. None when there is no head file, or (logged)
+    when it was trained on other targets, whose classes would mean something else."""
+    path = companion_file(folder, head_file)
+    if path is None:
         return None
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    path = str(Path(folder) / head_file)
     with safe_open(path, "pt") as f:
         meta = f.metadata() or {}
     if meta.get(key) != fingerprint:

@@ -335,3 +335,71 @@ def test_feature_grad_scale_scales_only_the_conv_front_ends_gradient(tmp_path):
         grads[scale] = (enc.feature_extractor.conv_layers[0].conv.weight.grad.clone(), enc.encoder.layers[0].attention.q_proj.weight.grad.clone())
     torch.testing.assert_close(grads[0.25][0], 0.25 * grads[1.0][0])
     torch.testing.assert_close(grads[0.25][1], grads[1.0][1])
+
+
+def test_quantizer_sources_and_the_runs_own_record(tmp_path):
+    """output_dir's quantizer file is the run's record of its labels: a run building another quantizer there is
+    refused and the file kept (it was overwritten, and the error's hint then pointed at the wrong one). An explicit
+    quantizer_seed draws afresh even when model_name_or_path has a quantizer (it was ignored)."""
+    from conftest import ROOT
+    from hfssl.errors import ConfigError
+    from hfssl.objectives import load_config
+    from hfssl.objectives.best_rq.objective import BestRQObjective
+    from hfssl.objectives.best_rq.quantizer import QUANTIZER_FILE
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        sf.write(data / f"u{i}.wav", (0.1 * rng.standard_normal(32000)).astype(np.float32), 16000)
+
+    def build(out, *extra):
+        return BestRQObjective(load_config([str(ROOT / "recipes" / "best_rq" / "tiny-cpu.yaml"), "--train_dir", str(data),
+                                            "--output_dir", str(tmp_path / out), "--validation_split_percentage", "0",
+                                            "--per_device_train_batch_size", "2", *extra]))
+
+    first = build("run")
+    record = tmp_path / "run" / QUANTIZER_FILE
+    before = record.read_bytes()
+    with pytest.raises(ConfigError, match=f"{record} holds another quantizer than this run's .*--quantizer_path {record}"):
+        build("run", "--quantizer_seed", "7")
+    assert record.read_bytes() == before
+    assert build("run", "--quantizer_path", str(record)).quantizer.fingerprint() == first.quantizer.fingerprint()
+
+    model = tmp_path / "model"  # a BEST-RQ output: encoder, quantizer, head
+    first.save_pretrained(str(model), {"steps": 0})
+    assert (model / QUANTIZER_FILE).is_file()
+    assert build("cont", "--model_name_or_path", str(model)).quantizer.fingerprint() == first.quantizer.fingerprint()
+    fresh = build("fresh", "--model_name_or_path", str(model), "--quantizer_seed", "7")
+    assert fresh.quantizer.fingerprint() != first.quantizer.fingerprint() and fresh.quantizer_source == "drawn with seed 7"
+
+
+
+def test_companion_files_of_a_hub_model_are_downloaded(tmp_path, monkeypatch, caplog):
+    """A Hub id's quantizer / head come from its repository (only local folders were looked at, so continuing from a
+    published BEST-RQ model drew a new quantizer); a missing file is None; an unreachable Hub is None, logged."""
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    from hfssl.objectives.speech_base import companion_file
+
+    (tmp_path / "q.safetensors").write_bytes(b"x")
+    calls = []
+
+    def download(repo_id, filename, **kw):
+        calls.append((repo_id, filename))
+        if filename == "missing.safetensors":
+            raise EntryNotFoundError("no such file")
+        if filename == "offline.safetensors":
+            raise LocalEntryNotFoundError("offline")
+        return str(tmp_path / "q.safetensors")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.chdir(tmp_path)
+    assert companion_file("me/best-rq", "best_rq_quantizer.safetensors") == str(tmp_path / "q.safetensors")
+    assert companion_file("me/best-rq", "missing.safetensors") is None
+    caplog.set_level("WARNING")
+    assert companion_file("me/best-rq", "offline.safetensors") is None and "Could not fetch offline.safetensors" in caplog.text
+    assert calls == [("me/best-rq", n) for n in ("best_rq_quantizer.safetensors", "missing.safetensors", "offline.safetensors")]
+    assert companion_file(str(tmp_path), "q.safetensors") == str(tmp_path / "q.safetensors")  # a folder: no download
+    assert companion_file(str(tmp_path), "none.safetensors") is None and len(calls) == 3

@@ -41,7 +41,7 @@ from hfssl.objectives.best_rq.config import BestRQPretrainConfig
 from hfssl.objectives.best_rq.loss import code_perplexity
 from hfssl.objectives.best_rq.model import BestRQForPretraining
 from hfssl.objectives.best_rq.quantizer import QUANTIZER_FILE, RandomProjectionQuantizer
-from hfssl.objectives.speech_base import SpeechObjective, matching_head, speech_model_config
+from hfssl.objectives.speech_base import SpeechObjective, companion_file, matching_head, speech_model_config
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +83,15 @@ class BestRQObjective(SpeechObjective):
         self._low_usage_streak = 0
         self._collapse_reported = False
         self._last_row: dict = {}
+        # output_dir's quantizer is the run's own record of its labels (checkpoints keep only its sha1): another one
+        # there (a resume with other quantizer settings) is an error, never overwritten. Checked on every process.
+        mine = Path(cfg.output_dir) / QUANTIZER_FILE
+        if mine.is_file() and RandomProjectionQuantizer.load(mine).fingerprint() != q.fingerprint():
+            raise ConfigError(f"{mine} holds another quantizer than this run's ({self.quantizer_source}, sha1 {q.fingerprint()}): "
+                              f"to continue that run, resume with --quantizer_path {mine}; to start over, --overwrite_output_dir true.")
         if self.main:
-            Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-            q.save(Path(cfg.output_dir) / QUANTIZER_FILE, self._quantizer_metadata())
+            mine.parent.mkdir(parents=True, exist_ok=True)
+            q.save(mine, self._quantizer_metadata())
         self.preflight = self._preflight()
 
     # ------------------------------------------------------------------ build
@@ -140,11 +146,12 @@ class BestRQObjective(SpeechObjective):
         return model
 
     def _quantizer(self) -> tuple[RandomProjectionQuantizer, str]:
-        """The quantizer_path one, else the one saved with model_name_or_path (a BEST-RQ output), else a fresh seeded draw."""
+        """The quantizer_path one, else (no quantizer_seed given) the one saved with model_name_or_path (a BEST-RQ
+        output folder or Hub id), else a fresh seeded draw."""
         cfg = self.cfg
         saved = cfg.quantizer_path
-        if saved is None and cfg.model_name_or_path and (Path(cfg.model_name_or_path) / QUANTIZER_FILE).is_file():
-            saved = cfg.model_name_or_path
+        if saved is None and cfg.quantizer_seed is None:  # an explicit seed asks for a fresh draw
+            saved = companion_file(cfg.model_name_or_path, QUANTIZER_FILE)
         if saved is None:
             seed = cfg.seed if cfg.quantizer_seed is None else cfg.quantizer_seed
             q = RandomProjectionQuantizer.create(self.frontend.feature_dim, cfg.codebook_dim, cfg.codebook_size, cfg.num_codebooks, seed)
