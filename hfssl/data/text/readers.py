@@ -25,8 +25,8 @@ from hfssl.data.files import data_format
 from hfssl.errors import DataError
 
 # A .txt file is read in chunks cut at line ends and split like datasets' "text" builder (universal newlines,
-# then on "\n" only: StringIO.readlines, not str.splitlines, which also splits on \x0c, \x85, U+2028 ...), so a
-# streamed file has the same documents, and line numbers, as a loaded one.
+# then on "\n" only, as its StringIO.readlines: not str.splitlines, which also splits on \x0c, \x85, U+2028 ...),
+# so a streamed file has the same documents, and line numbers, as a loaded one.
 _CHUNK_CHARS = 1 << 20
 _HEAD_DOCS = 16  # documents read from each shard by check_heads
 ENCODING_FIX = ("convert it to UTF-8 (e.g. `iconv -f latin1 -t utf-8 in.txt > out.txt`), or remove the file "
@@ -89,9 +89,12 @@ def _records(path: str) -> Iterator[tuple[str, dict]]:
                     if not chunk:
                         break
                     chunk += f.readline()
-                    for text in io.StringIO(chunk).readlines():
+                    lines = chunk.split("\n")  # newlines already universal: what StringIO.readlines splits on
+                    if lines[-1] == "":
+                        lines.pop()  # the piece after the chunk's last line end
+                    for text in lines:
                         line += 1
-                        yield f"line {line}", {"text": text.rstrip("\n")}
+                        yield f"line {line}", {"text": text}
         elif fmt in (".jsonl", ".json"):
             yield from _json_records(path)
         elif fmt == ".csv":
