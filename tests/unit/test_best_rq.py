@@ -4,6 +4,7 @@ a hand computation, the collator's masks/noise/labels, the loss and the codebook
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -361,7 +362,8 @@ def test_quantizer_sources_and_the_runs_own_record(tmp_path):
     first = build("run")
     record = tmp_path / "run" / QUANTIZER_FILE
     before = record.read_bytes()
-    with pytest.raises(ConfigError, match=f"{record} holds another quantizer than this run's .*--quantizer_path {record}"):
+    with pytest.raises(ConfigError, match=f"{re.escape(str(record))} holds another quantizer than this run's .*--quantizer_path "
+                                          f"{re.escape(str(record))}"):
         build("run", "--quantizer_seed", "7")
     assert record.read_bytes() == before
     assert build("run", "--quantizer_path", str(record)).quantizer.fingerprint() == first.quantizer.fingerprint()
@@ -403,3 +405,14 @@ def test_companion_files_of_a_hub_model_are_downloaded(tmp_path, monkeypatch, ca
     assert calls == [("me/best-rq", n) for n in ("best_rq_quantizer.safetensors", "missing.safetensors", "offline.safetensors")]
     assert companion_file(str(tmp_path), "q.safetensors") == str(tmp_path / "q.safetensors")  # a folder: no download
     assert companion_file(str(tmp_path), "none.safetensors") is None and len(calls) == 3
+
+    # The heads (BEST-RQ's, HuBERT's) are looked up through it: a Hub id's head comes from the repository.
+    from safetensors.torch import save_file
+
+    from hfssl.objectives.best_rq.objective import HEAD_FILE
+    from hfssl.objectives.speech_base import matching_head
+
+    save_file({"weight": torch.ones(2, 3)}, str(tmp_path / "q.safetensors"), metadata={"quantizer_sha1": "abc"})
+    head = matching_head("me/best-rq", HEAD_FILE, "quantizer_sha1", "abc")
+    assert calls[-1] == ("me/best-rq", HEAD_FILE) and torch.equal(head["weight"], torch.ones(2, 3))
+    assert matching_head("me/best-rq", HEAD_FILE, "quantizer_sha1", "other") is None  # trained on other targets

@@ -133,7 +133,7 @@ def test_latest_skips_checkpoints_of_another_run(tmp_path, caplog):
         train(_cfg(tmp_path, max_steps=6, save_steps=2, resume_from_checkpoint="latest"), ToyObjective())
 
 
-def test_resuming_a_checkpoint_into_another_runs_folder_is_refused_or_moves_it_aside(tmp_path):
+def test_resuming_a_checkpoint_into_another_runs_folder_is_refused(tmp_path):
     """--resume_from_checkpoint A/checkpoint-2 --output_dir B, where B holds another run: refused, B unchanged (B's log
     rows and checkpoints were kept beside the resumed run's). Into an empty folder, or its own run's, it resumes."""
     a, b = tmp_path / "a", tmp_path / "b"

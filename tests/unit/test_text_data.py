@@ -369,7 +369,7 @@ def test_load_csv_with_text_column_name(tmp_path):
 
 def test_streamed_txt_splits_lines_as_the_loaded_file_does(tmp_path):
     """Only line ends separate .txt documents, streamed or loaded: form feeds, U+2028 and the like stay inside a line
-    (the streaming reader used str.splitlines, which split there too: 4 documents against the loaded file's 2)."""
+    (the streaming reader used str.splitlines, which split there too: 5 documents against the loaded file's 2)."""
     path = tmp_path / "corpus.txt"
     path.write_text("first doc\x0csame doc\r\nsecond doc \u2028 still second\x85 and still\n", encoding="utf-8")
     loaded = load_text_datasets(_cfg(path))["train"]["text"]
