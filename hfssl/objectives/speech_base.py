@@ -217,13 +217,12 @@ def companion_file(model: Optional[str], filename: str) -> Optional[str]:
 
     try:
         return hf_hub_download(model, filename)
-    except LocalEntryNotFoundError as e:  # offline and not cached (a subclass of EntryNotFoundError: caught first)
-        logger.warning("Could not fetch %s from %s (%s): continuing without it.", filename, model, type(e).__name__)
-        return None
-    except (EntryNotFoundError, RepositoryNotFoundError):
-        return None
-    except (HfHubHTTPError, OSError) as e:
-        logger.warning("Could not fetch %s from %s (%s): continuing without it.", filename, model, type(e).__name__)
+    except (EntryNotFoundError, HfHubHTTPError, OSError) as e:
+        # No such file or repository: nothing to fetch. Offline and not cached (LocalEntryNotFoundError, a subclass of
+        # EntryNotFoundError) or another failure: logged.
+        absent = isinstance(e, (EntryNotFoundError, RepositoryNotFoundError)) and not isinstance(e, LocalEntryNotFoundError)
+        if not absent:
+            logger.warning("Could not fetch %s from %s (%s): continuing without it.", filename, model, type(e).__name__)
         return None
 
 
