@@ -103,6 +103,21 @@ def test_second_run_reuses_the_cache_and_each_input_invalidates_it(tmp_path, wor
     assert "tokenized built" in run().summary
 
 
+def test_tokenizer_hash_ignores_the_truncation_that_encoding_leaves_on():
+    """Encoding line by line turns the tokenizer's truncation on and leaves it on: hashing that state gave the
+    same tokenizer another cache key after its first use, so a process that had tokenized train and one that
+    had not waited on different validation folders (a multi-GPU hang)."""
+    from hfssl.data.text.cache import tokenizer_hash
+    from hfssl.data.text.pack import encode
+
+    tok = train_tokenizer([" ".join(WORDS)] * 5, "wordpiece", 120)  # not the shared fixture: this changes its state
+    before = tokenizer_hash(tok)
+    encode(tok, ["the quick brown fox"], with_word_ids=False, max_length=8)
+    assert tok.backend_tokenizer.truncation is not None  # the state encoding leaves behind
+    assert tokenizer_hash(tok) == before
+    assert tokenizer_hash(train_tokenizer([" ".join(reversed(WORDS[:9]))] * 5, "wordpiece", 120)) != before
+
+
 # ----------------------------------------------------------------------------------- streams
 
 def test_resumed_stream_starts_at_the_saved_shard_and_gives_the_same_blocks(tmp_path, wordpiece):
@@ -206,6 +221,42 @@ def test_undecodable_shard_is_named_with_its_line_and_the_fix(tmp_path, wordpiec
             pass
     message = str(err.value)
     assert "b.txt.gz" in message and f"line {good_lines + 1} " in message and "UTF-8" in message and "iconv" in message
+
+
+def test_streamed_shard_without_the_text_column_is_named(tmp_path):
+    """A later shard keyed differently was read as blank documents and dropped whole, silently."""
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "a.jsonl").write_text("".join(json.dumps({"text": _doc(0, i)}) + "\n" for i in range(3))
+                                             + json.dumps({"text": None}) + "\n")  # an explicit null stays a blank one
+    (tmp_path / "s" / "b.jsonl").write_text("".join(json.dumps({"id": i, "content": _doc(1, i)}) + "\n" for i in range(3)))
+    assert [ex["text"] for ex in load_text_datasets(_cfg(tmp_path / "s" / "a.jsonl", streaming=True))["train"]] == [
+        _doc(0, 0), _doc(0, 1), _doc(0, 2), ""]
+    with pytest.raises(DataError) as err:
+        load_text_datasets(_cfg(tmp_path / "s" / "*.jsonl", streaming=True))
+    message = str(err.value)
+    assert "b.jsonl" in message and "line 1" in message and "id, content" in message and "text_column_name" in message
+
+
+def test_streamed_csv_document_longer_than_the_csv_module_limit(tmp_path, monkeypatch):
+    """Python's csv reader stops at 131,072 characters a field (a raw _csv.Error naming no file); the loaded
+    file reads such documents whole, so the stream must too. Other csv errors name the file and line."""
+    import csv
+
+    from hfssl.data.text import readers
+
+    big = "word " * 40000
+    path = tmp_path / "corpus.csv"
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([["id", "text"], [0, "short"], [1, big]])
+    previous = csv.field_size_limit(131072)  # the default of a fresh process, whatever ran before
+    try:
+        assert [ex["text"] for ex in load_text_datasets(_cfg(path, streaming=True))["train"]] == ["short", big]
+        monkeypatch.setattr(readers, "_CSV_FIELD_LIMIT", 1000)
+        with pytest.raises(DataError) as err:
+            load_text_datasets(_cfg(path, streaming=True))
+    finally:
+        csv.field_size_limit(previous)
+    assert "corpus.csv" in str(err.value) and "line 3" in str(err.value)
 
 
 @pytest.mark.parametrize("streaming", [False, True])

@@ -42,9 +42,20 @@ def digest(key) -> str:
 
 def tokenizer_hash(tokenizer) -> str:
     """Hash of everything that decides the ids: the full tokenizer definition and its special tokens."""
-    definition = tokenizer.backend_tokenizer.to_str() if tokenizer.is_fast else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    definition = _fast_definition(tokenizer) if tokenizer.is_fast else json.dumps(tokenizer.get_vocab(), sort_keys=True)
     extra = json.dumps([type(tokenizer).__name__, tokenizer.special_tokens_map, tokenizer.all_special_ids], sort_keys=True, default=str)
     return hashlib.sha256((definition + extra).encode()).hexdigest()[:20]
+
+
+def _fast_definition(tokenizer) -> str:
+    """The fast tokenizer's JSON without its truncation and padding state: encoding line by line turns truncation
+    on and leaves it on, so with that state the same tokenizer hashed differently before and after its first use,
+    and processes that had tokenized a split waited on other cache folders than those that had not (a hang).
+    The steps' keys hold the truncation that matters (max_length); `encode` never pads."""
+    definition = json.loads(tokenizer.backend_tokenizer.to_str())
+    definition.pop("truncation", None)
+    definition.pop("padding", None)
+    return json.dumps(definition, sort_keys=True)
 
 
 def files_signature(paths: list[str]) -> list[list]:

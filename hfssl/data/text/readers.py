@@ -31,6 +31,10 @@ _CHUNK_CHARS = 1 << 20
 _HEAD_DOCS = 16  # documents read from each shard by check_heads
 ENCODING_FIX = ("convert it to UTF-8 (e.g. `iconv -f latin1 -t utf-8 in.txt > out.txt`), or remove the file "
                 "if it is not text")
+# Python's csv reader refuses fields over 131,072 characters by default, while datasets' CSV loader reads any length:
+# raised so that a streamed CSV has the documents of a loaded one. 2**31 - 1, not sys.maxsize: that overflows the C long
+# of some platforms (Windows).
+_CSV_FIELD_LIMIT = 2**31 - 1
 _BROKEN = (EOFError, OSError, zlib.error, lzma.LZMAError, ValueError)  # truncated or corrupt compression
 
 
@@ -65,9 +69,16 @@ def first_record(path: str) -> dict:
 def read_documents(path: str, column: str) -> Iterator[str]:
     """The documents of one file in order, one per line/row (blank ones included, as ''), with errors that
     name the file and line or row. `column` is ignored for .txt files."""
+    if data_format(path) == ".txt":
+        column = "text"  # _records' name for a line
     for where, record in _records(path):
-        value = record.get(column)
-        if value is None:
+        if column not in record:  # another key (e.g. a later shard written differently): not a blank document
+            raise DataError(
+                f"{path}, {where}: no column '{column}' (this record has: {', '.join(map(str, record)) or 'none'}). Every "
+                f"file must hold the text in the same column: set --text_column_name to the column that holds it, or "
+                f"rewrite or remove this file.")
+        value = record[column]
+        if value is None:  # an explicit null (or a CSV cell missing at the row's end): an empty document
             yield ""
         elif isinstance(value, str):
             yield value
@@ -98,11 +109,16 @@ def _records(path: str) -> Iterator[tuple[str, dict]]:
         elif fmt in (".jsonl", ".json"):
             yield from _json_records(path)
         elif fmt == ".csv":
+            csv.field_size_limit(_CSV_FIELD_LIMIT)
             with _open_text(path, newline="") as f:
                 reader = csv.DictReader(f)
-                for row in reader:
-                    line = reader.line_num
-                    yield f"line {line}", row
+                try:
+                    for row in reader:
+                        line = reader.line_num
+                        yield f"line {line}", row
+                except csv.Error as e:  # names neither the file nor the line (DictReader's line_num lags: the csv reader's)
+                    raise DataError(f"{path}: line {reader.reader.line_num}: not valid CSV ({e}). Fix or remove that line, or "
+                                    f"convert the file to .jsonl.") from None
         elif fmt == ".parquet":
             yield from _parquet_records(path)
         else:
