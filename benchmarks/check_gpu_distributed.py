@@ -80,6 +80,16 @@ def rewind(source: Path, dest: Path) -> int:
     return keep
 
 
+def drop_weights(folder: Path) -> None:
+    """Remove a finished run's checkpoints and weight files, keeping its logs and results."""
+    if not folder.is_dir():
+        return
+    for path in folder.glob("checkpoint-*"):
+        shutil.rmtree(path)
+    for path in folder.glob("*.safetensors"):
+        path.unlink()
+
+
 def check_export(kind: str, out: Path) -> str:
     if kind == "mlm":
         from transformers import pipeline
@@ -112,6 +122,9 @@ def main() -> int:
     for precision in precisions:
         for kind in args.objectives.split(","):
             argv = objectives(args.steps, args.cpu_test)[kind]
+            # The precision is hfssl's own setting too (accelerate launch's --mixed_precision must agree with it).
+            precision_args = [] if args.cpu_test else ["--mixed_precision", precision]
+            argv = [*argv, *precision_args]
             name = f"{kind}-{precision}"
             first, resumed = out / name, out / f"{name}-resumed"
             for p in (first, resumed):
@@ -135,7 +148,7 @@ def main() -> int:
                 ctc = out / f"ctc-{precision}"
                 shutil.rmtree(ctc, ignore_errors=True)
                 fcmd, fenv = launcher("finetune", precision, args.cpu_test, port + 1)
-                run([*fcmd, str(ROOT / "recipes" / "finetune" / "speech-recognition-ctc-tiny-cpu.yaml"), "--model_name_or_path",
+                run([*fcmd, str(ROOT / "recipes" / "finetune" / "speech-recognition-ctc-tiny-cpu.yaml"), *precision_args, "--model_name_or_path",
                      str(first), "--output_dir", str(ctc), "--max_steps", str(max(4, args.steps // 10)), "--eval_steps", "0",
                      "--save_steps", str(max(2, args.steps // 20))], fenv, out / f"ctc-{precision}.log")
                 import soundfile as sf
@@ -148,7 +161,11 @@ def main() -> int:
             results.append(row)
             port += 2
             print(json.dumps(row), flush=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+            # Written after every row, and the weights and checkpoints dropped (logs kept): a call cut short
+            # still returns what finished, and what comes back stays small (about 50 MB per GPU checkpoint).
+            (out / "results.json").write_text(json.dumps(results, indent=1))
+            for folder in (first, resumed, out / f"ctc-{precision}"):
+                drop_weights(folder)
     print("\n| objective | precision | steps | final loss | overflows | skipped | resumed from | resume max rel. diff | export |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:

@@ -364,6 +364,29 @@ def test_auto_precision_and_compile_resolve_to_what_the_machine_runs_fast(bf16, 
         load_config(["--train_file", str(corpus), "--torch_compile", "sometimes"])
 
 
+def test_accelerate_launch_precision_is_taken_where_hfssl_leaves_it_open(corpus, tmp_path, monkeypatch):
+    """`accelerate launch --mixed_precision X` reaches the script only as ACCELERATE_MIXED_PRECISION, which an
+    Accelerator built with an explicit precision ignores: unset or `auto` take it, a different explicit value is
+    refused, and accelerate's `no` (also its value when asked for nothing) decides nothing."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    cfg = load_config(["--train_file", str(corpus)])
+    assert cfg.mixed_precision == "bf16"
+    assert "mixed_precision bf16: asked for by accelerate launch (ACCELERATE_MIXED_PRECISION)." in cfg.auto_choices
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    recipe = _recipe(tmp_path, f"objective: mlm\ntrain_file: {corpus}\nmixed_precision: auto\n")
+    assert load_config([recipe]).mixed_precision == "fp16"
+    same = load_config(["--train_file", str(corpus), "--mixed_precision", "fp16"])
+    assert (same.mixed_precision, same.auto_choices) == ("fp16", [])
+    fp32 = _recipe(tmp_path, f"objective: mlm\ntrain_file: {corpus}\nmixed_precision: no\n")  # YAML: false
+    with pytest.raises(ConfigError, match=r"mixed_precision: .*recipe\.yaml sets no, but accelerate launch asks for fp16"):
+        load_config([fp32])
+    with pytest.raises(ConfigError, match="the command line sets bf16"):
+        load_config(["--train_file", str(corpus), "--mixed_precision", "bf16"])
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    assert load_config(["--train_file", str(corpus), "--mixed_precision", "bf16"]).mixed_precision == "bf16"
+    assert load_config(["--train_file", str(corpus)]).mixed_precision == "no"
+
+
 def test_hardware_probe_matches_the_compiler_on_the_path(monkeypatch, tmp_path):
     from hfssl import hardware
 
