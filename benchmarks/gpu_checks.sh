@@ -22,8 +22,11 @@ cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-gpu-checks}; ONLY=${ONLY:-.}; BUDGET=${BUDGET:-560}; BENCH_ARGS=${BENCH_ARGS:-}; LONG_SECONDS=${LONG_SECONDS:-120}
 PY=${PYTHON:-python3}
-R="$OUT/r"  # results; packed into $OUT/gpu-checks.tgz at the end (a device call returns at most 8 files)
-mkdir -p "$R"; LOG="$OUT/log.txt"; START=$SECONDS
+# Results are written outside $OUT and packed into $OUT/gpu-checks.tgz after every step (checkpoints and weights
+# left out), so $OUT holds two files whenever the call is cut short: a device call returns at most 8 files of 16 MiB.
+R=$(mktemp -d "${TMPDIR:-/tmp}/gpu-checks.XXXXXX")/r
+mkdir -p "$R" "$OUT"; LOG="$OUT/log.txt"; START=$SECONDS
+pack() { tar -C "$(dirname "$R")" -czf "$OUT/gpu-checks.tgz" --exclude='checkpoint-*' --exclude='*.safetensors' --exclude='*.bin' r; }
 left() { echo $(( BUDGET - (SECONDS - START) )); }
 step() {  # step NAME NEEDS_SECONDS MAX_SECONDS command...
   local name=$1 need=$2 max=$3 l; shift 3; l=$(left)
@@ -33,6 +36,7 @@ step() {  # step NAME NEEDS_SECONDS MAX_SECONDS command...
   echo "== $name (limit ${max}s) at $((SECONDS - START))s" | tee -a "$LOG"
   timeout -k 10 "$max" "$@" 2>&1 | tee -a "$LOG"
   echo "== $name: exit ${PIPESTATUS[0]} at $((SECONDS - START))s" | tee -a "$LOG"
+  pack
 }
 
 WHEELS=${WHEELS:-.whl}
@@ -53,8 +57,10 @@ step "attention and packing tests on CUDA" 30 90 $PY -m pytest -q -rs -p no:cach
 step "BERT-base MLM" 120 260 $B --workloads mlm --variants hf_trainer,hf_trainer_compile,hfssl,hfssl_compile --output "$R/bench_mlm.json"
 step "wav2vec 2.0 base" 40 110 $B --workloads w2v --variants hf_loop,hfssl --output "$R/bench_w2v.json"
 step "wav2vec 2.0 base, ${LONG_SECONDS}s in bf16" $(( LONG_SECONDS + 40 )) $(( LONG_SECONDS + 90 )) $B --workloads w2v_long --long_seconds "$LONG_SECONDS" --output "$R/w2v_long.json"
-step "line-by-line text" 40 100 $B --workloads mlm_varlen --variants hf_trainer,hfssl --output "$R/bench_varlen.json"
-step "ablations" 40 240 $B --workloads mlm,mlm_varlen,w2v --variants mlm:hfssl_eager,mlm_varlen:hfssl_padded,mlm_varlen:hfssl_rows8,w2v:hfssl_compile --output "$R/bench_more.json"
+# hfssl_padded is hfssl's CUDA default for line-by-line text without flash-attn (hfssl/attention.py); packed is the
+# other layout: both beside the stock Trainer in one run, so both ratios come out.
+step "line-by-line text" 40 130 $B --workloads mlm_varlen --variants hf_trainer,hfssl,hfssl_padded --output "$R/bench_varlen.json"
+step "ablations" 40 240 $B --workloads mlm,mlm_varlen,w2v --variants mlm:hfssl_eager,mlm_varlen:hfssl_rows8,w2v:hfssl_compile --output "$R/bench_more.json"
 step "host syncs per update" 40 90 $B --workloads syncs --output "$R/syncs.json"
 P="$PY benchmarks/profile_step.py --preset ${PROFILE_PRESET:-gpu} --steps 8"
 step "profile: line-by-line text, packed" 40 90 $P --workload mlm_varlen --output "$R/profile_mlm_varlen.json"
@@ -63,4 +69,4 @@ step "profile: wav2vec 2.0 base" 40 90 $P --workload w2v --output "$R/profile_w2
 [[ "FSDP2 checks" =~ $ONLY ]] && [[ "$ONLY" != . ]] && \
   step "FSDP2 checks" 300 590 $PY benchmarks/check_gpu_distributed.py --out "$R/distributed" --steps "${FSDP_STEPS:-300}" ${FSDP_ARGS:-}
 echo "== done at $((SECONDS - START))s" | tee -a "$LOG"
-tar -C "$OUT" -czf "$OUT/gpu-checks.tgz" r && rm -rf "$R"
+pack && rm -rf "$(dirname "$R")"

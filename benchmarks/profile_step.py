@@ -66,8 +66,9 @@ def main(argv=None):
     p.add_argument("--output", default=None)
     args = p.parse_args(argv)
     preset = dict(workloads.PRESETS[args.preset])
-    if args.steps:
-        preset.update(steps=args.steps, w2v_steps=args.steps)
+    if args.steps:  # the timed window starts after the warm-up updates: keep at least one update in it
+        warm = max(1, min(preset["warm"], preset["w2v_warm"], args.steps // 2))
+        preset.update(steps=args.steps, w2v_steps=args.steps, warm=warm, w2v_warm=warm)
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if preset["device"] == "cuda" else [])
     with tempfile.TemporaryDirectory() as scratch, labelled_phases(), torch.profiler.profile(activities=activities) as prof:
         preset["scratch"] = scratch
