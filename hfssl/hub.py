@@ -9,6 +9,8 @@ from typing import Any, Optional
 
 import yaml
 
+from hfssl.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 # Never uploaded: resumable checkpoints (optimizer state, RNG), unfinished saves, the run's lock and
@@ -54,6 +56,28 @@ def files_to_upload(output_dir: str) -> list[str]:
         if p.is_file() and not any(fnmatch.fnmatch(rel, pat) or fnmatch.fnmatch(rel.split("/")[0], pat) for pat in UPLOAD_IGNORE):
             out.append(rel)
     return out
+
+
+def check_push_to_hub(output_dir: str, repo_id: Optional[str] = None) -> str:
+    """Before any training: what would make the upload at the end fail for sure, found with no network call
+    (every process gets the same answer). Returns the repository id that will be used."""
+    from huggingface_hub import constants, get_token
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    name = repo_id or Path(output_dir).resolve().name
+    key = "hub_model_id" if repo_id else "hub_model_id (unset, so output_dir's folder name)"
+    try:
+        validate_repo_id(name)
+    except HFValidationError as e:
+        raise ConfigError(f"push_to_hub: {key} '{name}' is not a valid repository id ({e}). "
+                          "Set --hub_model_id to user/name or org/name.") from None
+    if constants.HF_HUB_OFFLINE:
+        raise ConfigError("push_to_hub needs the Hub, but HF_HUB_OFFLINE is set. Unset one of them "
+                          "(and upload later with `hf upload REPO OUTPUT_DIR`).")
+    if get_token() is None:
+        raise ConfigError("push_to_hub needs a Hugging Face token and none is set: run `hf auth login` or set HF_TOKEN "
+                          "before training, or unset push_to_hub.")
+    return name
 
 
 def push_to_hub(output_dir: str, repo_id: Optional[str] = None, private: bool = False, token: Optional[str] = None) -> str:

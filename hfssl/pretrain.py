@@ -35,6 +35,10 @@ def run(cfg) -> int:
     from hfssl.trainer import train
 
     setup_logging()
+    if cfg.push_to_hub:  # a missing login found now, not after the run
+        from hfssl.hub import check_push_to_hub
+
+        check_push_to_hub(cfg.output_dir, cfg.hub_model_id)
     accelerator = make_accelerator(cfg)
     if not accelerator.is_main_process:
         logging.getLogger("hfssl").setLevel(logging.WARNING)

@@ -26,6 +26,10 @@ def run(cfg) -> int:
     from hfssl.pretrain import setup_logging
 
     setup_logging()
+    if cfg.push_to_hub:  # a missing login found now, not after the run
+        from hfssl.hub import check_push_to_hub
+
+        check_push_to_hub(cfg.output_dir, cfg.hub_model_id)
     results = finetune(cfg)
     if results is not None:
         print("\n" + json.dumps(results, indent=1))

@@ -132,3 +132,42 @@ def test_push_to_hub_defaults_repo_to_folder_name(model_dir):
         push_to_hub(str(model_dir))
     assert create.call_args.args[0] == model_dir.name
     assert upload.call_args.kwargs["repo_id"] == f"someone/{model_dir.name}"
+
+
+def test_push_to_hub_failures_are_found_before_training(tmp_path, monkeypatch, capsys):
+    """A run that asks to push is checked for a valid repository id, a reachable Hub and a token before it trains:
+    otherwise hours of training end in an upload error."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from hfssl.errors import ConfigError
+    from hfssl.hub import check_push_to_hub
+    from hfssl.pretrain import main
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    with pytest.raises(ConfigError, match=r"hub_model_id 'me/not valid' is not a valid repository id"):
+        check_push_to_hub(str(tmp_path / "out"), "me/not valid")
+    with pytest.raises(ConfigError, match=r"hub_model_id \(unset, so output_dir's folder name\) 'my run'"):
+        check_push_to_hub(str(tmp_path / "my run"))
+    with pytest.raises(ConfigError, match="run `hf auth login` or set HF_TOKEN"):
+        check_push_to_hub(str(tmp_path / "out"), "me/tiny")
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_xxx")
+    assert check_push_to_hub(str(tmp_path / "out"), "me/tiny") == "me/tiny"
+    assert check_push_to_hub(str(tmp_path / "my-run")) == "my-run"
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ConfigError, match="HF_HUB_OFFLINE is set"):
+        check_push_to_hub(str(tmp_path / "out"), "me/tiny")
+    # through run_pretrain.py: exit 2 with the message, before the output folder exists
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    corpus = Path(__file__).resolve().parents[1] / "fixtures" / "text" / "corpus.txt"
+    out = tmp_path / "never-made"
+    assert main(["--train_file", str(corpus), "--output_dir", str(out), "--push_to_hub", "true"]) == 2
+    assert "hf auth login" in capsys.readouterr().err and not out.exists()
+    from hfssl.finetune.run import main as finetune_main  # and through run_finetune.py
+
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "finetune" / "text-classification-tiny-cpu.yaml"
+    assert finetune_main([str(recipe), "--model_name_or_path", str(tmp_path / "no-model"), "--output_dir", str(out),
+                          "--push_to_hub", "true"]) == 2
+    assert "hf auth login" in capsys.readouterr().err and not out.exists()
