@@ -70,10 +70,14 @@ class TextDataArguments:
                                   f"source checkout, not with an installed wheel): pass --train_file with your text, or "
                                   f"--builtin_corpus python-docstrings.")
             self.train_file = str(path)  # from here on exactly `--train_file <that file>`
-        formats = {data_format(f) for key in ("train_file", "validation_file")
-                   for f in resolve_data_files(key, getattr(self, key), TEXT_FILE_EXTENSIONS)}
+        formats: dict[str, str] = {}  # extension -> the first file of it
+        for key in ("train_file", "validation_file"):
+            for f in resolve_data_files(key, getattr(self, key), TEXT_FILE_EXTENSIONS):
+                formats.setdefault(data_format(f), f"{key} {f}")
         if len(formats) > 1:
-            raise ConfigError(f"train_file and validation_file must all have one format (extension); found {', '.join(sorted(formats))}.")
+            found = "; ".join(f"{fmt} ({where})" for fmt, where in sorted(formats.items()))
+            raise ConfigError(f"train_file and validation_file must all have one format (extension); found {found}. "
+                              f"Convert them to one format (one loader reads every split).")
         if self.max_seq_length < 8:
             raise ConfigError(f"max_seq_length must be >= 8, got {self.max_seq_length}.")
         if not 0 <= self.validation_split_percentage < 100:
