@@ -22,6 +22,8 @@ setup(
         "huggingface_hub>=1.0,<3",
         "pyyaml>=6",
         "xxhash>=3",  # checkpoint content hashes (also a dependency of datasets)
+        "pyarrow>=15",  # packed text blocks and streamed parquet (also a dependency of datasets)
+        "safetensors>=0.4.3",  # checkpoints and the BEST-RQ / probe heads (also a dependency of transformers)
         "matplotlib>=3.8",
         "tqdm",
         "numpy",

@@ -171,6 +171,10 @@ def test_wav2vec2_encoder_resumes_exactly_and_fine_tunes(best_rq_wav2vec2, tmp_p
     shutil.rmtree(out / f"checkpoint-{W2V2_STEPS}")
     run_cli("run_pretrain.py", [*W2V2, "--output_dir", out, "--resume_from_checkpoint", "latest"], env=ONE_THREAD)
     assert train_losses(out) == train_losses(best_rq_wav2vec2)  # bitwise from update 21: crops, masks, noise, dropout
+    from safetensors.torch import load_file
+
+    a, b = load_file(out / "model.safetensors"), load_file(best_rq_wav2vec2 / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # and the same final weights
 
     kws = tmp_path / "kws"
     run_cli("run_finetune.py", [ROOT / "recipes" / "finetune" / "audio-classification-tiny-cpu.yaml", "--model_name_or_path",

@@ -45,4 +45,5 @@ def test_compiled_step_has_no_graph_break_and_stops_recompiling(tmp_path):
     train(cfg, objective, accelerator)
     accelerator.end_training()
     assert dict(counters["graph_break"]) == {}
-    assert counters["stats"]["unique_graphs"] <= 2  # static first, then once with the varying dimension dynamic
+    # compiled at all (no graphs would also pass the check above), static first, then once with the varying dimension dynamic
+    assert 1 <= counters["stats"]["unique_graphs"] <= 2

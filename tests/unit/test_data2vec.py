@@ -208,7 +208,8 @@ def test_block_source_targets_are_the_top_blocks_outputs_for_every_layout():
     torch.testing.assert_close(got[1], outs[2])
 
 
-def test_target_source_reaches_the_teacher_and_is_checked():
+def test_target_source_is_parsed_and_checked():
+    # (that it reaches the teacher and the model card: tests/integration/test_pretrain_data2vec.py)
     assert load_config(["--objective", "data2vec_text"]).target_source == "feed_forward"  # the paper's
     assert load_config(["--objective", "data2vec_text", "--target_source", "block"]).target_source == "block"
     with pytest.raises((ConfigError, SystemExit), match="target_source|residual"):

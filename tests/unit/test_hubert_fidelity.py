@@ -150,14 +150,24 @@ def test_kmeans_reseeds_an_empty_cluster():
     assert km.centroids.abs().max() < 20 and km.metadata["inertia"] < 2.5  # ~2 = the blobs' own variance
 
 
-def test_kmeans_keeps_the_initialization_with_the_lowest_inertia():
+def test_kmeans_keeps_the_initialization_with_the_lowest_inertia(monkeypatch):
+    """Of n_init k-means++ draws the one with the lowest inertia on the init sample is the one refined. The draws
+    are scripted: a local optimum (one blob split in two, two blobs under one centre), except draw 5, the true centres."""
+    from hfssl.objectives.hubert import kmeans as kmeans_module
+
     x = _blobs(seed=1)
-    one = fit_kmeans(x, 4, batch_size=100, max_passes=2, seed=5, n_init=1)
-    many = fit_kmeans(x, 4, batch_size=100, max_passes=2, seed=5, n_init=8)
+    good = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    split = torch.tensor([[-0.5, 0.0], [0.5, 0.0], [10.0, 0.0], [5.0, 10.0]])
+    draws = iter([good if i == 5 else split for i in range(8)])
+    monkeypatch.setattr(kmeans_module, "kmeans_plus_plus", lambda *a, **k: next(draws).clone())
+    many = fit_kmeans(x, 4, batch_size=100, max_passes=1, seed=5, n_init=8)
     inertias = many.metadata["init_inertias"]
-    assert len(inertias) == 8 and many.metadata["chosen_init"] == int(np.argmin(inertias))
-    assert inertias[0] == one.metadata["init_inertias"][0]  # the same first draw: the best of 8 is never worse
-    assert min(inertias) <= inertias[0] and len(set(round(v, 6) for v in inertias)) > 1
+    assert len(inertias) == 8 and many.metadata["chosen_init"] == 5 == int(np.argmin(inertias))
+    assert inertias[5] < 3 < min(inertias[:5] + inertias[6:])  # ~2: the blobs' own variance
+    # refined from draw 5: one pass ends at the blobs' variance; from any other draw it stays far above it
+    assert many.metadata["inertia"] < 2.5
+    monkeypatch.setattr(kmeans_module, "kmeans_plus_plus", lambda *a, **k: split.clone())
+    assert fit_kmeans(x, 4, batch_size=100, max_passes=1, seed=5, n_init=1).metadata["inertia"] > 5
 
 
 def test_kmeans_patience_stops_early():

@@ -38,6 +38,26 @@ def _lrs(out) -> list[float]:
     return [r["lr"] for r in rows if "lr" in r]
 
 
+REFERENCE_KINDS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt")
+
+
+def _reference_lrs(kind: str, settings: dict) -> list[float]:
+    """The rate transformers.get_scheduler gives after each of 8 updates (peak 0.1, as the toy config)."""
+    import torch
+    from transformers import get_scheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    extra = {"num_cycles": settings["num_cycles"]} if "num_cycles" in settings else None
+    schedule = get_scheduler(kind, opt, num_warmup_steps=settings["warmup_steps"], num_training_steps=8,
+                             scheduler_specific_kwargs=extra)
+    out = []
+    for _ in range(8):
+        opt.step()
+        schedule.step()
+        out.append(schedule.get_last_lr()[0])
+    return out
+
+
 @pytest.mark.parametrize("kind", SCHEDULERS)
 def test_every_scheduler_runs_with_its_settings(tmp_path, kind):
     settings = {"max_steps": 8, "warmup_steps": 2, "lr_scheduler_type": kind, **SETTINGS.get(kind, {})}
@@ -46,6 +66,8 @@ def test_every_scheduler_runs_with_its_settings(tmp_path, kind):
     assert summary["steps"] == 8
     lrs = _lrs(tmp_path / "o")
     assert len(lrs) == 8 and all(math.isfinite(x) and x >= 0 for x in lrs)
+    if kind in REFERENCE_KINDS:  # the same values as transformers' own schedule with these settings
+        assert lrs == pytest.approx(_reference_lrs(kind, settings), abs=1e-9)
     if kind == "cosine_with_min_lr":
         assert lrs[-1] == pytest.approx(0.01, rel=0.05) and min(lrs[2:]) >= 0.01 - 1e-12  # ends at min_lr, never below
     if kind == "warmup_stable_decay":

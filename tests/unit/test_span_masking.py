@@ -16,6 +16,7 @@ import torch
 from hfssl.masking.spans import (
     compute_span_mask,
     expected_masked_fraction,
+    masked_rows,
     sample_negatives,
     span_mask_stats,
 )
@@ -244,16 +245,18 @@ def test_negatives_are_seeded():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-def test_negatives_index_the_same_vectors_as_the_flattened_layout():
-    # Wav2Vec2ForPreTraining indexes features.view(B*T, C) with b * T + t: per-utterance indices
-    # shifted by b * T give the same vectors.
+def test_masked_rows_gather_each_masked_frames_own_negatives():
+    # The loss works on the masked frames as rows (masked_rows): row n of features.view(B*T, C)[positions] must be
+    # masked frame (b, t), and its negative rows the frames negatives[b, t] of the same utterance.
     mask = compute_span_mask(torch.tensor([40, 33, 20]), 40, PROB, SPAN, generator=_gen(41))
     negatives = sample_negatives(mask, 7, generator=_gen(42))
-    flat = negatives + (torch.arange(3) * 40)[:, None, None]
     features = torch.randn(3, 40, 5)
-    by_flat = features.view(-1, 5)[flat.view(-1)].view(3, 40, 7, 5)
-    by_utterance = torch.stack([features[i][negatives[i]] for i in range(3)])
-    assert torch.equal(by_flat, by_utterance)
+    positions, rows = masked_rows(mask, negatives)
+    masked = features[mask]  # (N, 5), row-major like positions
+    assert torch.equal(features.view(-1, 5)[positions], masked)
+    by_rows = masked[rows]  # (N, 7, 5)
+    by_utterance = torch.stack([features[b][negatives[b, t]] for b, t in mask.nonzero().tolist()])
+    assert rows.shape == (int(mask.sum()), 7) and torch.equal(by_rows, by_utterance)
 
 
 def test_float32_rank_draw_stays_below_its_bound():
