@@ -24,6 +24,7 @@ import os
 import pickle
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -88,7 +89,10 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, trainer_stat
         os.replace(tmp, final)
         fsync_dir(output_dir)
         if total_limit:
-            for old in list_checkpoints(output_dir)[:-total_limit]:
+            # The one just saved counts as the newest whatever its number: a higher-numbered folder (a trajectory
+            # that was resumed or rolled back from) must never push it out.
+            others = [p for p in list_checkpoints(output_dir) if p != final]
+            for old in others[:max(0, len(others) - (total_limit - 1))]:
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
@@ -366,6 +370,32 @@ def find_latest_checkpoint(output_dir: str | Path, run_id: Optional[str] = None)
             logger.warning("Skipping damaged checkpoint: %s", e)
             damaged.append(str(e))
     return None, damaged
+
+
+def set_aside_checkpoints_after(output_dir: str | Path, step: int) -> list[Path]:
+    """Rename every checkpoint-<N> folder with N > step to `abandoned-checkpoint-<N>-<time>` (main process, lock held).
+
+    A resume or rollback to `step` abandons the trajectory that wrote them. Under their names, `latest` would resume
+    that trajectory after a crash, and save_total_limit would keep them as the newest and delete the new ones.
+    Renamed, not deleted: they are the user's, and the name keeps them out of `checkpoint_folders`."""
+    output_dir = Path(output_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    moved = []
+    for path in checkpoint_folders(output_dir):
+        if int(_NAME.match(path.name).group(1)) <= step:
+            continue
+        dest, n = output_dir / f"abandoned-{path.name}-{stamp}", 1
+        while dest.exists():  # a second rollback within the same second
+            n += 1
+            dest = output_dir / f"abandoned-{path.name}-{stamp}-{n}"
+        os.replace(path, dest)
+        moved.append(dest)
+    if moved:
+        fsync_dir(output_dir)
+        logger.warning("Continuing from step %d: renamed the later checkpoints of the abandoned trajectory to %s, so that neither "
+                       "`latest` nor save_total_limit takes them for this run's; delete them when you no longer need them.",
+                       step, ", ".join(p.name for p in moved))
+    return moved
 
 
 def checkpoint_run_id(path: str | Path) -> str:

@@ -96,7 +96,8 @@ class TrainingArguments:
     resume_from_checkpoint: Optional[str] = _help("A checkpoint folder, or 'latest' for the newest one in output_dir that verifies "
                                                   "(an empty or missing output_dir starts from scratch).", None)
     on_no_good_checkpoint: Literal["error", "start_over"] = _help(
-        "resume_from_checkpoint latest when output_dir holds checkpoints or a final model but no checkpoint that verifies: "
+        "resume_from_checkpoint latest when output_dir holds checkpoints, a final model or files of something other than an "
+        "hfssl run, but no checkpoint that verifies (an hfssl run that saved none yet starts again in place): "
         "error (exit 2, naming what is damaged) or start_over (move the earlier files aside, as overwrite_output_dir does, "
         "and train from step 0).", "error")
     max_bad_steps: int = _help("Stop after this many updates in a row with a non-finite loss or gradient.", 3)

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from accelerate.utils import gather_object
 
-from hfssl.checkpointing import list_checkpoints, load_objective_tensors, save_checkpoint, verify_on_main
+from hfssl.checkpointing import list_checkpoints, load_objective_tensors, save_checkpoint, set_aside_checkpoints_after, verify_on_main
 from hfssl.distributed import is_fsdp, local
 from hfssl.errors import TrainingStopped
 
@@ -75,6 +75,9 @@ def resume_loop(run, path: Path) -> LoopState:
     run.scheduler.load_state_dict(saved["scheduler"])
     run.objective.load_state_dict({**saved["objective"], **load_objective_tensors(path)})
     fields = {k: v for k, v in saved.items() if k in LoopState.__dataclass_fields__}
+    if accelerator.is_main_process:  # only once loaded: a refused resume changes nothing
+        set_aside_checkpoints_after(run.out, saved["step"])
+    accelerator.wait_for_everyone()  # every process's health check then lists the same checkpoints (rollback targets)
     logger.info("Resumed from %s at step %d.", path, saved["step"])
     return LoopState(**fields)
 

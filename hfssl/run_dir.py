@@ -141,16 +141,24 @@ def _prepare(cfg, path: Path, train: bool) -> tuple[str, Optional[str]]:
         if found is not None:
             return _continue(path, found), str(found)
         finals = [name for name in FINAL_FILES if (path / name).exists()]
-        if damaged or finals:
+        # Files but no checkpoint and no hfssl run file (another tool's model, someone's notes) are not a run to
+        # continue: a start from step 0 would empty their training_log.jsonl and replace their config.json and model.
+        # An hfssl run killed before its first checkpoint (a requeued job) starts again from step 0 in place.
+        earlier = _earlier_files(path)
+        ours = (path / RUN_FILE).is_file()
+        if damaged or finals or (earlier and not ours):
             what = damaged + [f"{path / name} is the final output of a finished run" for name in finals]
+            names = sorted(p.name for p in earlier)
+            what = what or [f"it holds {', '.join(names[:6])}{' ...' if len(names) > 6 else ''} and no checkpoint"]
             if cfg.on_no_good_checkpoint == "error":
                 raise CheckpointError(
                     f"resume_from_checkpoint latest: no checkpoint in '{path}' can be resumed, and the folder holds an earlier "
                     f"run: {'; '.join(what)}. Nothing was changed. Restore the damaged files, give --resume_from_checkpoint "
-                    f"a checkpoint folder, or set --on_no_good_checkpoint start_over to move these files aside and start over.")
+                    f"a checkpoint folder, choose another --output_dir, or set --on_no_good_checkpoint start_over to move "
+                    f"these files aside and start over.")
             _move_aside(path, "on_no_good_checkpoint start_over")
-        elif _earlier_files(path):
-            logger.info("resume_from_checkpoint latest: no checkpoint in %s yet; starting from step 0.", path)
+        elif earlier:
+            logger.info("resume_from_checkpoint latest: the run in %s saved no checkpoint yet; starting it again from step 0.", path)
         return _start(path), None
     if resume:
         checkpoint = Path(resume)
@@ -172,7 +180,10 @@ def _prepare(cfg, path: Path, train: bool) -> tuple[str, Optional[str]]:
 
 
 def _earlier_files(path: Path) -> list[Path]:
-    return [p for p in path.iterdir() if p.name != LOCK_FILE] if path.is_dir() else []
+    """What an earlier run left in `path`, besides the lock; none when that is only its run file (its setup failed,
+    e.g. on a config error, before it wrote anything: the corrected rerun may start there)."""
+    found = [p for p in path.iterdir() if p.name != LOCK_FILE] if path.is_dir() else []
+    return [] if [p.name for p in found] == [RUN_FILE] else found
 
 
 def _start(path: Path) -> str:
@@ -200,6 +211,8 @@ def _read_run_id(path: Path) -> Optional[str]:
 
 def _move_aside(path: Path, why: str) -> Path:
     """Move everything but the lock from `path` into the sibling folder `<name>.overwritten-<time>`."""
+    path = path.resolve()  # Path(".").name is "": the folder would be made inside path, then moved into itself
+    entries = _earlier_files(path)  # listed before the new folder exists: it is never one of them
     stamp = time.strftime("%Y%m%d-%H%M%S")
     dest = path.parent / f"{path.name}.overwritten-{stamp}"
     n = 1
@@ -207,7 +220,6 @@ def _move_aside(path: Path, why: str) -> Path:
         n += 1
         dest = path.parent / f"{path.name}.overwritten-{stamp}-{n}"
     dest.mkdir()
-    entries = _earlier_files(path)
     for entry in entries:
         shutil.move(str(entry), str(dest / entry.name))  # a rename on the same filesystem
     logger.warning("%s: moved the earlier run's %d file(s)/folder(s) from %s to %s; delete that folder when you no longer need it.",

@@ -18,6 +18,7 @@ from hfssl.checkpointing import (
     file_hash,
     list_checkpoints,
     save_checkpoint,
+    set_aside_checkpoints_after,
     verify_checkpoint,
 )
 from hfssl.checkpointing import find_latest_checkpoint as _find_latest
@@ -154,6 +155,27 @@ def test_save_total_limit_prunes_oldest_in_numeric_order(setup, tmp_path):
     _save(setup, tmp_path, 300, limit=1)
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-300"]
     assert find_latest_checkpoint(tmp_path) == tmp_path / "checkpoint-300"
+
+
+def test_save_total_limit_never_deletes_the_checkpoint_just_saved(setup, tmp_path):
+    """Resumed from 300 with 400 and 500 of another trajectory still there: the new 350 counts as the newest."""
+    for step in (300, 400, 500):
+        _save(setup, tmp_path, step)
+    path = _save(setup, tmp_path, 350, limit=1)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-350"] and verify_checkpoint(path)["step"] == 350
+    _save(setup, tmp_path, 360, limit=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-350", "checkpoint-360"]
+
+
+def test_checkpoints_after_a_resumed_step_are_renamed_never_deleted(setup, tmp_path):
+    for step in (300, 400, 500):
+        _save(setup, tmp_path, step)
+    (tmp_path / "checkpoint-600").mkdir()  # an incomplete one is set aside too
+    moved = set_aside_checkpoints_after(tmp_path, 300)
+    assert [p.name.rsplit("-", 2)[0] for p in moved] == [f"abandoned-checkpoint-{s}" for s in (400, 500, 600)]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("checkpoint-")] == ["checkpoint-300"]
+    assert find_latest_checkpoint(tmp_path) == tmp_path / "checkpoint-300"
+    assert verify_checkpoint(moved[1])["step"] == 500  # intact
 
 
 def test_no_limit_keeps_everything(setup, tmp_path):

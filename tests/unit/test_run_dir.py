@@ -8,6 +8,7 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hfssl.checkpointing import MANIFEST, file_hash, list_checkpoints
-from hfssl.errors import CheckpointError, OutputDirError, TrainingStopped
+from hfssl.checkpointing import MANIFEST, file_hash, find_latest_checkpoint, list_checkpoints, verify_checkpoint
+from hfssl.errors import CheckpointError, OutputDirError, RollbackRequested, TrainingStopped
 from hfssl.output_lock import LOCK_FILE, STALE_AFTER_S, OutputDirLock
 from hfssl.run_dir import RUN_FILE, close_run_dir, open_run_dir, trim_log
 from hfssl.trainer import train
@@ -174,6 +175,62 @@ def test_latest_on_an_empty_output_dir_starts_from_scratch(tmp_path):
     assert train(_cfg(tmp_path, resume_from_checkpoint="latest"), ToyObjective())["steps"] == 4
 
 
+def test_latest_with_files_but_no_checkpoint_refuses_or_moves_them_aside(tmp_path):
+    """No checkpoint and no train_results.json, but an earlier run's (or another tool's) files: a start from step 0
+    would empty their log and replace their config and model. Refused unchanged, or moved aside with start_over."""
+    out = tmp_path / "o"
+    out.mkdir()
+    earlier = {"config.json": '{"user": "original"}', "README.md": "user notes",
+               "training_log.jsonl": "".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (1, 2, 3))}
+    for name, text in earlier.items():
+        (out / name).write_text(text)
+    with pytest.raises(CheckpointError) as err:
+        train(_cfg(tmp_path, resume_from_checkpoint="latest"), ToyObjective())
+    assert f"'{out}'" in str(err.value) and "README.md, config.json, training_log.jsonl and no checkpoint" in str(err.value)
+    assert "--on_no_good_checkpoint start_over" in str(err.value)
+    assert {p.name: p.read_text() for p in out.iterdir() if p.name != LOCK_FILE} == earlier  # nothing written
+    assert train(_cfg(tmp_path, resume_from_checkpoint="latest", on_no_good_checkpoint="start_over"), ToyObjective())["steps"] == 4
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("o.overwritten-")]
+    assert len(aside) == 1 and {p.name: p.read_text() for p in aside[0].iterdir()} == earlier
+    assert [json.loads(r)["step"] for r in (out / "training_log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    # an hfssl run killed before its first checkpoint (a requeued job with `latest`): started again in place
+    for path in out.glob("checkpoint-*"):
+        shutil.rmtree(path)
+    for name in ("train_results.json", "model.safetensors"):
+        (out / name).unlink(missing_ok=True)
+    assert (out / RUN_FILE).is_file() and (out / "training_log.jsonl").is_file()
+    assert train(_cfg(tmp_path, resume_from_checkpoint="latest"), ToyObjective())["steps"] == 4
+    assert [json.loads(r)["step"] for r in (out / "training_log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith("o.overwritten-")]) == 1  # nothing more moved
+
+
+def test_a_folder_with_only_the_run_file_of_a_failed_setup_is_empty(tmp_path):
+    """A run whose setup failed (a config error) wrote only its run file: the corrected rerun starts there. A run
+    that wrote anything else is still an earlier run."""
+    out = tmp_path / "o"
+    cfg = _cfg(tmp_path)
+    close_run_dir(open_run_dir(cfg))  # the failed attempt
+    assert sorted(p.name for p in out.iterdir()) == [RUN_FILE]
+    close_run_dir(open_run_dir(cfg))  # the corrected rerun is accepted
+    (out / "training_log.jsonl").write_text('{"step": 1}\n')
+    with pytest.raises(OutputDirError, match="already holds files from an earlier run"):
+        open_run_dir(cfg)
+    assert (out / "training_log.jsonl").read_text() == '{"step": 1}\n'
+
+
+def test_overwrite_output_dir_dot_moves_the_current_folder_aside(tmp_path, monkeypatch):
+    out = tmp_path / "o"
+    (out / "checkpoint-2").mkdir(parents=True)
+    (out / "checkpoint-2" / "model.safetensors").write_text("weights")
+    (out / "training_log.jsonl").write_text('{"step": 2}\n')
+    monkeypatch.chdir(out)
+    close_run_dir(open_run_dir(_cfg(tmp_path, output_dir=".", overwrite_output_dir=True)))
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("o.overwritten-")]
+    assert len(aside) == 1 and sorted(p.name for p in aside[0].iterdir()) == ["checkpoint-2", "training_log.jsonl"]
+    assert (aside[0] / "checkpoint-2" / "model.safetensors").read_text() == "weights"
+    assert sorted(p.name for p in out.iterdir()) == [RUN_FILE]  # the new run's, and nothing left half moved
+
+
 def test_stale_partial_saves_are_removed_at_start(tmp_path):
     out = tmp_path / "o"
     (out / ".tmp-checkpoint-7").mkdir(parents=True)
@@ -186,10 +243,15 @@ def test_stale_partial_saves_are_removed_at_start(tmp_path):
 
 def test_the_run_tokenizer_comes_back_from_the_checkpoint(tmp_path, caplog):
     out = tmp_path / "o"
+    cfg = _cfg(tmp_path, max_steps=4, save_steps=2, resume_from_checkpoint="latest")
+    first = open_run_dir(cfg)  # as the entry point does, before it trains the run's tokenizer into output_dir
     (out / "tokenizer").mkdir(parents=True)
     (out / "tokenizer" / "tokenizer.json").write_text('{"model": {"vocab": {"a": 0, "b": 1}}}')
     (out / "tokenizer" / "tokenizer_config.json").write_text("{}")
-    train(_cfg(tmp_path, max_steps=4, save_steps=2, resume_from_checkpoint="latest"), ToyObjective())
+    try:
+        train(cfg, ToyObjective())
+    finally:
+        close_run_dir(first)
     saved = (out / "checkpoint-4" / "tokenizer" / "tokenizer.json").read_text()
     for damage in ("missing", "truncated"):
         if damage == "missing":
@@ -200,6 +262,58 @@ def test_the_run_tokenizer_comes_back_from_the_checkpoint(tmp_path, caplog):
         close_run_dir(run)
         assert (out / "tokenizer" / "tokenizer.json").read_text() == saved
         assert f"{out / 'tokenizer' / 'tokenizer.json'} {'is missing' if damage == 'missing' else 'differs'}" in caplog.text
+
+
+class _Interrupted(ToyObjective):
+    """Rolls back once at update `rollback_at` to checkpoint-`rollback_to` (if given), then dies during update `dies_at`
+    as a kill would: after its optimizer step, before its log row and its checkpoint."""
+
+    def __init__(self, out, dies_at, rollback_at=None, rollback_to=None):
+        super().__init__()
+        self.out, self.dies_at, self.rollback_at, self.rollback_to, self.rolled = out, dies_at, rollback_at, rollback_to, False
+
+    def check_health(self, window):
+        if window and window[-1]["step"] == self.rollback_at and not self.rolled:
+            self.rolled = True
+            raise RollbackRequested(str(self.out / f"checkpoint-{self.rollback_to}"), "Collapse (test).")
+        return None
+
+    def on_update(self, step, total):
+        if step == self.dies_at and (self.rolled or self.rollback_at is None):
+            raise RuntimeError("killed (test)")
+        return super().on_update(step, total)
+
+
+def _abandoned(out: Path) -> list[str]:
+    return sorted(p.name.rsplit("-", 2)[0] for p in out.glob("abandoned-checkpoint-*"))  # without the time stamp
+
+
+def test_resuming_an_older_checkpoint_sets_the_later_ones_aside(tmp_path, caplog):
+    """Resumed from checkpoint-2 with 4 and 6 on disk, save_total_limit 1, killed after saving 4 again: the new 4 is
+    kept (rotation used to delete it and keep 6) and `latest` resumes it, not the abandoned 6. The old ones are renamed, intact."""
+    out = tmp_path / "o"
+    train(_cfg(tmp_path, max_steps=6, save_steps=2), ToyObjective())
+    again = dict(max_steps=6, save_steps=2, save_total_limit=1)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(_cfg(tmp_path, **again, resume_from_checkpoint=str(out / "checkpoint-2")), _Interrupted(out, dies_at=5))
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-4"]
+    assert _abandoned(out) == ["abandoned-checkpoint-4", "abandoned-checkpoint-6"]
+    assert verify_checkpoint(next(out.glob("abandoned-checkpoint-6-*")))["step"] == 6  # nothing lost
+    with caplog.at_level(logging.INFO):
+        assert train(_cfg(tmp_path, **again, resume_from_checkpoint="latest"), ToyObjective())["steps"] == 6
+    assert f"Resumed from {out / 'checkpoint-4'} at step 4" in caplog.text
+
+
+def test_a_rollback_sets_the_abandoned_checkpoints_aside(tmp_path):
+    """Rolled back at update 6 to checkpoint-2 (3, 4, 5 on disk), killed during update 4 of the new trajectory: `latest`
+    is the new trajectory's checkpoint-3, not the collapsed run's checkpoint-5."""
+    out = tmp_path / "o"
+    with pytest.raises(RuntimeError, match="killed"):
+        train(_cfg(tmp_path, max_steps=8, save_steps=1), _Interrupted(out, dies_at=4, rollback_at=6, rollback_to=2))
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    assert json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["rollbacks"] == 1
+    assert _abandoned(out) == ["abandoned-checkpoint-3", "abandoned-checkpoint-4", "abandoned-checkpoint-5"]
+    assert find_latest_checkpoint(out)[0] == out / "checkpoint-3"
 
 
 # ----------------------------------------------------------------------------------- the log
