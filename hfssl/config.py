@@ -287,6 +287,9 @@ SOURCE_GROUPS = {
     "data source": ("dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file",
                     "train_dir", "validation_dir", "test_dir"),
     "model source": ("model_name_or_path", "config_name", "init_from_label_model"),
+    # a rate given for the pretrained side re-specifies the comparison: the recipe's random-init rate would
+    # otherwise stay a one-point grid beside the command line's grid
+    "learning rates": ("learning_rate", "learning_rates", "scratch_learning_rate", "scratch_learning_rates"),
 }
 
 
@@ -362,11 +365,13 @@ def _launcher_precision(recipe: dict[str, Any], overrides: dict[str, Any], sourc
 def _without_replaced_groups(recipe: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """The recipe without the groups the command line gives a value of its own (`--key none` only unsets that key)."""
     given = {k for k, v in overrides.items() if not (isinstance(v, str) and v.lower() in ("none", "null"))}
-    dropped = [key for keys in SOURCE_GROUPS.values() if given.intersection(keys)
-               for key in keys if key in recipe and key not in overrides]
-    if dropped:
-        logger.warning("The command line sets the data/model source, so the recipe's %s %s not used.",
-                       ", ".join(dropped), "is" if len(dropped) == 1 else "are")
+    dropped = []
+    for what, keys in SOURCE_GROUPS.items():
+        mine = [key for key in keys if key in recipe and key not in overrides] if given.intersection(keys) else []
+        if mine:
+            logger.warning("The command line sets the %s, so the recipe's %s %s not used.", what, ", ".join(mine),
+                           "is" if len(mine) == 1 else "are")
+        dropped += mine
     return {k: v for k, v in recipe.items() if k not in dropped}
 
 
@@ -408,7 +413,7 @@ def config_help(cls: type) -> str:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     groups = "; ".join(f"{what}: {', '.join(k for k in keys if k in names)}" for what, keys in SOURCE_GROUPS.items()
-                       if any(k in names for k in keys))
+                       if sum(k in names for k in keys) > 1)
     lines = [f"{cls.__name__}: {cls.__doc__.strip()}",
              f"  Setting one key of a group on the command line replaces all of the recipe's keys of that group ({groups}); "
              f"unset a single key with --key none.", ""]
