@@ -42,7 +42,7 @@ class TextDataArguments:
     tokenizer_train_samples: int = _help("Documents used to train a tokenizer (0 = all).", 200000)
     builtin_corpus: Literal["python-docstrings", "debian-descriptions"] = _help(
         "Offline corpus used when neither train_file nor dataset_name is given: python-docstrings (the running Python's "
-        "standard-library docstrings, on any machine) or debian-descriptions (56,570 Debian package descriptions that ship "
+        "standard-library docstrings, on any machine) or debian-descriptions (59,547 Debian package descriptions that ship "
         "with the source checkout: the unlabeled side of the Debian topic payoff benchmark).", "python-docstrings")
     dataset_name: Optional[str] = _help("A `datasets` dataset (Hub id or local path).", None)
     dataset_config_name: Optional[str] = _help("Its configuration name.", None)

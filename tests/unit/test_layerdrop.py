@@ -128,6 +128,23 @@ def test_other_speech_encoders_are_covered(kind):
         assert grads[0] != 0  # like transformers, WavLM never drops its first layer (the position bias)
 
 
+def test_the_conformer_of_best_rq_is_covered():
+    """Wav2Vec2Bert (BEST-RQ's conformer, log-mel input) drops layers the same way: every parameter stays in the graph."""
+    from transformers import Wav2Vec2BertConfig, Wav2Vec2BertModel
+
+    config = Wav2Vec2BertConfig(hidden_size=16, num_hidden_layers=6, num_attention_heads=2, intermediate_size=32,
+                                feature_projection_input_dim=20, output_hidden_size=16, conv_depthwise_kernel_size=3,
+                                layerdrop=0.5, **NO_DROPOUT)
+    torch.manual_seed(0)
+    model = Wav2Vec2BertModel(config).train()
+    assert constant_graph_layerdrop(model) == ["encoder"]
+    torch.manual_seed(2)
+    model(torch.randn(2, 12, 20, generator=torch.Generator().manual_seed(1))).last_hidden_state.sum().backward()
+    grads = _layer_grads(model)
+    assert all(p.grad is not None for p in model.encoder.parameters())
+    assert 0 in grads and any(grads)
+
+
 def test_models_without_layerdrop_are_left_alone():
     from transformers import BertConfig, BertModel
 
