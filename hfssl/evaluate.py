@@ -14,6 +14,14 @@ from hfssl.loss_terms import accumulate, agreed, as_terms, per_target
 logger = logging.getLogger(__name__)
 
 
+def bare_module(accelerator, model) -> torch.nn.Module:
+    """The module inside the DDP and torch.compile wrappers, leaving them as they are. (unwrap_model's default keeps
+    a compiled wrapper by putting the bare module into it in place: the training model then lost DDP's no_sync
+    after the first evaluation, and every micro-batch of an accumulated update all-reduced its gradients.)
+    Evaluation runs uncompiled."""
+    return accelerator.unwrap_model(model, keep_torch_compile=False)
+
+
 @torch.no_grad()
 def evaluate(accelerator, model, objective, cfg) -> dict[str, float]:
     """`eval_loss` (sum over terms of term sum / term targets), `eval_loss_<term>` with several terms,
@@ -22,7 +30,7 @@ def evaluate(accelerator, model, objective, cfg) -> dict[str, float]:
     # Without DDP's wrapper (its forward adds nothing here). FSDP2 shards the module in place: the
     # unwrapped module is still sharded, each forward gathers weights from all processes, so every
     # process runs the same number of batches (`eval_batches` pads; padding is left out of the sums).
-    model = accelerator.unwrap_model(model).eval()
+    model = bare_module(accelerator, model).eval()
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, float] = {}
     for batch in eval_batches(objective, cfg, W, rank):

@@ -1,5 +1,6 @@
 """Pieces of hfssl.distributed and the evaluation plan that need no second process."""
 
+import pytest
 import torch
 
 from hfssl.data.batching import eval_batches
@@ -95,3 +96,24 @@ def test_deepspeed_and_fsdp1_are_refused_at_start():
         check_backend(Launched(DistributedType.FSDP))
     check_backend(Launched(DistributedType.FSDP, fsdp2=True))
     check_backend(Launched(DistributedType.MULTI_GPU))
+
+
+def test_evaluation_leaves_the_compiled_ddp_model_as_it_was(tmp_path):
+    """unwrap_model's default puts the bare module into a compiled wrapper in place: the training model then had no
+    DDP inside, so accelerator.no_sync found nothing and every accumulated micro-batch all-reduced its gradients."""
+    import torch.distributed as dist
+    from accelerate import Accelerator
+
+    from hfssl.evaluate import bare_module
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already set up in this process")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        linear = torch.nn.Linear(4, 4)
+        ddp = torch.nn.parallel.DistributedDataParallel(linear)
+        compiled = torch.compile(ddp)  # a wrapper only: nothing is compiled until it is called
+        assert bare_module(Accelerator(), compiled) is linear
+        assert compiled._orig_mod is ddp and hasattr(compiled, "no_sync")  # the training model is untouched
+    finally:
+        dist.destroy_process_group()

@@ -42,6 +42,10 @@ def test_discriminator_loss_by_hand():
     expected = math.log1p(math.exp(-2.0)) + math.log1p(math.exp(-1.0)) + math.log1p(math.exp(0.5))
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     assert correct.item() == 2  # 2.0 -> replaced (right), -1.0 -> original (right), 0.5 -> replaced (wrong)
+    # no data-dependent shape (boolean indexing): no device sync on a GPU, one graph under torch.compile
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(discriminator_loss)(logits, labels, mask)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
 
 
 def test_a_sample_equal_to_the_original_counts_as_original():

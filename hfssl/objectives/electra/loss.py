@@ -46,9 +46,12 @@ def discriminator_loss(logits: torch.Tensor, labels: torch.Tensor, attention_mas
     Returns:
         (loss_sum () float32, correct () number of real tokens classified right).
     """
+    # Padding masked out by where, not by boolean indexing: an index is a device sync and a data-dependent shape
+    # (a graph break under torch.compile) on every micro-batch.
     real = attention_mask.bool()
-    bce = F.binary_cross_entropy_with_logits(logits.float()[real], labels[real], reduction="sum")
-    correct = ((logits[real] > 0).float() == labels[real]).float().sum()
+    per_token = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none")  # (B, T)
+    bce = torch.where(real, per_token, 0.0).sum()
+    correct = (((logits > 0).float() == labels) & real).float().sum()
     return bce, correct
 
 
