@@ -89,10 +89,9 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, trainer_stat
         os.replace(tmp, final)
         fsync_dir(output_dir)
         if total_limit:
-            # The one just saved counts as the newest whatever its number: a higher-numbered folder (a trajectory
-            # that was resumed or rolled back from) must never push it out.
-            others = [p for p in list_checkpoints(output_dir) if p != final]
-            for old in others[:max(0, len(others) - (total_limit - 1))]:
+            # By number: a resume or rollback renamed any later checkpoint aside (set_aside_checkpoints_after),
+            # so the one just saved is the newest.
+            for old in list_checkpoints(output_dir)[:-total_limit]:
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final

@@ -287,9 +287,6 @@ SOURCE_GROUPS = {
     "data source": ("dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file",
                     "train_dir", "validation_dir", "test_dir"),
     "model source": ("model_name_or_path", "config_name", "init_from_label_model"),
-    # a rate given for the pretrained side re-specifies the comparison: the recipe's random-init rate would
-    # otherwise stay a one-point grid beside the command line's grid
-    "learning rates": ("learning_rate", "learning_rates", "scratch_learning_rate", "scratch_learning_rates"),
 }
 
 
@@ -413,7 +410,7 @@ def config_help(cls: type) -> str:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     groups = "; ".join(f"{what}: {', '.join(k for k in keys if k in names)}" for what, keys in SOURCE_GROUPS.items()
-                       if sum(k in names for k in keys) > 1)
+                       if any(k in names for k in keys))
     lines = [f"{cls.__name__}: {cls.__doc__.strip()}",
              f"  Setting one key of a group on the command line replaces all of the recipe's keys of that group ({groups}); "
              f"unset a single key with --key none.", ""]

@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 # Never uploaded: resumable checkpoints (optimizer state, RNG), unfinished saves, the run's lock and
 # id, and its working copy of the tokenizer (the same files sit at the top level) are for running
 # and resuming, not for using the model.
-UPLOAD_IGNORE = ("checkpoint-*", ".tmp-*", "*.tmp", ".hfssl.lock", "hfssl_run.json", "runs", "runs/*", "tokenizer", "tokenizer/*")
+UPLOAD_IGNORE = ("checkpoint-*", "abandoned-checkpoint-*", ".tmp-*", "*.tmp", ".hfssl.lock", "hfssl_run.json", "runs", "runs/*", "tokenizer", "tokenizer/*")
 
 
 def write_model_card(output_dir: str, objective: str, pipeline_tag: Optional[str], summary: dict, details: dict[str, str],
@@ -58,13 +58,18 @@ def files_to_upload(output_dir: str) -> list[str]:
     return out
 
 
+def repo_name(output_dir: str, repo_id: Optional[str]) -> str:
+    """hub_model_id, else output_dir's folder name (created under the user's account)."""
+    return repo_id or Path(output_dir).resolve().name
+
+
 def check_push_to_hub(output_dir: str, repo_id: Optional[str] = None) -> str:
     """Before any training: what would make the upload at the end fail for sure, found with no network call
     (every process gets the same answer). Returns the repository id that will be used."""
     from huggingface_hub import constants, get_token
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    name = repo_id or Path(output_dir).resolve().name
+    name = repo_name(output_dir, repo_id)
     key = "hub_model_id" if repo_id else "hub_model_id (unset, so output_dir's folder name)"
     try:
         validate_repo_id(name)
@@ -85,7 +90,7 @@ def push_to_hub(output_dir: str, repo_id: Optional[str] = None, private: bool = 
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
-    repo_id = repo_id or Path(output_dir).resolve().name
+    repo_id = repo_name(output_dir, repo_id)
     url = api.create_repo(repo_id, private=private, exist_ok=True)
     repo_id = url.repo_id  # with the namespace: a bare name is created under the user's account, and uploads need both
     files = files_to_upload(output_dir)

@@ -312,14 +312,13 @@ def test_own_model_source_on_the_command_line_replaces_the_recipe_model(tmp_path
     assert cfg.test_file is None and cfg.train_file == recipe["train_file"] and cfg.validation_file == recipe["validation_file"]
 
 
-def test_a_learning_rate_grid_on_the_command_line_replaces_the_recipes_rates(monkeypatch, caplog):
-    """The tiny recipe sets scratch_learning_rate: with --learning_rates on the command line, random init got that one
-    rate beside the pretrained side's grid. The command line's rates now replace all of the recipe's."""
+def test_readmes_learning_rate_grid_applies_to_both_sides(monkeypatch):
+    """README's payoff command gives --learning_rates with the tiny recipe: random init must get the same grid (the
+    recipe once set a scratch_learning_rate, which left random init a one-point grid beside it)."""
     cfg = _finetune(["--compare_with_scratch", "true", "--learning_rates", "1e-4,3e-4,1e-3"], monkeypatch)
     assert cfg.pretrained_learning_rates == cfg.scratch_learning_rate_grid == [1e-4, 3e-4, 1e-3]
-    assert "sets the learning rates, so the recipe's learning_rate, scratch_learning_rate are not used" in caplog.text
-    kept = _finetune(["--compare_with_scratch", "true", "--seeds", "2"], monkeypatch)  # no rate given: the recipe's
-    assert kept.scratch_learning_rate == yaml.safe_load(FINETUNE_TINY.read_text())["scratch_learning_rate"]
+    one = _finetune(["--compare_with_scratch", "true"], monkeypatch)  # the recipe's single rate, on both sides
+    assert one.pretrained_learning_rates == one.scratch_learning_rate_grid == [1e-3]
 
 
 def test_help_says_how_groups_and_unsetting_work():

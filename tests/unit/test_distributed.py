@@ -104,16 +104,19 @@ def test_evaluation_leaves_the_compiled_ddp_model_as_it_was(tmp_path):
     import torch.distributed as dist
     from accelerate import Accelerator
 
-    from hfssl.evaluate import bare_module
+    from hfssl.evaluate import evaluate
+    from test_schedules import _WithEvalSet
+    from test_trainer_guards import _cfg
 
     if dist.is_initialized():
         pytest.skip("a process group is already set up in this process")
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
-        linear = torch.nn.Linear(4, 4)
-        ddp = torch.nn.parallel.DistributedDataParallel(linear)
-        compiled = torch.compile(ddp)  # a wrapper only: nothing is compiled until it is called
-        assert bare_module(Accelerator(), compiled) is linear
+        objective = _WithEvalSet()
+        ddp = torch.nn.parallel.DistributedDataParallel(objective.model)
+        compiled = torch.compile(ddp)  # the training model of a compiled DDP run (compiled when first called)
+        result = evaluate(Accelerator(), compiled, objective, _cfg(tmp_path))
+        assert result["eval_targets"] == 8  # the 8 eval points, run on the bare module
         assert compiled._orig_mod is ddp and hasattr(compiled, "no_sync")  # the training model is untouched
     finally:
         dist.destroy_process_group()

@@ -40,6 +40,7 @@ def model_dir(tmp_path_factory) -> Path:
                      tags=["bert"])
     for rel in ("checkpoint-10/model.safetensors", "checkpoint-10/hfssl_checkpoint.json",
                 "checkpoint-20/optimizer.bin", ".tmp-checkpoint-30/model.safetensors",
+                "abandoned-checkpoint-40-20261205-120000/optimizer.bin",
                 "config.json.tmp", "runs/events.out.tfevents.1", "runs/sub/events.out.tfevents.2",
                 ".tmp-final/run/model.safetensors", ".hfssl.lock", "hfssl_run.json"):
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +91,8 @@ def test_files_to_upload_excludes_checkpoints_and_temp_files(model_dir):
     assert files == _expected(model_dir)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md"):
         assert name in files
-    assert not any(f.startswith(("checkpoint-", ".tmp-checkpoint-", "runs")) or f.endswith(".tmp") for f in files)
+    assert not any(f.startswith(("checkpoint-", "abandoned-checkpoint-", ".tmp-checkpoint-", "runs")) or f.endswith(".tmp")
+                   for f in files)
 
 
 def test_uploaded_files_load_back(model_dir):
