@@ -391,8 +391,9 @@ def set_aside_checkpoints_after(output_dir: str | Path, step: int) -> list[Path]
         moved.append(dest)
     if moved:
         fsync_dir(output_dir)
-        logger.warning("Continuing from step %d: renamed the later checkpoints of the abandoned trajectory to %s, so that neither "
-                       "`latest` nor save_total_limit takes them for this run's; delete them when you no longer need them.",
+        logger.warning("Continuing from step %d: renamed the later checkpoints (of an abandoned trajectory, or ones that did not "
+                       "verify) to %s, so that neither `latest` nor save_total_limit takes them for this run's; delete them "
+                       "when you no longer need them.",
                        step, ", ".join(p.name for p in moved))
     return moved
 
