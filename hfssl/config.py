@@ -126,6 +126,7 @@ class TrainingArguments:
             raise ConfigError(f"adam_epsilon must be in (0, 1), got {self.adam_epsilon}.")
         if self.max_grad_norm < 0:
             raise ConfigError(f"max_grad_norm must be >= 0 (0 disables clipping), got {self.max_grad_norm}.")
+        _check_local_sources(self)
         if self.overwrite_output_dir and self.resume_from_checkpoint:
             raise ConfigError("overwrite_output_dir moves the earlier run aside and starts over, resume_from_checkpoint "
                               "continues it: choose one.")
@@ -198,6 +199,20 @@ class TrainingArguments:
 
 
 # ----------------------------------------------------------------------------------- type checks
+
+# Settings that name a model, config or tokenizer: a local folder or a Hub repository id.
+SOURCE_KEYS = ("model_name_or_path", "config_name", "tokenizer_name", "label_model")
+
+
+def _check_local_sources(cfg: Any) -> None:
+    """A source that can only be a local path (absolute, or starting with . or ~: a Hub id is `name` or `org/name`)
+    and does not exist is a typo: say so now, not as transformers' "Repo id must be in the form ..." traceback."""
+    for key in SOURCE_KEYS:
+        value = getattr(cfg, key, None)
+        if isinstance(value, str) and (os.path.isabs(value) or value.startswith((".", "~"))):
+            if not os.path.exists(os.path.expanduser(value)):
+                raise ConfigError(f"{key}: '{value}' does not exist (a local folder; a Hub model is named like 'org/name').")
+
 
 def _check_types(cfg: Any) -> None:
     """Convert each field to its annotated type; raise ConfigError naming the key on failure."""

@@ -321,6 +321,23 @@ def test_readmes_learning_rate_grid_applies_to_both_sides(monkeypatch):
     assert one.pretrained_learning_rates == one.scratch_learning_rate_grid == [1e-3]
 
 
+def test_a_missing_local_model_or_tokenizer_folder_is_named_at_load(tmp_path, corpus):
+    """A path that can only be local and does not exist: the key and the path, not transformers' repo-id traceback."""
+    from hfssl.data.text.tokenizer import load_or_train_tokenizer
+
+    for key in ("tokenizer_name", "model_name_or_path", "config_name"):
+        with pytest.raises(ConfigError, match=rf"^{key}: '{tmp_path}/nope' does not exist \(a local folder"):
+            load_config(["--train_file", str(corpus), f"--{key}", str(tmp_path / "nope")])
+    with pytest.raises(ConfigError, match=r"tokenizer_name: '\./nope' does not exist"):
+        load_config(["--train_file", str(corpus), "--tokenizer_name", "./nope"])
+    assert load_config(["--train_file", str(corpus), "--model_name_or_path", "org/name"]).model_name_or_path == "org/name"
+    empty = tmp_path / "empty"  # a folder without tokenizer files
+    empty.mkdir()
+    cfg = load_config(["--train_file", str(corpus), "--tokenizer_name", str(empty)])
+    with pytest.raises(ConfigError, match=rf"tokenizer_name: could not load a tokenizer from '{empty}'"):
+        load_or_train_tokenizer(cfg, None)
+
+
 def test_help_says_how_groups_and_unsetting_work():
     from hfssl.config import config_help
 

@@ -369,6 +369,7 @@ def test_unreadable_model_config_names_the_key_given(tmp_path, capsys, key):
     """The error names the setting the user gave (it guessed from the string: a path read as model_name_or_path)."""
     from hfssl.finetune.run import main
 
+    (tmp_path / "no-such-model").mkdir()  # a folder without config.json (a missing path is refused at load)
     code = main(["--task", "text-classification", f"--{key}", str(tmp_path / "no-such-model"), "--train_file",
                  str(TOPICS / "train.csv"), "--output_dir", str(tmp_path / "out")])
     assert code == 2 and f"{key}: could not read a model config from '{tmp_path / 'no-such-model'}'" in capsys.readouterr().err

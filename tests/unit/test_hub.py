@@ -170,6 +170,7 @@ def test_push_to_hub_failures_are_found_before_training(tmp_path, monkeypatch, c
     from hfssl.finetune.run import main as finetune_main  # and through run_finetune.py
 
     recipe = Path(__file__).resolve().parents[2] / "recipes" / "finetune" / "text-classification-tiny-cpu.yaml"
+    (tmp_path / "no-model").mkdir()  # never read: the push check comes first
     assert finetune_main([str(recipe), "--model_name_or_path", str(tmp_path / "no-model"), "--output_dir", str(out),
                           "--push_to_hub", "true"]) == 2
     assert "hf auth login" in capsys.readouterr().err and not out.exists()

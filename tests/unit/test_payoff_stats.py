@@ -230,6 +230,7 @@ def test_ablation_runs_parse_with_the_payoff_recipe(side, tmp_path):
     ablate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ablate)
     recipe = str(ROOT / ablate.DEFAULT_RECIPE)
+    (tmp_path / "model").mkdir()  # the pretrained folder (only parsed here)
     args = ablate.finetune_args(tmp_path / "model", side, 3e-4, 43, recipe, tmp_path / "out")
     cfg = load_config(args, configs={"finetune": FinetuneConfig}, default_objective="finetune")
     assert (cfg.compare_with_scratch, cfg.learning_rate, cfg.seed) == (False, 3e-4, 43)

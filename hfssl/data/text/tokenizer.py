@@ -74,7 +74,11 @@ def load_or_train_tokenizer(cfg, train_split, accelerator=None):
     logger = logging.getLogger(__name__)
     source = cfg.tokenizer_name or cfg.model_name_or_path or (cfg.config_name if cfg.config_name and Path(cfg.config_name).is_dir() else None)
     if source:
-        tok = AutoTokenizer.from_pretrained(source)
+        key = "tokenizer_name" if cfg.tokenizer_name else "model_name_or_path" if cfg.model_name_or_path else "config_name"
+        try:
+            tok = AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError) as e:  # no such folder or Hub repository, or one without tokenizer files
+            raise ConfigError(f"{key}: could not load a tokenizer from '{source}': {e}") from None
         if not tok.is_fast and cfg.mask_strategy != "token":
             raise ConfigError(f"mask_strategy={cfg.mask_strategy} needs a fast tokenizer (word ids); '{source}' is not one.")
         return tok
