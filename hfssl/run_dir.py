@@ -51,6 +51,9 @@ logger = logging.getLogger(__name__)
 RUN_FILE = "hfssl_run.json"
 # Files that mean output_dir holds a finished model (a run that `latest` must not silently replace).
 FINAL_FILES = ("train_results.json",)
+# Settings that name what a run reads: a folder or file of them inside output_dir would be moved aside with it.
+INPUT_KEYS = ("train_file", "validation_file", "test_file", "train_dir", "validation_dir", "test_dir", "model_name_or_path",
+              "config_name", "tokenizer_name", "label_model", "quantizer_path")
 
 
 # ----------------------------------------------------------------------------------- the run's folder
@@ -150,6 +153,7 @@ def _prepare(cfg, path: Path, train: bool) -> tuple[str, Optional[str]]:
             what = damaged + [f"{path / name} is the final output of a finished run" for name in finals]
             names = sorted(p.name for p in earlier)
             what = what or [f"it holds {', '.join(names[:6])}{' ...' if len(names) > 6 else ''} and no checkpoint"]
+            _refuse_inputs_inside(cfg, path)
             if cfg.on_no_good_checkpoint == "error":
                 raise CheckpointError(
                     f"resume_from_checkpoint latest: no checkpoint in '{path}' can be resumed, and the folder holds an earlier "
@@ -171,12 +175,31 @@ def _prepare(cfg, path: Path, train: bool) -> tuple[str, Optional[str]]:
                 f"the two runs' logs, checkpoints and results. Choose another (or an empty) --output_dir, or move those files away.")
         return _continue(path, checkpoint), str(checkpoint)
     if _earlier_files(path):
+        _refuse_inputs_inside(cfg, path)
         if not cfg.overwrite_output_dir:
             raise OutputDirError(
                 f"output_dir '{path}' already holds files from an earlier run. Use --overwrite_output_dir true to move "
                 f"them aside and start over, --resume_from_checkpoint latest to continue it, or choose another --output_dir.")
         _move_aside(path, "overwrite_output_dir")
     return _start(path), None
+
+
+def _refuse_inputs_inside(cfg, path: Path) -> None:
+    """An output_dir holding earlier files and this run's own input: moving the files aside would take the input too."""
+    root, found = path.resolve(), []
+    for key in INPUT_KEYS:
+        value = getattr(cfg, key, None)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if not isinstance(item, str) or not item:
+                continue
+            base = Path(os.path.expanduser(item.split("*")[0].split("?")[0].split("[")[0]))
+            base = base if base.exists() else base.parent
+            if base.exists() and (base.resolve() == root or root in base.resolve().parents):
+                found.append(f"{key} '{item}'")
+    if found:
+        raise OutputDirError(
+            f"output_dir '{path}' holds this run's own input ({', '.join(found)}): the run writes there, and moving its "
+            f"earlier files aside would take the input with them. Nothing was changed. Choose another --output_dir.")
 
 
 def _earlier_files(path: Path) -> list[Path]:

@@ -8,6 +8,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -421,3 +422,24 @@ def test_a_final_model_with_non_finite_weights_is_not_saved(tmp_path):
     with pytest.raises(TrainingStopped, match=r"final weights are not finite \(w.weight\): the model was not saved"):
         train(_cfg(tmp_path, max_steps=4, save_steps=2), _DivergesAtTheEnd())
     assert not (out / "model.safetensors").exists() and not (out / "train_results.json").exists()
+
+
+def test_an_output_dir_holding_the_runs_own_input_is_refused_before_anything_moves(tmp_path):
+    """output_dir = the data folder (or the model continued from): overwrite_output_dir moved the input aside, then the
+    run failed for want of it; without it the refusal blamed "an earlier run". Refused, nothing moved."""
+    from hfssl.objectives.mlm.config import MLMConfig
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "corpus.txt").write_text("a line of text\n" * 20)
+    before = sorted(p.name for p in data.iterdir())
+    for extra in ({"overwrite_output_dir": True}, {}, {"resume_from_checkpoint": "latest", "on_no_good_checkpoint": "start_over"}):
+        for source in (str(data / "corpus.txt"), str(data / "*.txt")):
+            cfg = MLMConfig(train_file=source, output_dir=str(data), **extra)
+            with pytest.raises(OutputDirError, match=rf"holds this run's own input \(train_file '{re.escape(source)}'\)"):
+                open_run_dir(cfg)
+            assert sorted(p.name for p in data.iterdir()) == before and not list(tmp_path.glob("data.overwritten-*"))
+    # an output_dir beside the input, or a model folder that holds the new output_dir, are fine
+    close_run_dir(open_run_dir(MLMConfig(train_file=str(data / "corpus.txt"), output_dir=str(tmp_path / "out"))))
+    close_run_dir(open_run_dir(MLMConfig(train_file=str(data / "corpus.txt"), model_name_or_path=str(data),
+                                         output_dir=str(data / "continued"))))
