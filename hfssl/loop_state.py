@@ -71,7 +71,16 @@ def resume_loop(run, path: Path) -> LoopState:
         logger.warning("Resuming %s on %d processes (saved with %d), same global batch: %s.", path, W, saved["world_size"], same)
     # Model weights load from safetensors; optimizer and RNG states with weights_only (and were
     # loaded that way by verify_checkpoint first): nothing in a checkpoint can run code.
-    accelerator.load_state(str(path), load_kwargs={"weights_only": True})
+    try:
+        accelerator.load_state(str(path), load_kwargs={"weights_only": True})
+    except RuntimeError as e:  # torch's load_state_dict: the model was built with other sizes than the checkpoint's
+        first = next((line.strip() for line in str(e).splitlines() if "mismatch" in line or "key(s)" in line), None)
+        if first is None:
+            raise
+        raise TrainingStopped(
+            f"Checkpoint {path} holds a model of another shape than this run builds ({first}). Resume with the model "
+            f"settings it was written with (config_overrides, model_type, vocab_size, max_seq_length, ...: the run's "
+            f"hfssl_config.yaml in {path.parent} when it finished), or start a new run.") from None
     run.scheduler.load_state_dict(saved["scheduler"])
     run.objective.load_state_dict({**saved["objective"], **load_objective_tensors(path)})
     fields = {k: v for k, v in saved.items() if k in LoopState.__dataclass_fields__}

@@ -443,3 +443,13 @@ def test_an_output_dir_holding_the_runs_own_input_is_refused_before_anything_mov
     close_run_dir(open_run_dir(MLMConfig(train_file=str(data / "corpus.txt"), output_dir=str(tmp_path / "out"))))
     close_run_dir(open_run_dir(MLMConfig(train_file=str(data / "corpus.txt"), model_name_or_path=str(data),
                                          output_dir=str(data / "continued"))))
+
+
+def test_resuming_into_a_model_of_another_shape_names_the_mismatch(tmp_path):
+    """Another model size on resume: one error naming the first mismatching tensor, not torch's wall of text."""
+    train(_cfg(tmp_path, save_steps=2), ToyObjective())
+    wider = ToyObjective()
+    wider.model.w = torch.nn.Linear(1, 3)
+    with pytest.raises(TrainingStopped, match=r"checkpoint-4 holds a model of another shape than this run builds "
+                                              r"\(size mismatch for w\.weight: .*\)\. Resume with the model settings"):
+        train(_cfg(tmp_path, resume_from_checkpoint=str(tmp_path / "o" / "checkpoint-4")), wider)
