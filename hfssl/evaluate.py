@@ -51,7 +51,17 @@ def evaluate(accelerator, model, objective, cfg) -> dict[str, float]:
     total = accelerator.reduce(torch.stack([torch.as_tensor(sums.get(k, zero), dtype=torch.float64, device=accelerator.device)
                                             for k in names] + [zero + counts.get(k, 0.0) for k in terms]), "sum").tolist()
     n_total = dict(zip(terms, total[len(names):]))
-    result = per_target(dict(zip(names, total[: len(names)])), n_total, prefix="eval_") if terms else {}
+    empty = [k for k in terms if n_total[k] == 0]
+    if terms and not empty:
+        result = per_target(dict(zip(names, total[: len(names)])), n_total, prefix="eval_")
+    else:
+        # A term with no targets has no loss: per_target's max(count, 1) would report 0.0 (a perfect score,
+        # perplexity 1). Report the loss as NaN (the plateau scheduler steps on it; NaN counts as no
+        # improvement) and leave the metrics out.
+        result = {"eval_loss": float("nan")}
+        logger.warning("The evaluation set gave no targets%s: eval_loss is NaN and no metrics are reported. Give a larger "
+                       "validation set (validation_file, or a higher validation_split_percentage).",
+                       f" for {', '.join(empty)}" if len(terms) > 1 else "")
     result["eval_targets"] = int(n_total[terms[0]]) if terms else 0
     return objective.eval_summary(result)
 

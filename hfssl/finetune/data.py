@@ -237,6 +237,10 @@ def hold_out_validation(train: datasets.Dataset, keys: Sequence[str], percentage
         raise DataError(f"{source} has {len(train)} training examples: too few to hold out a validation split. Give validation_file.")
     # Choosing the TRAINING side with at_least_one keeps one training example per class.
     keep, val = stratified_indices(keys, 1 - percentage / 100, seed)
+    if not val:  # every label has one row, which stays in training: an empty validation split crashed the final evaluation
+        raise DataError(f"{source}: no validation examples could be held out: each of its {len(train)} training examples has a "
+                        f"label of its own, and a label's only example stays in training. Give validation_file, or add "
+                        f"examples (at least two per label).")
     counts: dict[str, int] = {}
     for k in keys:
         counts[k] = counts.get(k, 0) + 1

@@ -3,6 +3,7 @@ masking. An objective's config is `TextPretrainConfig` plus its own fields; ever
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -13,6 +14,8 @@ from hfssl.data.files import TEXT_FILE_EXTENSIONS, data_format, resolve_data_fil
 from hfssl.collators.packing import PackedLayout
 from hfssl.data.text.corpus import BUILTIN_FILES
 from hfssl.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -86,6 +89,10 @@ class TextDataArguments:
             raise ConfigError("streaming needs max_steps: a stream has no known length. Set --max_steps.")
         if self.vocab_size < 100:
             raise ConfigError(f"vocab_size must be >= 100, got {self.vocab_size}.")
+        if self.tokenizer_train_samples < 0:  # else itertools.islice's ValueError when the tokenizer is trained
+            raise ConfigError(f"tokenizer_train_samples must be >= 0 (0 = every document), got {self.tokenizer_train_samples}.")
+        if self.max_train_samples is not None and self.max_train_samples < 1:  # else "0 documents: too few to hold out"
+            raise ConfigError(f"max_train_samples must be >= 1 (leave it unset for every document), got {self.max_train_samples}.")
         if self.padding_free and not self.line_by_line:
             raise ConfigError("padding_free packs line_by_line examples; packed blocks (line_by_line false) have no padding. "
                               "Set line_by_line true or unset padding_free.")
@@ -167,6 +174,10 @@ def text_model_config(cfg: TextModelArguments, tokenizer, max_seq_length: int, m
                 setattr(config, name, None)
     needed = max_seq_length + (2 if config.model_type in OFFSET_POSITIONS else 0)
     if getattr(config, "max_position_embeddings", needed) < needed:
+        if "max_position_embeddings" in cfg.config_overrides:  # the user's own value is overruled: say so
+            logger.warning("config_overrides max_position_embeddings=%d is below what max_seq_length %d needs: raised to %d. "
+                           "Set max_position_embeddings >= %d, or lower max_seq_length.", config.max_position_embeddings,
+                           max_seq_length, needed, needed)
         config.max_position_embeddings = needed
     return config
 

@@ -16,7 +16,7 @@ TOPICS = FIXTURES / "text" / "classification"
 RECIPE = ROOT / "recipes" / "finetune" / "text-classification-tiny-cpu.yaml"
 NAMES = {"files", "network", "concurrency", "numbers"}
 FAST = ["--max_steps", "4", "--learning_rate", "2e-3", "--per_device_train_batch_size", "16", "--logging_steps", "2"]
-# The payoff fixture's run folders: one seed (42), one learning rate per side (2e-3 given; the recipe's scratch 1e-3).
+# The payoff fixture's run folders: one seed (42), one learning rate per side (2e-3, and 1e-3 for random init).
 RUNS = {"pretrained-1": "pretrained-1/seed42-lr0.002", "scratch-1": "scratch-1/seed42-lr0.001",
         "pretrained-0.5": "pretrained-0.5/seed42-lr0.002", "scratch-0.5": "scratch-0.5/seed42-lr0.001"}
 
@@ -26,7 +26,8 @@ def payoff(tiny_mlm, tmp_path_factory):
     """Pretrained vs. random init at label budgets 0.5 and 1.0, one seed: four fine-tuning runs, one command."""
     out = tmp_path_factory.mktemp("payoff") / "out"
     proc = run_cli("run_finetune.py", [RECIPE, "--model_name_or_path", tiny_mlm, "--output_dir", out, *FAST,
-                                       "--compare_with_scratch", "true", "--label_fractions", "0.5,1.0", "--seeds", "1"])
+                                       "--compare_with_scratch", "true", "--label_fractions", "0.5,1.0", "--seeds", "1",
+                                       "--scratch_learning_rate", "1e-3"])
     assert "| label budget |" in proc.stdout
     return out
 

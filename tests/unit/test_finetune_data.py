@@ -373,3 +373,13 @@ def test_unreadable_model_config_names_the_key_given(tmp_path, capsys, key):
     code = main(["--task", "text-classification", f"--{key}", str(tmp_path / "no-such-model"), "--train_file",
                  str(TOPICS / "train.csv"), "--output_dir", str(tmp_path / "out")])
     assert code == 2 and f"{key}: could not read a model config from '{tmp_path / 'no-such-model'}'" in capsys.readouterr().err
+
+
+def test_holding_out_validation_from_rows_with_distinct_labels_is_refused_before_training():
+    """Every label once: nothing could be held out, training ran, then the final evaluation crashed in
+    np.array_split ('number sections must be larger than 0')."""
+    keys = ["a", "b", "c", "d", "e"]
+    train = datasets.Dataset.from_dict({"label": keys})
+    with pytest.raises(DataError, match=r"uniq.csv: no validation examples could be held out: each of its 5 training "
+                                        r"examples has a label of its own.*Give validation_file"):
+        fdata.hold_out_validation(train, keys, 10, seed=0, source="uniq.csv")

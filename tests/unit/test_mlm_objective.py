@@ -129,3 +129,42 @@ def test_fresh_modernbert_config_special_ids_come_from_the_tokenizer(tmp_path):
     assert (config.cls_token_id, config.sep_token_id, config.pad_token_id) == (
         tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id)
     assert config.vocab_size == len(tokenizer)
+
+
+def test_evaluation_without_targets_is_not_reported_as_a_perfect_score(tmp_path, caplog):
+    """A one-line validation file can give no masked token: the loss was 0/max(0, 1) = 0.0 and the perplexity 1.0,
+    a perfect score written into the model card. Now the loss is NaN, no metrics or perplexity, and a warning."""
+    from accelerate import Accelerator
+
+    from hfssl.evaluate import evaluate
+    from test_schedules import _WithEvalSet
+    from test_trainer_guards import _cfg
+
+    class _NoTargets(_WithEvalSet):
+        def collator(self, rows, seed, progress):
+            return {**super().collator(rows, seed, progress), "num_targets": 0}
+
+    result = evaluate(Accelerator(cpu=True), _NoTargets().model, _NoTargets(), _cfg(tmp_path))
+    assert list(result) == ["eval_loss", "eval_targets"] and result["eval_targets"] == 0
+    assert result["eval_loss"] != result["eval_loss"]  # NaN
+    assert "The evaluation set gave no targets" in caplog.text and "larger validation set" in caplog.text
+    assert MLMObjective.eval_summary(None, dict(result)).keys() == result.keys()  # no perplexity (was inf / 1.0)
+    assert MLMObjective.eval_summary(None, {"eval_loss": 0.0})["eval_perplexity"] == 1.0
+
+
+def test_an_explicit_max_position_embeddings_below_max_seq_length_is_raised_with_a_warning(tmp_path, caplog):
+    """config_overrides max_position_embeddings=64 with max_seq_length 128 became 130 (RoBERTa) with nothing said."""
+    from transformers import AutoTokenizer
+
+    from hfssl.objectives.text_base import text_model_config
+    tokenizer = AutoTokenizer.from_pretrained(ROOT / "tests/fixtures/text/tokenizer")
+    base = [str(ROOT / "recipes/mlm/tiny-cpu.yaml"), *EXACT, "--train_file", str(CORPUS), "--output_dir", str(tmp_path / "o"),
+            "--tokenizer_name", str(ROOT / "tests/fixtures/text/tokenizer"), "--model_type", "roberta",
+            "--config_overrides", "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64"]
+    config = text_model_config(load_config([*base[:-1], base[-1] + ",max_position_embeddings=64"]), tokenizer, 128)
+    assert config.max_position_embeddings == 130
+    assert ("config_overrides max_position_embeddings=64 is below what max_seq_length 128 needs: raised to 130" in caplog.text
+            and "Set max_position_embeddings >= 130, or lower max_seq_length" in caplog.text)
+    caplog.clear()
+    text_model_config(load_config(base), tokenizer, 128)  # the architecture's default raised: nothing to say
+    assert "max_position_embeddings" not in caplog.text

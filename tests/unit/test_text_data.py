@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sysconfig
 
 import datasets
@@ -412,6 +413,19 @@ def test_max_train_samples_keeps_the_first_documents(tmp_path):
     assert raw["train"]["text"] == DOCS[:4]
 
 
+@pytest.mark.parametrize("key, value, said", [("tokenizer_train_samples", -1, "must be >= 0 (0 = every document), got -1"),
+                                              ("max_train_samples", 0, "must be >= 1 (leave it unset for every document), got 0")])
+def test_document_counts_below_their_range_are_refused_at_load(tmp_path, key, value, said):
+    """tokenizer_train_samples -1 failed in itertools.islice when the tokenizer was trained; max_train_samples 0 said
+    '<file> has 0 documents: too few to hold out 5.0%' without naming the setting."""
+    from hfssl.errors import ConfigError
+
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(DOCS) + "\n")
+    with pytest.raises(ConfigError, match=rf"^{key} {re.escape(said)}"):
+        _cfg(path, **{key: value})
+
+
 @pytest.mark.parametrize("suffix", [".txt", ".csv", ".jsonl"])
 def test_streaming_load_gives_the_text_column(tmp_path, suffix):
     path = tmp_path / f"corpus{suffix}"
@@ -434,6 +448,24 @@ def test_streaming_load_gives_the_text_column(tmp_path, suffix):
             load_text_datasets(_cfg(path, streaming=True, max_steps=5, text_column_name="content"))
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_jsonl_record_without_the_text_column_is_an_error_not_a_dropped_document(tmp_path, streaming):
+    """Loaded (not streamed), datasets filled the missing 'text' of line 8 with null and it was dropped as blank; the
+    stream already refused it. Explicit nulls and blank strings stay blank documents, in both."""
+    rows = [{"text": d} for d in DOCS[:10]]
+    rows[3], rows[5] = {"text": None}, {"text": "  "}
+    good = tmp_path / "good.jsonl"
+    good.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kw = {"streaming": True, "max_steps": 5} if streaming else {}
+    assert [ex["text"] or "" for ex in load_text_datasets(_cfg(good, **kw))["train"]][3:6] == ["", DOCS[4], "  "]
+    rows[7] = {"body": DOCS[7]}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"bad\.jsonl, line 8: no column 'text' \(this record has: body\)"
+                                        + ("" if streaming else r".*\(2 of the 10 records of the train split lack")):
+        list(load_text_datasets(_cfg(bad, **kw))["train"])
+
+
 def test_missing_text_column_lists_available_columns(tmp_path):
     path = tmp_path / "corpus.csv"
     path.write_text("title,summary\n" + "".join(f"t{i},{d.replace(',', '')}\n" for i, d in enumerate(DOCS)))
@@ -445,6 +477,20 @@ def test_missing_text_column_lists_available_columns(tmp_path):
     with pytest.raises(DataError) as err:
         load_text_datasets(_cfg(path))
     assert "text_column_name" in str(err.value) and "title" in str(err.value) and "summary" in str(err.value)
+
+
+def test_a_trained_vocabulary_far_below_vocab_size_is_warned_about(tmp_path, caplog):
+    """A small corpus gave 106 tokens for vocab_size 30000 with nothing said."""
+    from hfssl.data.text.tokenizer import load_or_train_tokenizer
+
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(DOCS) + "\n")
+    cfg = _cfg(path, output_dir=str(tmp_path / "o"), vocab_size=30000)
+    tok = load_or_train_tokenizer(cfg, load_text_datasets(cfg)["train"])
+    assert f"The trained tokenizer has {len(tok)} tokens, far fewer than vocab_size 30000" in caplog.text
+    caplog.clear()
+    load_or_train_tokenizer(_cfg(path, output_dir=str(tmp_path / "o2"), vocab_size=len(tok)), load_text_datasets(cfg)["train"])
+    assert "far fewer" not in caplog.text
 
 
 @pytest.mark.parametrize("streaming", [False, True])
@@ -464,11 +510,12 @@ def test_all_blank_file_names_the_split(tmp_path, wordpiece, streaming):
     with pytest.raises(DataError, match=r"\btrain\b.*blank or tokenize"):
         prepared = prepare_text_splits(_cfg(nothing, **kw), wordpiece, load_text_datasets(_cfg(nothing, **kw)))
         list(prepared.train)  # a stream finds out as it is read
-    if not streaming:
-        good = tmp_path / "good.txt"
-        good.write_text("\n".join(DOCS) + "\n")
-        with pytest.raises(DataError, match=r"\bvalidation\b"):
-            prepare_text_splits(_cfg(good, validation_file=str(blank)), wordpiece, load_text_datasets(_cfg(good, validation_file=str(blank))))
+    good = tmp_path / "good.txt"
+    good.write_text("\n".join(DOCS) + "\n")
+    # Named by the validation file (it said "The validation split of good.txt", the train file).
+    with pytest.raises(DataError, match=rf"The validation (split|stream) of {re.escape(str(blank))} has no text"):
+        prepare_text_splits(_cfg(good, validation_file=str(blank), **kw), wordpiece,
+                            load_text_datasets(_cfg(good, validation_file=str(blank), **kw)))
 
 
 # ------------------------------------------------------------------------------- built-in corpus

@@ -145,6 +145,12 @@ def _load_local(cfg) -> dict:
     for split, ds in raw.items():
         if not _holds_text(ds, column):
             readers.locate_problem(files[split], column)  # names the first file and row holding a non-string
+        nulls = ds.data.column(column).null_count if builder == "json" and column in ds.column_names else 0
+        if nulls:  # datasets fills a record without the column with null: it was silently dropped as blank
+            try:  # read as a stream would be: a missing column is an error, an explicit null a blank document
+                readers.locate_problem(files[split], column)
+            except DataError as e:
+                raise DataError(f"{e} ({nulls:,} of the {len(ds):,} records of the {split} split lack the column or hold null.)") from None
     return raw
 
 

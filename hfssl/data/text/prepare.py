@@ -88,7 +88,7 @@ def _prepared(cfg, tokenizer, split: str, docs: datasets.Dataset, builds_here: b
     step = cache.cached_step("tokenized", key, build_tokenized, builds_here)
     tokenized, stats = step.dataset, dict(step.stats)
     if stats["kept"] == 0:
-        raise DataError(f"The {split} split of {_source(cfg)} has no text: all {stats['documents']} documents are blank or "
+        raise DataError(f"The {split} split of {_source(cfg, split)} has no text: all {stats['documents']} documents are blank or "
                         f"tokenize to nothing (no non-blank text in column '{cfg.text_column_name or 'text'}'). Check the "
                         f"files, text_column_name and the tokenizer.")
     steps = [("tokenized", step)]
@@ -146,7 +146,9 @@ def _summary(split: str, cfg, stats: dict, steps: list) -> str:
             f"{')' if cfg.line_by_line else ''}, padding {padding:.2%}; {how}")
 
 
-def _source(cfg) -> str:
+def _source(cfg, split: str = "train") -> str:
+    if split == "validation" and cfg.validation_file:  # its own file, not the train file's name
+        return cfg.validation_file
     return cfg.dataset_name or cfg.train_file or "the built-in corpus"
 
 
@@ -171,7 +173,7 @@ def _streamed(cfg, tokenizer, raw, accelerator) -> TextSplits:
     if "validation" in raw:
         started = time.perf_counter()
         val_stream = TextStream(raw["validation"], tokenizer, cfg.max_seq_length, cfg.line_by_line, with_words, read_ahead=1,
-                                name=f"The validation stream of {_source(cfg)}")
+                                name=f"The validation stream of {_source(cfg, 'validation')}")
         rows = [{k: v.tolist() for k, v in ex.items()} for ex in itertools.islice(iter(val_stream), STREAMED_VALIDATION_ROWS)]
         validation = datasets.Dataset.from_list(rows).with_format("numpy")
         logger.info("validation: the first %d examples of its stream (%.1f s)", len(rows), time.perf_counter() - started)

@@ -102,6 +102,10 @@ def load_or_train_tokenizer(cfg, train_split, accelerator=None):
                         "text_column_name.")
     logger.info("Trained the tokenizer on %d documents (%.1f MB of text) in %.1f s.", docs.count, docs.chars / 1e6,
                 time.perf_counter() - started)
+    if len(tok) < cfg.vocab_size / 2:  # a small corpus ends the merges early: the run silently gets a tiny vocabulary
+        logger.warning("The trained tokenizer has %d tokens, far fewer than vocab_size %d: %d documents have too few "
+                       "distinct words for that vocabulary. Lower vocab_size, or train the tokenizer on more text "
+                       "(tokenizer_train_samples, a larger corpus).", len(tok), cfg.vocab_size, docs.count)
     tok.save_pretrained(saved)
     if accelerator is not None:
         accelerator.wait_for_everyone()

@@ -50,7 +50,8 @@ class MLMObjective(Objective):
 
     def eval_summary(self, metrics: dict) -> dict:
         loss = metrics.get("eval_loss", float("nan"))
-        metrics["eval_perplexity"] = math.exp(loss) if loss < 50 else float("inf")
+        if not math.isnan(loss):  # NaN: no targets (see evaluate), so no perplexity either, not inf
+            metrics["eval_perplexity"] = math.exp(loss) if loss < 50 else float("inf")
         return metrics
 
     def save_pretrained(self, output_dir: str, summary: dict) -> None:
