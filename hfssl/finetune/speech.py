@@ -21,10 +21,10 @@ from hfssl.collators.finetune import AudioCollator
 from hfssl.errors import ConfigError
 from hfssl.data.audio.batching import audio_batch_plan
 from hfssl.data.audio.datasets import AudioDataset
-from hfssl.data.audio.files import list_audio_dir, read_manifest
+from hfssl.data.audio.files import class_layout_problem, list_audio_dir, read_manifest
 from hfssl.data.audio.fbank import FbankFrontend
 from hfssl.data.audio.geometry import ConvFrames, receptive_field
-from hfssl.data.audio.splits import build_audio_splits, hub_split_rows, scan_eval_split
+from hfssl.data.audio.splits import build_audio_splits, check_crop_length, hub_split_rows, scan_eval_split
 from hfssl.errors import DataError
 from hfssl.finetune import data as fdata
 from hfssl.finetune.heads import AudioClassifier, LayerProbe, save_probe
@@ -93,6 +93,9 @@ class SpeechTask(Task):
             self.fbank = None
             self.frames = ConvFrames(self.config.conv_kernel, self.config.conv_stride)
             self.min_samples = receptive_field(self.config.conv_kernel, self.config.conv_stride)
+        if cfg.do_train and cfg.task == "audio-classification":  # training clips are cropped (the collator's length)
+            check_crop_length("max_length_seconds", cfg.max_length_seconds, int(cfg.max_length_seconds * self.sr), self.sr,
+                              self.min_samples)
         self.splits = self._load_audio(dataclasses.replace(cfg, sampling_rate=self.sr) if cfg.sampling_rate != self.sr else cfg,
                                        accelerator)
 
@@ -208,6 +211,11 @@ class SpeechTask(Task):
         available = sorted({k for r in ds.rows for k in r} - {"path", "num_samples", "_index"})
         if column not in available:
             where = (self.cfg.train_dir or self.cfg.train_file or self.cfg.dataset_name) if split == "train" else split
+            folder = getattr(self.cfg, f"{split}_dir", None)
+            problem = class_layout_problem(folder) if folder and not available else None
+            if problem:  # class subfolders were given but did not form the layout: say what breaks it
+                raise DataError(f"{key} '{column}': '{folder}' is not read as class folders ({folder}/<label>/x.flac), "
+                                f"so its audio has no labels: {problem}.")
             raise DataError(f"{key} '{column}' is not a column of the {split} audio ({where}); available columns: "
                             f"{', '.join(available) if available else '(none: give class subfolders or a metadata.csv)'}.")
         return [r[column] for r in ds.rows]

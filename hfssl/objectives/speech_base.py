@@ -95,6 +95,10 @@ class SpeechModelArguments:
         """The checkpoint training starts from (None: a fresh model)."""
         return self.model_name_or_path
 
+    def initial_weights_key(self) -> str:
+        """The key that set `initial_weights()`, for the errors about it."""
+        return "model_name_or_path"
+
 
 @dataclass
 class SpeechPretrainConfig(SpeechModelArguments, AudioDataArguments, TrainingArguments):
@@ -155,10 +159,17 @@ def speech_model_config(cfg: SpeechPretrainConfig, model_type: str, default_conf
             raise ConfigError(f"config_overrides sets {key}={cfg.config_overrides[key]}, but the pretraining masking comes "
                               f"from the top-level key {key} ({value}); set it there.")
     source = cfg.initial_weights() or cfg.config_name
-    config = AutoConfig.from_pretrained(source) if source else default_config
+    key = cfg.initial_weights_key() if cfg.initial_weights() else "config_name"
+    try:
+        config = AutoConfig.from_pretrained(source) if source else default_config
+    except (OSError, ValueError) as e:  # no such folder / Hub id (or offline), or a folder without a model config.json
+        raise ConfigError(f"{key}: could not read a model config from '{source}' ({e}). Give a model folder with a "
+                          f"config.json or a Hub id reachable from here.") from None
     if config.model_type != model_type:
-        raise ConfigError(f"'{source}' is a {config.model_type} model; the {cfg.objective} objective needs a {model_type} "
-                          f"checkpoint or config (or leave model_name_or_path and config_name unset for the base architecture).")
+        hint = ("the previous iteration's output folder" if key == "label_model" else
+                "or leave model_name_or_path and config_name unset for the base architecture")
+        raise ConfigError(f"{key} '{source}' is a {config.model_type} model; the {cfg.objective} objective needs a {model_type} "
+                          f"checkpoint or config ({hint}).")
     for key, value in cfg.config_overrides.items():
         if not hasattr(config, key):
             raise ConfigError(f"config_overrides: '{key}' is not a field of {type(config).__name__}.")
@@ -180,6 +191,18 @@ def speech_model_config(cfg: SpeechPretrainConfig, model_type: str, default_conf
     else:
         logger.info("Time masking for pretraining: %s.", settings)
     return config
+
+
+def load_initial_weights(model_class, cfg, config):
+    """`model_class.from_pretrained(cfg.initial_weights(), config=config)`, with an unreadable checkpoint (e.g. a
+    folder holding only config.json) a ConfigError naming its key before training, not a traceback."""
+    source = cfg.initial_weights()
+    try:
+        return model_class.from_pretrained(source, config=config)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{cfg.initial_weights_key()}: could not load {model_class.__name__} weights from '{source}' ({e}). "
+                          "Give the folder of a saved model (config.json + model.safetensors), or config_name for a fresh "
+                          "model.") from None
 
 
 class SpeechObjective(Objective):

@@ -614,3 +614,61 @@ def test_resume_checks_max_batch_seconds_not_the_unused_batch_size(tmp_path):
     older = {k: v for k, v in saved.items() if k != "max_batch_seconds"}  # checkpoints written before it was recorded
     with pytest.raises(TrainingStopped, match="global batch size 8"):
         check_same_run_geometry(older, tmp_path, cfg(per_device_train_batch_size=4, max_batch_seconds=None), 1)
+
+
+def test_a_classification_crop_shorter_than_the_model_input_is_refused():
+    from hfssl.data.audio.splits import check_crop_length
+    from hfssl.errors import ConfigError
+
+    check_crop_length("max_length_seconds", 0.025, 400, 16000, 400)  # exactly one frame: fine
+    with pytest.raises(ConfigError, match=r"max_length_seconds 0\.01 crops audio to 160 samples at 16000 Hz, fewer than the "
+                                          r"560 samples .* at least 0\.035\.$"):
+        check_crop_length("max_length_seconds", 0.01, 160, 16000, 560)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_validation_folder_without_usable_audio_is_an_error_not_silently_none(tmp_path, streaming):
+    """Pretraining used to log "validation: none" and train on; fine-tuning already refused it."""
+    from hfssl.data.audio.splits import build_audio_splits
+    from hfssl.errors import DataError
+    from hfssl.objectives.wav2vec2.config import Wav2Vec2PretrainConfig
+
+    train, val = tmp_path / "train", tmp_path / "val"
+    train.mkdir()
+    val.mkdir()
+    for i in range(3):
+        _write_good(train / f"u{i}.wav")
+    cfg = Wav2Vec2PretrainConfig(train_dir=str(train), validation_dir=str(val), on_bad_audio="skip", streaming=streaming,
+                                 max_steps=1, output_dir=str(tmp_path / "out"))
+    with pytest.raises(DataError, match=rf"No audio files found for the validation split in '{re.escape(str(val))}'"):
+        build_audio_splits(cfg, None, 400)
+    (val / "bad.wav").write_bytes(b"")  # every file bad, skipped
+    with pytest.raises(DataError, match=rf"All 1 validation audio files in '{re.escape(str(val))}' are bad"):
+        build_audio_splits(cfg, str(tmp_path / "out"), 400)
+
+
+def test_a_metadata_csv_saved_with_a_bom_is_read(tmp_path):
+    # Excel's "CSV UTF-8" writes a BOM: the first column was read as '\ufefffile_name' and "not found".
+    _write_good(tmp_path / "a.wav")
+    (tmp_path / "metadata.csv").write_bytes("file_name,transcription\na.wav,héllo\n".encode("utf-8-sig"))
+    assert list_audio_dir(tmp_path) == [{"path": str(tmp_path / "a.wav"), "transcription": "héllo"}]
+
+
+def test_a_broken_class_folder_layout_is_explained(tmp_path):
+    """Class folders that do not form <label>/x.flac were listed unlabeled and then failed with "give class
+    subfolders" though the user had; now the layout problem is named."""
+    from hfssl.data.audio.files import class_layout_problem
+
+    for label in ("no", "yes"):
+        (tmp_path / label).mkdir()
+        _write_good(tmp_path / label / "a.wav")
+    assert class_layout_problem(tmp_path) is None  # a good layout
+    _write_good(tmp_path / "stray.wav")
+    assert "'stray.wav' (1 audio file(s) in all) is at the top level next to the class folders no, yes" in class_layout_problem(tmp_path)
+    (tmp_path / "stray.wav").unlink()
+    (tmp_path / "yes" / "sub").mkdir()
+    _write_good(tmp_path / "yes" / "sub" / "b.wav")
+    assert f"'{os.path.join('yes', 'sub', 'b.wav')}' (1 audio file(s) in all) is in a subfolder" in class_layout_problem(tmp_path)
+    for f in (tmp_path / "yes" / "sub" / "b.wav", tmp_path / "no" / "a.wav"):
+        f.unlink()
+    assert class_layout_problem(tmp_path) == "there is only one class folder 'yes': classification needs at least two"

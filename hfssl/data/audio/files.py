@@ -56,7 +56,8 @@ def _read_table(path: str) -> tuple[list[dict], list[str]]:
     """Rows and column names of a .csv / .tsv / .jsonl / .json manifest."""
     ext = os.path.splitext(path)[1].lower()
     if ext in (".csv", ".tsv"):
-        with open(path, newline="", encoding="utf-8") as f:
+        # utf-8-sig: Excel's "CSV UTF-8" starts the file with a BOM, which would become part of the first column's name.
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f, delimiter="\t" if ext == ".tsv" else ",")
             rows = list(reader)
             columns = list(reader.fieldnames or [])
@@ -144,3 +145,25 @@ def list_audio_dir(root: str | os.PathLike) -> list[dict]:
     if one_level and len(set(rel_dirs)) >= 2:
         return [{"path": f, "label": d} for f, d in zip(files, rel_dirs)]
     return [{"path": f} for f in files]
+
+
+def class_layout_problem(root: str | os.PathLike) -> str | None:
+    """Why ``root`` (a folder without metadata) is not read as ``root/<label>/x.flac`` class folders, or None when it
+    is. ``list_audio_dir`` then lists it unlabeled, right for pretraining (nested corpora) but not for a classifier
+    asked for labels: this says which file or folder breaks the layout."""
+    files = find_audio_files(root)
+    rel = [os.path.relpath(f, root) for f in files]
+    top = [r for r in rel if os.sep not in r]
+    nested = [r for r in rel if r.count(os.sep) > 1]
+    classes = sorted({r.split(os.sep)[0] for r in rel if os.sep in r})
+    if not classes:
+        return f"its audio files are all at the top level: put each in a folder named after its class ({root}/<label>/x.flac)"
+    if top:
+        return (f"'{top[0]}' ({len(top)} audio file(s) in all) is at the top level next to the class folders "
+                f"{', '.join(classes[:5])}: move each into its class folder, or remove it")
+    if nested:
+        return (f"'{nested[0]}' ({len(nested)} audio file(s) in all) is in a subfolder of a class folder: class folders must "
+                "hold their audio files directly (<label>/x.flac)")
+    if len(classes) < 2:
+        return f"there is only one class folder '{classes[0]}': classification needs at least two"
+    return None

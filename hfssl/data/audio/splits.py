@@ -24,7 +24,7 @@ from hfssl.data.audio.decode import (
     write_skipped_report,
 )
 from hfssl.data.audio.files import AUDIO_EXTENSIONS, find_audio_files, list_audio_dir, read_manifest
-from hfssl.errors import DataError
+from hfssl.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,9 @@ def build_audio_splits(cfg, output_dir: str | os.PathLike | None, min_samples: i
         held out of train, train also has ``held_out`` (of its kept files), and its long / hours count only the
         files left for training.
     """
+    if crop_seconds is None:  # pretraining crops to max_duration_in_seconds (fine-tuning checks its own crop key)
+        check_crop_length("max_duration_in_seconds", cfg.max_duration_in_seconds,
+                          int(round(cfg.max_duration_in_seconds * cfg.sampling_rate)), cfg.sampling_rate, min_samples)
     try:
         if cfg.dataset_name:
             train_raw, val_raw = _hub_splits(cfg, *(hub_splits or (cfg.dataset_train_split, cfg.dataset_validation_split)))
@@ -92,10 +95,24 @@ def build_audio_splits(cfg, output_dir: str | os.PathLike | None, min_samples: i
     where = cfg.train_dir or cfg.train_file or cfg.dataset_name
     if not listed.train:
         raise DataError(f"No audio files found in '{where}' (extensions: {', '.join(AUDIO_EXTENSIONS)}).")
+    if listed.validation is not None and not listed.validation:  # a validation set was asked for: never silently none
+        raise DataError(f"No audio files found for the validation split in '{_validation_where(cfg)}' "
+                        f"(extensions: {', '.join(AUDIO_EXTENSIONS)}).")
     if cfg.streaming:
         return _stream_files(listed.train, listed.validation, cfg, output_dir, min_samples, where, accelerator)
     crop = cfg.max_duration_in_seconds if crop_seconds is None else crop_seconds
     return _scanned_splits(listed, cfg, output_dir, min_samples, where, accelerator, crop)
+
+
+def check_crop_length(key: str, seconds: float, crop_samples: int, sampling_rate: int, min_samples: int) -> None:
+    """A crop shorter than the model's shortest input (``min_samples``: the receptive field / fbank window) gives
+    zero frames, and training would die on the first batch: refused before any audio is read."""
+    if crop_samples < min_samples:
+        # rounded up to 0.1 ms so the value suggested is enough (the 1e-6 absorbs float error: 560 / 16000 -> 0.035)
+        need = math.ceil(min_samples / sampling_rate * 1e4 - 1e-6) / 1e4
+        raise ConfigError(f"{key} {seconds} crops audio to {crop_samples} samples at {sampling_rate} Hz, fewer than the "
+                          f"{min_samples} samples ({min_samples / sampling_rate:.4g} s) the model needs for one frame (its "
+                          f"receptive field / feature window): training would fail. Set {key} to at least {need:g}.")
 
 
 # ----------------------------------------------------------------------------- sources
@@ -238,6 +255,8 @@ def _scanned_splits(listed: _Listed, cfg, output_dir, min_samples: int, where: s
     _handle_bad(all_bad, total, cfg, output_dir, report)
     if not good:
         raise DataError(f"All {len(listed.train)} training audio files in '{where}' are bad; see {report['skipped_report']}.")
+    if listed.validation is not None and not vgood:
+        _all_validation_bad(cfg, len(listed.validation), report)
 
     train = AudioDataset(good, sr, listed.train_source, cfg.audio_column_name)
     validation = None
@@ -355,6 +374,8 @@ def _stream_files(train_rows, val_rows, cfg, output_dir, min_samples: int, where
         good, bad, num_long = _scan_rows(val_rows, cfg, min_samples, accelerator=accelerator)
         report["validation"] = _split_report(len(val_rows), good, bad, num_long, sr)
         _handle_bad(bad, len(val_rows), cfg, output_dir, report)
+        if not good and not held_out:  # the user's validation files (held-out ones: train is not checked either)
+            _all_validation_bad(cfg, len(val_rows), report)
         validation = AudioDataset(good, sr) if good else None
     stream = datasets.Dataset.from_dict({"audio": [r["path"] for r in rows]}).to_iterable_dataset()
     train = AudioStream(stream, "audio", sr, min_samples, _min_duration(cfg), cfg.on_bad_audio, where,
@@ -374,6 +395,17 @@ def _stream_report_path(cfg, output_dir) -> str | None:
 
 
 # ----------------------------------------------------------------------------- reports
+
+
+def _validation_where(cfg) -> str:
+    return cfg.validation_dir or cfg.validation_file or f"{cfg.dataset_name}[{cfg.dataset_validation_split or 'validation'}]"
+
+
+def _all_validation_bad(cfg, n: int, report: dict) -> None:
+    """Every validation file was skipped: an error, as in fine-tuning, not a run that silently has no validation."""
+    listed = f"; see {report['skipped_report']}" if report.get("skipped_report") else ""
+    raise DataError(f"All {n} validation audio files in '{_validation_where(cfg)}' are bad{listed}: fix or replace them, "
+                    "or leave validation_dir / validation_file unset to hold out validation_split_percentage of train.")
 
 
 def _min_duration(cfg) -> float | None:

@@ -41,7 +41,7 @@ from hfssl.objectives.best_rq.config import BestRQPretrainConfig
 from hfssl.objectives.best_rq.loss import code_perplexity
 from hfssl.objectives.best_rq.model import BestRQForPretraining
 from hfssl.objectives.best_rq.quantizer import QUANTIZER_FILE, RandomProjectionQuantizer
-from hfssl.objectives.speech_base import SpeechObjective, companion_file, matching_head, speech_model_config
+from hfssl.objectives.speech_base import SpeechObjective, companion_file, load_initial_weights, matching_head, speech_model_config
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class BestRQObjective(SpeechObjective):
                               "(or feature_projection_input_dim in config_overrides for a fresh model).")
         if config.add_adapter:
             raise ConfigError("add_adapter is a fine-tuning option (it shortens the frame sequence); pretraining needs add_adapter false.")
-        model = Wav2Vec2BertModel.from_pretrained(cfg.model_name_or_path, config=config) if cfg.model_name_or_path else Wav2Vec2BertModel(config)
+        model = load_initial_weights(Wav2Vec2BertModel, cfg, config) if cfg.model_name_or_path else Wav2Vec2BertModel(config)
         use_attn_implementation(model, cfg.attn_implementation, cfg.mixed_precision)
         model.config.architectures = ["Wav2Vec2BertModel"]
         logger.info("BEST-RQ encoder %s: Wav2Vec2Bert %d layers x %d, %.1fM parameters, %d-dim input (%d mel x %d frames, %d ms).",
@@ -127,7 +127,7 @@ class BestRQObjective(SpeechObjective):
         config = speech_model_config(cfg, "wav2vec2", Wav2Vec2Config())
         if config.feat_extract_norm not in ("group", "layer"):
             raise ConfigError(f"feat_extract_norm must be 'group' or 'layer', got '{config.feat_extract_norm}'.")
-        model = Wav2Vec2Model.from_pretrained(cfg.model_name_or_path, config=config) if cfg.model_name_or_path else Wav2Vec2Model(config)
+        model = load_initial_weights(Wav2Vec2Model, cfg, config) if cfg.model_name_or_path else Wav2Vec2Model(config)
         model.config.architectures = ["Wav2Vec2Model"]
         use_attn_implementation(model, cfg.attn_implementation, cfg.mixed_precision)
         if cfg.feature_grad_scale != 1.0:  # fairseq's feature_grad_mult: scale the gradient into the conv front end

@@ -241,14 +241,14 @@ class Data2VecAudioObjective(Data2VecObjective, SpeechObjective):
     def _student(self):
         from transformers import Data2VecAudioConfig, Data2VecAudioModel
 
-        from hfssl.objectives.speech_base import speech_model_config
+        from hfssl.objectives.speech_base import load_initial_weights, speech_model_config
 
         cfg = self.cfg
         config = speech_model_config(cfg, "data2vec-audio", Data2VecAudioConfig())
         if config.add_adapter:
             raise ConfigError("add_adapter is a fine-tuning option; pretraining needs add_adapter=false.")
         self._check_top_k(config.num_hidden_layers)
-        student = Data2VecAudioModel.from_pretrained(cfg.model_name_or_path, config=config) if cfg.model_name_or_path \
+        student = load_initial_weights(Data2VecAudioModel, cfg, config) if cfg.model_name_or_path \
             else Data2VecAudioModel(config)
         use_attn_implementation(student, cfg.attn_implementation, cfg.mixed_precision)
         logger.info("data2vec audio %s: %d layers x %d, %.1fM parameters; targets: top %d layers' %s outputs, %s norm; tau %s -> "

@@ -79,3 +79,6 @@ class HubertPretrainConfig(SpeechPretrainConfig):
     def initial_weights(self) -> Optional[str]:
         """The checkpoint training starts from: model_name_or_path, or label_model with init_from_label_model."""
         return self.label_model if self.init_from_label_model else self.model_name_or_path
+
+    def initial_weights_key(self) -> str:
+        return "label_model" if self.init_from_label_model else "model_name_or_path"  # errors name the key the user set

@@ -40,8 +40,8 @@ from hfssl.objectives.hubert.config import HubertPretrainConfig
 from hfssl.objectives.hubert.labels import KMEANS_FILE, HubertTargets, LabeledAudio
 from hfssl.objectives.hubert.loss import count_targets
 from hfssl.objectives.hubert.model import HubertForMaskedPrediction
-from hfssl.objectives.speech_base import (FEATURE_GRAD_SCALE_BY_LAYOUT, SpeechObjective, matching_head, resolve_layout_defaults,
-                                          speech_model_config)
+from hfssl.objectives.speech_base import (FEATURE_GRAD_SCALE_BY_LAYOUT, SpeechObjective, load_initial_weights, matching_head,
+                                          resolve_layout_defaults, speech_model_config)
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class HubertObjective(SpeechObjective):
         config = speech_model_config(self.cfg, "hubert", HubertConfig())  # default: HuBERT base
         resolve_layout_defaults(self.cfg, config.feat_extract_norm, {"feature_grad_scale": FEATURE_GRAD_SCALE_BY_LAYOUT})
         if self.cfg.initial_weights():
-            model = HubertModel.from_pretrained(self.cfg.initial_weights(), config=config)
+            model = load_initial_weights(HubertModel, self.cfg, config)
         else:
             model = HubertModel(config)
         use_attn_implementation(model, self.cfg.attn_implementation, self.cfg.mixed_precision)

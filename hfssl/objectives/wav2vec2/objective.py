@@ -25,7 +25,7 @@ from hfssl.data.batching import batch_seed
 from hfssl.errors import ConfigError
 from hfssl.masking.spans import expected_masked_fraction, span_mask_stats
 from hfssl.objectives.collapse import CollapseGuard
-from hfssl.objectives.speech_base import SpeechObjective, resolve_layout_defaults, speech_model_config
+from hfssl.objectives.speech_base import SpeechObjective, load_initial_weights, resolve_layout_defaults, speech_model_config
 from hfssl.objectives.wav2vec2.config import LAYOUT_DEFAULTS, Wav2Vec2PretrainConfig
 from hfssl.objectives.wav2vec2.loss import gumbel_temperature
 from hfssl.objectives.wav2vec2.model import Wav2Vec2Pretraining
@@ -83,7 +83,7 @@ class Wav2Vec2Objective(SpeechObjective):
         config.contrastive_logits_temperature = cfg.contrastive_logits_temperature
         config.diversity_loss_weight = cfg.diversity_loss_weight
         if cfg.model_name_or_path:
-            model = Wav2Vec2ForPreTraining.from_pretrained(cfg.model_name_or_path, config=config)
+            model = load_initial_weights(Wav2Vec2ForPreTraining, cfg, config)
         else:
             model = Wav2Vec2ForPreTraining(config)
         model.config.architectures = ["Wav2Vec2ForPreTraining"]
@@ -150,6 +150,15 @@ class Wav2Vec2Objective(SpeechObjective):
                     "(paper at 0.65/10: ~49%%, ~14.7); %d of %d utterances have fewer than %d other masked frames to draw "
                     "negatives from (drawn with repetition).", len(plan), source, 100 * report["masked_fraction"], report["mean_span_length"],
                     few_masked, utts, cfg.num_negatives)
+        if utts and no_mask == utts:
+            # Nothing to predict in any batch: training would only skip updates until it stops with "no targets".
+            span_s = (self.min_samples + (cfg.mask_time_length - 1) * self.collator.total_stride) / cfg.sampling_rate
+            raise ConfigError(
+                f"No utterance gets a masked span ({no_mask} of {utts} in the preflight of {source}): the longest gives "
+                f"{max(per_utt_frames)} frames (crops of max_duration_in_seconds={cfg.max_duration_in_seconds}), fewer than "
+                f"mask_time_length={cfg.mask_time_length} (mask_time_prob={cfg.mask_time_prob}, mask_time_min_masks="
+                f"{cfg.mask_time_min_masks}), so there is nothing to predict. Set max_duration_in_seconds to at least "
+                f"{span_s:g} (one span) with audio that long, or lower mask_time_length.")
         if no_mask:
             logger.warning("Preflight: %d of %d utterances get no masked span (shorter than mask_time_length=%d frames).",
                            no_mask, utts, cfg.mask_time_length)
