@@ -342,36 +342,13 @@ def load_config(argv: list[str], configs: dict[str, type], default_objective: st
         # the recipe's keys were written for its own architecture.
         cleared = cli_model.strip().lower() in ("", "none", "null")
         overrides["config_overrides"] = {} if cleared else {**recipe["config_overrides"], **convert_value("config_overrides", cli_model, dict)}
-    launched = _launcher_precision(recipe, overrides, source) if "mixed_precision" in names else None
+    launched = hardware.launcher_precision(recipe, overrides, source) if "mixed_precision" in names else None
     if launched:
         overrides["mixed_precision"] = launched
     cfg = cls(**{**_without_replaced_groups(recipe, overrides), **overrides})
     if launched:
         cfg.auto_choices.append(f"mixed_precision {launched}: asked for by accelerate launch (ACCELERATE_MIXED_PRECISION).")
     return cfg
-
-
-def _launcher_precision(recipe: dict[str, Any], overrides: dict[str, Any], source: str) -> Optional[str]:
-    """The precision `accelerate launch --mixed_precision X` (or its config file) asked for, where it decides.
-
-    Accelerate hands it to the script as ACCELERATE_MIXED_PRECISION, but an Accelerator built with an explicit
-    precision ignores it, so without this a launch with fp16 silently trained in fp32. A recipe or command line
-    that leaves mixed_precision unset or `auto` takes the launcher's; one that sets another precision is an error,
-    since which one was meant cannot be guessed. `no` is also what accelerate launch sets when asked for nothing,
-    so it decides nothing."""
-    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
-    if launcher not in ("fp16", "bf16"):
-        return None
-    where = "the command line" if "mixed_precision" in overrides else source
-    chosen = overrides.get("mixed_precision", recipe.get("mixed_precision"))
-    chosen = "no" if chosen is False else chosen  # YAML reads a bare `no` as false
-    if chosen is None or str(chosen).lower() == "auto":
-        return launcher
-    if str(chosen).lower() != launcher:
-        raise ConfigError(f"mixed_precision: {where} sets {chosen}, but accelerate launch asks for {launcher} "
-                          f"(its --mixed_precision or config file). Make them agree: launch with --mixed_precision "
-                          f"{chosen}, or pass --mixed_precision {launcher} to the script.")
-    return None
 
 
 def _without_replaced_groups(recipe: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""What this machine computes fast, for the `auto` values of `mixed_precision` and `torch_compile`.
+"""What this machine computes fast, for the `auto` values of `mixed_precision` and `torch_compile`, and the
+precision `accelerate launch` asked for.
 
 bf16 pays only where the hardware multiplies bf16 natively: CUDA GPUs from Ampere on, and CPUs with
 AMX or AVX512-BF16 (Intel Sapphire Rapids and later, AMD Zen 4). Elsewhere autocast converts every
@@ -11,8 +12,11 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from typing import Optional
 
 import torch
+
+from hfssl.errors import ConfigError
 
 
 def _cpu_bf16() -> tuple[bool, str]:
@@ -48,3 +52,26 @@ def can_compile() -> tuple[bool, str]:
     if compiler:
         return True, f"CPU kernels built with {compiler}"
     return False, "no C++ compiler for CPU kernels (install g++, or point CXX at one)"
+
+
+def launcher_precision(recipe: dict, overrides: dict, source: str) -> Optional[str]:
+    """The precision `accelerate launch --mixed_precision X` (or its config file) asked for, where it decides.
+
+    Accelerate hands it to the script as ACCELERATE_MIXED_PRECISION, but an Accelerator built with an explicit
+    precision ignores it, so without this a launch with fp16 silently trained in fp32. A recipe or command line
+    that leaves mixed_precision unset or `auto` takes the launcher's; one that sets another precision is an error,
+    since which one was meant cannot be guessed. `no` is also what accelerate launch sets when asked for nothing,
+    so it decides nothing."""
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if launcher not in ("fp16", "bf16"):
+        return None
+    where = "the command line" if "mixed_precision" in overrides else source
+    chosen = overrides.get("mixed_precision", recipe.get("mixed_precision"))
+    chosen = "no" if chosen is False else chosen  # YAML reads a bare `no` as false
+    if chosen is None or str(chosen).lower() == "auto":
+        return launcher
+    if str(chosen).lower() != launcher:
+        raise ConfigError(f"mixed_precision: {where} sets {chosen}, but accelerate launch asks for {launcher} "
+                          f"(its --mixed_precision or config file). Make them agree: launch with --mixed_precision "
+                          f"{chosen}, or pass --mixed_precision {launcher} to the script.")
+    return None
