@@ -58,6 +58,17 @@ def files_to_upload(output_dir: str) -> list[str]:
     return out
 
 
+def read_model_config(source: str, key: str, **overrides):
+    """AutoConfig.from_pretrained(source, **overrides) (a local folder or a Hub id); what cannot be read is a ConfigError
+    naming `key`, the setting that gave `source`."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source, **overrides)
+    except (OSError, ValueError) as e:  # no such folder or Hub id (or offline), or a folder without a model config.json
+        raise ConfigError(f"{key}: could not read a model config from '{source}': {e}") from None
+
+
 def repo_name(output_dir: str, repo_id: Optional[str]) -> str:
     """hub_model_id, else output_dir's folder name (created under the user's account)."""
     return repo_id or Path(output_dir).resolve().name

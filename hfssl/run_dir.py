@@ -52,8 +52,9 @@ RUN_FILE = "hfssl_run.json"
 # Files that mean output_dir holds a finished model (a run that `latest` must not silently replace).
 FINAL_FILES = ("train_results.json",)
 # Settings that name what a run reads: a folder or file of them inside output_dir would be moved aside with it.
-INPUT_KEYS = ("train_file", "validation_file", "test_file", "train_dir", "validation_dir", "test_dir", "model_name_or_path",
-              "config_name", "tokenizer_name", "label_model", "quantizer_path")
+INPUT_KEYS = ("train_file", "validation_file", "test_file", "train_dir", "validation_dir", "test_dir", "dataset_name",
+              "model_name_or_path", "config_name", "tokenizer_name", "generator_name_or_path", "label_model", "kmeans_model",
+              "quantizer_path")
 
 
 # ----------------------------------------------------------------------------------- the run's folder
@@ -192,9 +193,11 @@ def _refuse_inputs_inside(cfg, path: Path) -> None:
         for item in value if isinstance(value, (list, tuple)) else [value]:
             if not isinstance(item, str) or not item:
                 continue
-            base = Path(os.path.expanduser(item.split("*")[0].split("?")[0].split("[")[0]))
-            base = base if base.exists() else base.parent
-            if base.exists() and (base.resolve() == root or root in base.resolve().parents):
+            stem = item.split("*")[0].split("?")[0].split("[")[0]
+            base = Path(os.path.expanduser(stem))
+            if stem != item and not base.exists():  # a glob cut inside a name ('data/part-*'): its folder
+                base = base.parent
+            if stem and base.exists() and (base.resolve() == root or root in base.resolve().parents):
                 found.append(f"{key} '{item}'")
     if found:
         raise OutputDirError(

@@ -28,7 +28,8 @@ from hfssl.data.audio.splits import build_audio_splits, check_crop_length, hub_s
 from hfssl.errors import DataError
 from hfssl.finetune import data as fdata
 from hfssl.finetune.heads import AudioClassifier, LayerProbe, save_probe
-from hfssl.finetune.tasks import Task, apply_overrides, load_config, load_or_init, model_source
+from hfssl.hub import read_model_config
+from hfssl.finetune.tasks import Task, apply_overrides, load_or_init, model_source
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class SpeechTask(Task):
     def __init__(self, cfg, accelerator=None):
         super().__init__(cfg, accelerator)
         self.source, self.pretrained = model_source(cfg)
-        self.config = load_config(self.source, "model_name_or_path" if self.pretrained else "config_name")
+        self.config = read_model_config(self.source, "model_name_or_path" if self.pretrained else "config_name")
         feature_input = self.config.model_type in FEATURE_INPUT_MODELS
         if not feature_input and not hasattr(self.config, "conv_kernel"):
             raise ConfigError(f"'{self.source}' is a {self.config.model_type} model, not a speech encoder this task fine-tunes "

@@ -145,13 +145,3 @@ def apply_overrides(config, overrides: dict) -> None:
         if not hasattr(config, key):
             raise ConfigError(f"config_overrides: '{key}' is not a field of {type(config).__name__}.")
         setattr(config, key, value)
-
-
-def load_config(source: str, key: str = "model_name_or_path"):
-    """The model config at `source`; `key` is the setting that named it, for the error."""
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(source)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{key}: could not read a model config from '{source}': {e}") from None

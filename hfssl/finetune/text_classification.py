@@ -14,7 +14,8 @@ from hfssl.errors import ConfigError
 from hfssl.errors import DataError
 from hfssl.finetune import data as fdata
 from hfssl.finetune.heads import LayerProbe, PackedTextClassifier, SequenceClassifier, save_probe
-from hfssl.finetune.tasks import Rows, Task, apply_overrides, load_config, load_or_init, model_source
+from hfssl.hub import read_model_config
+from hfssl.finetune.tasks import Rows, Task, apply_overrides, load_or_init, model_source
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class TextClassificationTask(Task):
                 if column is not None:
                     fdata.check_no_nulls(ds, column, f"{names[split]} ({split})")
 
-        config = load_config(source, "model_name_or_path" if pretrained else "config_name")
+        config = read_model_config(source, "model_name_or_path" if pretrained else "config_name")
         if cfg.do_train:
             space = fdata.build_label_space(tables["train"], cfg.label_column_name, cfg.multi_label, cfg.label_separator, names["train"])
         else:  # an existing classifier: its own labels

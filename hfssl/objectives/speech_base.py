@@ -150,7 +150,7 @@ def speech_model_config(cfg: SpeechPretrainConfig, model_type: str, default_conf
     what the saved config says the model was pretrained with. Raises ConfigError for a model of another
     type, an unknown override, inconsistent conv lists, or an override that contradicts the masking keys.
     """
-    from transformers import AutoConfig
+    from hfssl.hub import read_model_config
 
     masking = {"mask_time_prob": cfg.mask_time_prob, "mask_time_length": cfg.mask_time_length,
                "mask_time_min_masks": cfg.mask_time_min_masks}
@@ -160,11 +160,7 @@ def speech_model_config(cfg: SpeechPretrainConfig, model_type: str, default_conf
                               f"from the top-level key {key} ({value}); set it there.")
     source = cfg.initial_weights() or cfg.config_name
     key = cfg.initial_weights_key() if cfg.initial_weights() else "config_name"
-    try:
-        config = AutoConfig.from_pretrained(source) if source else default_config
-    except (OSError, ValueError) as e:  # no such folder / Hub id (or offline), or a folder without a model config.json
-        raise ConfigError(f"{key}: could not read a model config from '{source}' ({e}). Give a model folder with a "
-                          f"config.json or a Hub id reachable from here.") from None
+    config = read_model_config(source, key) if source else default_config
     if config.model_type != model_type:
         hint = ("the previous iteration's output folder" if key == "label_model" else
                 "or leave model_name_or_path and config_name unset for the base architecture")

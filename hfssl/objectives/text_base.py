@@ -138,16 +138,12 @@ def text_model_config(cfg: TextModelArguments, tokenizer, max_seq_length: int, m
 
     Overrides go through the config constructor so derived fields (e.g. ModernBERT's layer_types) follow them.
     """
-    from transformers import CONFIG_MAPPING, AutoConfig
+    from transformers import CONFIG_MAPPING
 
-    def read_config_name(**overrides):
-        try:
-            return AutoConfig.from_pretrained(cfg.config_name, **overrides)
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"config_name: could not read a model config from '{cfg.config_name}': {e}") from None
+    from hfssl.hub import read_model_config
 
     if model_type is None:
-        model_type = read_config_name().model_type if cfg.config_name else cfg.model_type
+        model_type = read_model_config(cfg.config_name, "config_name").model_type if cfg.config_name else cfg.model_type
     if model_type not in CONFIG_MAPPING:
         raise ConfigError(f"model_type '{model_type}' is unknown to transformers; e.g. bert, roberta, modernbert, distilbert.")
     reference = CONFIG_MAPPING[model_type]()
@@ -155,7 +151,7 @@ def text_model_config(cfg: TextModelArguments, tokenizer, max_seq_length: int, m
         if not hasattr(reference, key):
             raise ConfigError(f"config_overrides: '{key}' is not a field of {type(reference).__name__}.")
     if cfg.config_name:
-        config = read_config_name(**cfg.config_overrides)
+        config = read_model_config(cfg.config_name, "config_name", **cfg.config_overrides)
     else:
         config = CONFIG_MAPPING[model_type](**cfg.config_overrides)
     config.vocab_size = len(tokenizer)

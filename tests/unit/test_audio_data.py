@@ -616,7 +616,8 @@ def test_resume_checks_max_batch_seconds_not_the_unused_batch_size(tmp_path):
         check_same_run_geometry(older, tmp_path, cfg(per_device_train_batch_size=4, max_batch_seconds=None), 1)
 
 
-def test_a_classification_crop_shorter_than_the_model_input_is_refused():
+def test_check_crop_length_names_the_key_and_the_minimum():
+    # (what SpeechTask and build_audio_splits call with max_length_seconds / max_duration_in_seconds)
     from hfssl.data.audio.splits import check_crop_length
     from hfssl.errors import ConfigError
 

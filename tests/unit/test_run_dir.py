@@ -439,6 +439,29 @@ def test_an_output_dir_holding_the_runs_own_input_is_refused_before_anything_mov
             with pytest.raises(OutputDirError, match=rf"holds this run's own input \(train_file '{re.escape(source)}'\)"):
                 open_run_dir(cfg)
             assert sorted(p.name for p in data.iterdir()) == before and not list(tmp_path.glob("data.overwritten-*"))
+    # HuBERT iteration 2's k-means file kept in its own output_dir (as recipes/hubert/base-iter2.yaml suggests)
+    from hfssl.objectives.hubert.config import HubertPretrainConfig
+
+    hubert = tmp_path / "hubert"
+    hubert.mkdir()
+    (hubert / "kmeans.pt").write_bytes(b"k")
+    cfg = HubertPretrainConfig(train_dir=str(data), kmeans_model=str(hubert / "kmeans.pt"), output_dir=str(hubert),
+                               overwrite_output_dir=True)
+    with pytest.raises(OutputDirError, match=r"holds this run's own input \(kmeans_model "):
+        open_run_dir(cfg)
+    assert (hubert / "kmeans.pt").is_file()
+    # a Hub id is not a path: never "inside" the current folder
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("x")
+    cfg = MLMConfig(train_file=str(data / "corpus.txt"), model_name_or_path="bert-base-uncased", output_dir=str(busy),
+                    overwrite_output_dir=True)
+    cwd = os.getcwd()
+    os.chdir(busy)
+    try:
+        close_run_dir(open_run_dir(cfg))
+    finally:
+        os.chdir(cwd)
     # an output_dir beside the input, or a model folder that holds the new output_dir, are fine
     close_run_dir(open_run_dir(MLMConfig(train_file=str(data / "corpus.txt"), output_dir=str(tmp_path / "out"))))
     close_run_dir(open_run_dir(MLMConfig(train_file=str(data / "corpus.txt"), model_name_or_path=str(data),

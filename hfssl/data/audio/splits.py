@@ -404,8 +404,10 @@ def _validation_where(cfg) -> str:
 def _all_validation_bad(cfg, n: int, report: dict) -> None:
     """Every validation file was skipped: an error, as in fine-tuning, not a run that silently has no validation."""
     listed = f"; see {report['skipped_report']}" if report.get("skipped_report") else ""
-    raise DataError(f"All {n} validation audio files in '{_validation_where(cfg)}' are bad{listed}: fix or replace them, "
-                    "or leave validation_dir / validation_file unset to hold out validation_split_percentage of train.")
+    other = ("leave validation_dir / validation_file unset to hold out validation_split_percentage of train"
+             if cfg.validation_dir or cfg.validation_file else
+             "choose another split of the dataset (dataset_validation_split in pretraining, dataset_split_names in fine-tuning)")
+    raise DataError(f"All {n} validation audio files in '{_validation_where(cfg)}' are bad{listed}: fix or replace them, or {other}.")
 
 
 def _min_duration(cfg) -> float | None:
