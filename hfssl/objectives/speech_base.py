@@ -7,6 +7,7 @@ Fine-tuning reuses `AudioDataArguments`.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -210,6 +211,22 @@ class SpeechObjective(Objective):
     @property
     def max_samples(self) -> int:
         return int(round(self.cfg.max_duration_in_seconds * self.cfg.sampling_rate))
+
+    def check_crop_holds_a_span(self, conv_kernel, conv_stride) -> None:
+        """Crops whose frames are fewer than mask_time_length get no masked span, so no batch has a target: refused
+        before any audio is read (training would skip updates until it stopped with "no targets")."""
+        from hfssl.data.audio.geometry import conv_geometry
+
+        cfg = self.cfg
+        window, hop = conv_geometry(conv_kernel, conv_stride)
+        if not math.isfinite(cfg.max_duration_in_seconds) or self.max_samples < window:
+            return  # whole files (their lengths decide), or too short for one frame (check_crop_length says so)
+        frames = 1 + (self.max_samples - window) // hop
+        if frames < cfg.mask_time_length:
+            need = math.ceil((window + (cfg.mask_time_length - 1) * hop) / cfg.sampling_rate * 1e4 - 1e-6) / 1e4  # up, to 0.1 ms
+            raise ConfigError(f"max_duration_in_seconds {cfg.max_duration_in_seconds} crops audio to {frames} frames, fewer than "
+                              f"mask_time_length {cfg.mask_time_length}: no crop gets a masked span, so there is nothing to "
+                              f"predict. Set max_duration_in_seconds to at least {need:g}, or lower mask_time_length.")
 
     def batch_plan(self, epoch: int, seed: int) -> list[list[int]]:
         return self._plan(self.train_dataset.lengths, self.cfg.per_device_train_batch_size, seed=seed, epoch=epoch)

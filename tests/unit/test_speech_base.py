@@ -56,6 +56,20 @@ def test_crops_too_short_for_any_masked_span_are_refused_before_training(tmp_pat
     assert "at least 0.205" in msg
 
 
+@pytest.mark.parametrize("recipe", ["hubert/tiny-cpu-iter1.yaml", "data2vec/speech-tiny-cpu.yaml"])
+def test_hubert_and_data2vec_refuse_crops_too_short_for_a_span_before_reading_audio(tmp_path, recipe):
+    """Their crops' frame count follows from the conv geometry alone: 0.1 s is 4 frames at 20 ms, fewer than a
+    10-frame span (the run used to skip updates until it stopped with "no targets"; HuBERT first fit its k-means)."""
+    from hfssl.objectives import build_objective, load_config
+
+    cfg = load_config([str(ROOT / "recipes" / recipe), "--train_dir", str(UNLABELED), "--output_dir", str(tmp_path / "o"),
+                       "--max_duration_in_seconds", "0.1", "--mask_time_length", "10"])
+    with pytest.raises(ConfigError, match=r"max_duration_in_seconds 0\.1 crops audio to 4 frames, fewer than mask_time_length "
+                                          r"10: .* Set max_duration_in_seconds to at least 0\.20\d*,"):  # one window + 9 hops of 20 ms
+        build_objective(cfg)
+    assert not (tmp_path / "o" / "kmeans.pt").exists()
+
+
 def test_an_unreadable_model_source_is_a_config_error_naming_its_key(tmp_path):
     from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
 

@@ -222,6 +222,7 @@ class Data2VecAudioObjective(Data2VecObjective, SpeechObjective):
         # Data2VecAudio's conv layers are layer-normed: downstream batches need the attention mask.
         self.feature_extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=cfg.sampling_rate, padding_value=0.0,
                                                           do_normalize=cfg.do_normalize, return_attention_mask=True)
+        self.check_crop_holds_a_span(config.conv_kernel, config.conv_stride)
         self.train_dataset, self.eval_dataset, self.data_report = build_audio_splits(
             cfg, cfg.output_dir if main else None, receptive_field(config.conv_kernel, config.conv_stride))
         if cfg.streaming and accelerator is not None and accelerator.num_processes > 1:

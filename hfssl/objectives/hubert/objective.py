@@ -75,6 +75,7 @@ class HubertObjective(SpeechObjective):
         hubert = self._model()
         self.conv_kernel, self.conv_stride = tuple(hubert.config.conv_kernel), tuple(hubert.config.conv_stride)
         min_samples = receptive_field(self.conv_kernel, self.conv_stride)
+        self.check_crop_holds_a_span(self.conv_kernel, self.conv_stride)
         train, validation, self.data_report = build_audio_splits(cfg, cfg.output_dir if main else None, min_samples,
                                                                   accelerator)
         ctx = accelerator.main_process_first() if accelerator is not None else contextlib.nullcontext()
