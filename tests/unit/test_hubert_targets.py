@@ -348,3 +348,19 @@ def test_objective_targets_are_cached_reused_and_aligned_in_batches(tmp_path, ca
     # other settings (another seed): refit, other centroids
     d = _objective(tmp_path, "a", files, "--seed", "3")
     assert not torch.equal(a.kmeans.centroids, d.kmeans.centroids)
+
+
+def test_targets_of_a_silent_corpus_are_warned_about(tmp_path, caplog):
+    """Digital silence gives one MFCC value, so one cluster takes every frame: the run trains on nothing, and used to
+    say so only at INFO."""
+    import soundfile as sf
+
+    silent = []
+    for i in range(4):
+        path = tmp_path / f"silence{i}.wav"
+        sf.write(str(path), np.zeros(24000, dtype=np.float32), 16000)
+        silent.append(str(path))
+    caplog.set_level("INFO")
+    _objective(tmp_path, "s", silent)
+    warned = [r for r in caplog.records if r.levelname == "WARNING" and "train targets:" in r.getMessage()]
+    assert len(warned) == 1 and "Nearly every frame has the same target" in warned[0].getMessage()

@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 LABELS_FILE = "labels.npz"
 KMEANS_FILE = "kmeans.pt"
 STATS_FILE = "label_stats.json"
+DEGENERATE_CLUSTER_SHARE = 0.9  # of the training frames in one cluster
 
 
 class HubertTargets:
@@ -154,9 +155,14 @@ class HubertTargets:
                             for name, lab in labels.items()}
         for name, s in self.label_stats.items():
             if s is not None:
-                logger.info("%s targets: %d of %d clusters used, entropy %.2f bits (%.0f%% of uniform), largest cluster %.1f%% of frames.",
-                            name, s["clusters_used"], kmeans.num_clusters, s["entropy_bits"], 100 * s["normalized_entropy"],
-                            100 * s["largest_cluster_fraction"])
+                # Targets that are nearly all one cluster (e.g. a corpus of silence) teach nothing: said as a warning.
+                degenerate = name == "train" and s["largest_cluster_fraction"] > DEGENERATE_CLUSTER_SHARE
+                (logger.warning if degenerate else logger.info)(
+                    "%s targets: %d of %d clusters used, entropy %.2f bits (%.0f%% of uniform), largest cluster %.1f%% of frames.%s",
+                    name, s["clusters_used"], kmeans.num_clusters, s["entropy_bits"], 100 * s["normalized_entropy"],
+                    100 * s["largest_cluster_fraction"],
+                    " Nearly every frame has the same target: check that the audio is speech (not silence or noise) and "
+                    "the k-means settings." if degenerate else "")
         if write:
             stats = {name: None if s is None else {**s, "histogram": s["histogram"].tolist()} for name, s in self.label_stats.items()}
             (out / STATS_FILE).write_text(json.dumps({"kmeans": kmeans.metadata, **stats}, indent=1, default=str))
