@@ -655,6 +655,20 @@ def test_a_metadata_csv_saved_with_a_bom_is_read(tmp_path):
     assert list_audio_dir(tmp_path) == [{"path": str(tmp_path / "a.wav"), "transcription": "héllo"}]
 
 
+def test_audio_the_metadata_does_not_name_is_listed_in_a_warning(tmp_path, caplog):
+    """A clip without a metadata row (e.g. a CTC folder whose transcript list is behind) is not used: it used to be
+    dropped without a word."""
+    for name in ("a.wav", "b.wav", "c.wav"):
+        _write_good(tmp_path / name)
+    (tmp_path / "metadata.csv").write_text("file_name,transcription\na.wav,one\nc.wav,three\n")
+    assert [os.path.basename(r["path"]) for r in list_audio_dir(tmp_path)] == ["a.wav", "c.wav"]
+    assert "names 2 audio files; 1 more in" in caplog.text and "are not used (e.g. b.wav)" in caplog.text
+    caplog.clear()
+    (tmp_path / "metadata.csv").write_text("file_name,transcription\na.wav,one\nb.wav,two\nc.wav,three\n")
+    list_audio_dir(tmp_path)
+    assert "not used" not in caplog.text
+
+
 def test_a_broken_class_folder_layout_is_explained(tmp_path):
     """Class folders that do not form <label>/x.flac were listed unlabeled and then failed with "give class
     subfolders" though the user had; now the layout problem is named."""

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
+
+logger = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS: tuple[str, ...] = (".flac", ".mp3", ".ogg", ".wav")
 """Lower-case file extensions that libsndfile (via soundfile) decodes; matched case-insensitively."""
@@ -138,7 +141,13 @@ def list_audio_dir(root: str | os.PathLike) -> list[dict]:
     for name in METADATA_FILENAMES:
         meta = os.path.join(root, name)
         if os.path.isfile(meta):
-            return read_manifest(meta, audio_column_name="file_name")
+            rows = read_manifest(meta, audio_column_name="file_name")
+            listed = {os.path.abspath(r["path"]) for r in rows}
+            unlisted = [f for f in find_audio_files(root) if os.path.abspath(f) not in listed]
+            if unlisted:  # audio the metadata does not name is not used: say so rather than drop it silently
+                logger.warning("%s names %d audio files; %d more in %s are not in it and are not used (e.g. %s).", meta,
+                               len(rows), len(unlisted), root, ", ".join(os.path.relpath(f, root) for f in unlisted[:3]))
+            return rows
     files = find_audio_files(root)
     rel_dirs = [os.path.relpath(os.path.dirname(f), root) for f in files]
     one_level = bool(files) and all(d != "." and os.sep not in d for d in rel_dirs)
