@@ -216,6 +216,7 @@ class SpeechObjective(Objective):
         """Crops whose frames are fewer than mask_time_length get no masked span, so no batch has a target: refused
         before any audio is read (training would skip updates until it stopped with "no targets")."""
         from hfssl.data.audio.geometry import conv_geometry
+        from hfssl.data.audio.splits import seconds_rounded_up
 
         cfg = self.cfg
         window, hop = conv_geometry(conv_kernel, conv_stride)
@@ -223,7 +224,7 @@ class SpeechObjective(Objective):
             return  # whole files (their lengths decide), or too short for one frame (check_crop_length says so)
         frames = 1 + (self.max_samples - window) // hop
         if frames < cfg.mask_time_length:
-            need = math.ceil((window + (cfg.mask_time_length - 1) * hop) / cfg.sampling_rate * 1e4 - 1e-6) / 1e4  # up, to 0.1 ms
+            need = seconds_rounded_up(window + (cfg.mask_time_length - 1) * hop, cfg.sampling_rate)
             raise ConfigError(f"max_duration_in_seconds {cfg.max_duration_in_seconds} crops audio to {frames} frames, fewer than "
                               f"mask_time_length {cfg.mask_time_length}: no crop gets a masked span, so there is nothing to "
                               f"predict. Set max_duration_in_seconds to at least {need:g}, or lower mask_time_length.")

@@ -104,12 +104,17 @@ def build_audio_splits(cfg, output_dir: str | os.PathLike | None, min_samples: i
     return _scanned_splits(listed, cfg, output_dir, min_samples, where, accelerator, crop)
 
 
+def seconds_rounded_up(samples: int, sampling_rate: int) -> float:
+    """`samples` in seconds, rounded up to 0.1 ms so a suggested setting is enough (the 1e-6 absorbs float error:
+    560 / 16000 -> 0.035, not 0.0351)."""
+    return math.ceil(samples / sampling_rate * 1e4 - 1e-6) / 1e4
+
+
 def check_crop_length(key: str, seconds: float, crop_samples: int, sampling_rate: int, min_samples: int) -> None:
     """A crop shorter than the model's shortest input (``min_samples``: the receptive field / fbank window) gives
     zero frames, and training would die on the first batch: refused before any audio is read."""
     if crop_samples < min_samples:
-        # rounded up to 0.1 ms so the value suggested is enough (the 1e-6 absorbs float error: 560 / 16000 -> 0.035)
-        need = math.ceil(min_samples / sampling_rate * 1e4 - 1e-6) / 1e4
+        need = seconds_rounded_up(min_samples, sampling_rate)
         raise ConfigError(f"{key} {seconds} crops audio to {crop_samples} samples at {sampling_rate} Hz, fewer than the "
                           f"{min_samples} samples ({min_samples / sampling_rate:.4g} s) the model needs for one frame (its "
                           f"receptive field / feature window): training would fail. Set {key} to at least {need:g}.")
